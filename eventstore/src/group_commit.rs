@@ -1,0 +1,154 @@
+//! Group commit: funnels concurrent appends into one transaction per batch.
+//!
+//! Every append becomes a request on a channel; one writer task takes whatever is queued (up to a
+//! cap), writes it in one transaction with one fsync, and answers each caller. Under load, batches
+//! grow by themselves while the previous commit is being flushed, so throughput rises with
+//! concurrency instead of being capped by one fsync per event. Each request keeps its own
+//! expected-version check, so one conflicting append never fails its neighbours.
+
+use crate::{AppendResult, ExpectedVersion, NewEvent, StoreError, StoreResult};
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+/// One append waiting to be written.
+pub(crate) struct PendingAppend {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+/// The outcome of one append inside a batch.
+pub(crate) enum Outcome {
+    Appended(AppendResult),
+    Conflict { actual: u64 },
+}
+
+/// A backend that can write a batch of appends in one transaction.
+#[async_trait]
+pub(crate) trait BatchWriter: Send + 'static {
+    /// Writes every non-conflicting append of `batch` in one transaction; on `Err`, nothing of
+    /// the batch was written.
+    async fn write_batch(&mut self, batch: &[PendingAppend]) -> StoreResult<Vec<Outcome>>;
+
+    /// Called after a successful commit with the new head of the log.
+    fn committed(&mut self, head: u64);
+}
+
+type Request = (PendingAppend, oneshot::Sender<StoreResult<AppendResult>>);
+
+/// The sending half, held by the store.
+#[derive(Clone)]
+pub(crate) struct GroupCommit {
+    tx: mpsc::Sender<Request>,
+}
+
+/// Caps one batch: by appends and by events.
+const MAX_BATCH_APPENDS: usize = 512;
+const MAX_BATCH_EVENTS: usize = 4_096;
+
+impl GroupCommit {
+    /// Starts the writer task.
+    pub(crate) fn spawn(writer: impl BatchWriter) -> Self {
+        let (tx, rx) = mpsc::channel(8_192);
+        tokio::spawn(run(writer, rx));
+        GroupCommit { tx }
+    }
+
+    /// Queues one append and waits for its outcome.
+    pub(crate) async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> StoreResult<AppendResult> {
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingAppend {
+            stream: stream.to_owned(),
+            expected,
+            events,
+        };
+        self.tx
+            .send((pending, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn run(mut writer: impl BatchWriter, mut rx: mpsc::Receiver<Request>) {
+    let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH_APPENDS);
+    while let Some(first) = rx.recv().await {
+        let mut events = first.0.events.len();
+        batch.push(first);
+        while batch.len() < MAX_BATCH_APPENDS && events < MAX_BATCH_EVENTS {
+            match rx.try_recv() {
+                Ok(next) => {
+                    events += next.0.events.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        write_and_answer(&mut writer, std::mem::take(&mut batch)).await;
+    }
+}
+
+async fn write_and_answer(writer: &mut impl BatchWriter, batch: Vec<Request>) {
+    let (appends, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    match writer.write_batch(&appends).await {
+        Ok(outcomes) => {
+            finish(writer, &appends, outcomes, replies);
+        }
+        Err(e) if appends.len() == 1 => {
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Err(e));
+            }
+        }
+        Err(e) => {
+            // One bad append (a duplicate event id, say) must not fail its neighbours: write
+            // them one by one so that only the culprit gets the error.
+            tracing::debug!(error = %e, size = appends.len(), "group commit batch failed, retrying one by one");
+            for (append, reply) in appends.into_iter().zip(replies) {
+                let one = [append];
+                let answer = match writer.write_batch(&one).await {
+                    Ok(outcomes) => {
+                        finish(writer, &one, outcomes, vec![reply]);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}
+
+fn finish(
+    writer: &mut impl BatchWriter,
+    appends: &[PendingAppend],
+    outcomes: Vec<Outcome>,
+    replies: Vec<oneshot::Sender<StoreResult<AppendResult>>>,
+) {
+    let head = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Appended(r) => Some(r.last_position),
+            Outcome::Conflict { .. } => None,
+        })
+        .max();
+    if let Some(head) = head {
+        writer.committed(head);
+    }
+    for ((append, outcome), reply) in appends.iter().zip(outcomes).zip(replies) {
+        let answer = match outcome {
+            Outcome::Appended(r) => Ok(r),
+            Outcome::Conflict { actual } => Err(StoreError::Conflict {
+                stream: append.stream.clone(),
+                expected: append.expected,
+                actual,
+            }),
+        };
+        // The caller may have gone away (request cancelled); its append stands regardless.
+        let _ = reply.send(answer);
+    }
+}
