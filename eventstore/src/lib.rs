@@ -5,6 +5,7 @@
 //! `kurrentdb` cargo feature. The [`conformance`] module holds the one test suite every adapter
 //! must pass.
 
+pub mod aggregate;
 pub mod conformance;
 mod error;
 mod group_commit;

@@ -1,1 +1,18 @@
-//! placeholder
+//! Confab's read models and the engine that builds them from the event log.
+//!
+//! Every read the API serves comes from tables written here, by projections that follow the
+//! global log. A read model can be dropped and rebuilt from position zero to the same state.
+
+pub mod chats;
+pub mod db;
+pub mod engine;
+
+pub use db::{ReadDb, Tx};
+pub use engine::{Engine, Positions, Projection, ProjectionError, Status, WaitTimeout};
+
+use std::sync::Arc;
+
+/// Every projection Confab runs.
+pub fn all() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(chats::ChatsProjection)]
+}

@@ -1,0 +1,92 @@
+//! Running domain commands against the store: load, decide, append with the expected version.
+
+use crate::{AppendResult, EventMetadata, EventStore, ExpectedVersion, NewEvent, StoreError};
+use confab_domain::{Aggregate, EventSchema, UpcastError};
+use uuid::Uuid;
+
+/// How many times a command is decided again from fresh state after a version conflict.
+const MAX_ATTEMPTS: usize = 5;
+
+/// Why a command did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError<E: std::error::Error + 'static> {
+    /// The aggregate refused the command.
+    #[error(transparent)]
+    Domain(E),
+    /// The store failed, or conflicts persisted through every retry.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored event could not be read.
+    #[error(transparent)]
+    Upcast(#[from] UpcastError),
+}
+
+/// What a command did.
+#[derive(Debug, Clone)]
+pub struct Executed<A: Aggregate> {
+    /// The state after the new events.
+    pub state: A,
+    /// The new events (empty when the command changed nothing).
+    pub events: Vec<A::Event>,
+    /// Where they were appended, when there were any: await projections up to `last_position`.
+    pub appended: Option<AppendResult>,
+}
+
+/// Loads aggregate `id` and its version from its stream.
+pub async fn load<A: Aggregate>(store: &dyn EventStore, id: &Uuid) -> Result<(A, u64), ExecuteError<A::Error>> {
+    let stream = A::stream_name(id);
+    let mut state = A::default();
+    let mut version = 0;
+    for e in crate::read_whole_stream(store, &stream).await? {
+        let event = A::Event::from_stored(&e.event_type, e.schema_version, e.payload)?;
+        state = state.evolve(&event);
+        version = e.version;
+    }
+    Ok((state, version))
+}
+
+/// Decides `command` against the current state of aggregate `id` and appends the events with
+/// the version it was decided on; on a conflict, reloads and decides again.
+#[tracing::instrument(skip_all, fields(stream = %A::stream_name(id)))]
+pub async fn execute<A: Aggregate>(
+    store: &dyn EventStore,
+    id: &Uuid,
+    command: A::Command,
+    metadata: EventMetadata,
+) -> Result<Executed<A>, ExecuteError<A::Error>>
+where
+    A::Command: Clone,
+{
+    let stream = A::stream_name(id);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (state, version) = load::<A>(store, id).await?;
+        let events = state.decide(command.clone()).map_err(ExecuteError::Domain)?;
+        if events.is_empty() {
+            return Ok(Executed {
+                state,
+                events,
+                appended: None,
+            });
+        }
+        let new: Vec<NewEvent> = events
+            .iter()
+            .map(|e| NewEvent::new(e.event_type(), e.schema_version(), e.to_payload(), metadata.clone()))
+            .collect();
+        match store.append(&stream, ExpectedVersion::Exact(version), new).await {
+            Ok(appended) => {
+                let state = events.iter().fold(state, |s, e| s.evolve(e));
+                return Ok(Executed {
+                    state,
+                    events,
+                    appended: Some(appended),
+                });
+            }
+            Err(e) if e.is_conflict() && attempt < MAX_ATTEMPTS => {
+                tracing::debug!(attempt, "version conflict, deciding again from fresh state");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

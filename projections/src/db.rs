@@ -1,0 +1,64 @@
+//! The read-model database: SQLite or PostgreSQL, behind one handle.
+//!
+//! Projections write plain SQL that both databases accept (`$1` placeholders, `ON CONFLICT`,
+//! `RETURNING`); the [`execute!`](crate::execute) macro runs one statement on whichever this is.
+//! Where the dialects differ, code matches on [`Tx`] itself.
+
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+
+/// A pool on the database that holds the read models (the same one as the event store).
+#[derive(Clone, Debug)]
+pub enum ReadDb {
+    /// The embedded default.
+    Sqlite(SqlitePool),
+    /// For several processes.
+    Postgres(PgPool),
+}
+
+/// A transaction on the read-model database.
+pub enum Tx {
+    /// On SQLite.
+    Sqlite(Transaction<'static, Sqlite>),
+    /// On PostgreSQL.
+    Postgres(Transaction<'static, Postgres>),
+}
+
+impl ReadDb {
+    /// Begins a write transaction. On SQLite it takes the write lock up front (`BEGIN
+    /// IMMEDIATE`), so that a read followed by a write cannot fail with a lock upgrade conflict.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            ReadDb::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            ReadDb::Postgres(p) => Tx::Postgres(p.begin().await?),
+        })
+    }
+
+    /// Whether this is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, ReadDb::Postgres(_))
+    }
+}
+
+impl Tx {
+    /// Commits.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await,
+            Tx::Postgres(t) => t.commit().await,
+        }
+    }
+}
+
+/// Runs one statement with the same binds on whichever database `$tx` (a `&mut Tx`) is on, and
+/// evaluates to `Result<u64, sqlx::Error>` (rows affected).
+#[macro_export]
+macro_rules! execute {
+    ($tx:expr, $sql:expr $(, $arg:expr)* $(,)?) => {
+        match $tx {
+            $crate::Tx::Sqlite(t) => sqlx::query($sql)$(.bind($arg))*
+                .execute(&mut **t).await.map(|r| r.rows_affected()),
+            $crate::Tx::Postgres(t) => sqlx::query($sql)$(.bind($arg))*
+                .execute(&mut **t).await.map(|r| r.rows_affected()),
+        }
+    };
+}

@@ -1,0 +1,537 @@
+//! The projection engine: runs each projection from its checkpoint to the head of the log and
+//! keeps it there.
+//!
+//! A batch of events and the checkpoint move in one transaction, so a crash (or an error) at any
+//! point leaves the read model exactly as of the last committed checkpoint: no event is applied
+//! twice or skipped. The transaction also re-reads the checkpoint and refuses to commit if it
+//! moved (fencing), so two runners of one projection (a lease that expired, a rebuild running
+//! beside `serve`) can never both apply the same batch. On PostgreSQL each process takes a
+//! session advisory lock per projection, so normally exactly one runner is active; when its
+//! process dies the lock goes with its connection and another process takes over.
+
+use crate::db::{ReadDb, Tx};
+use crate::execute;
+use async_trait::async_trait;
+use confab_domain::UpcastError;
+use confab_eventstore::{EventStore, RecordedEvent, StoreError};
+use sqlx::Connection;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Events read and applied per transaction.
+pub const DEFAULT_BATCH: usize = 1_000;
+
+/// Why a projection could not apply events.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The read-model database failed.
+    #[error("read model database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The event store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored event could not be read; the projection stops rather than skip it.
+    #[error(transparent)]
+    Upcast(#[from] UpcastError),
+    /// Another runner moved the checkpoint; this batch was not applied.
+    #[error("checkpoint of {name} moved to {actual} under this runner (expected {expected})")]
+    CheckpointMoved {
+        /// The projection.
+        name: String,
+        /// Where this runner thought it was.
+        expected: u64,
+        /// Where it is.
+        actual: u64,
+    },
+    /// No projection has this name.
+    #[error("unknown projection {0:?}")]
+    Unknown(String),
+}
+
+/// A read model built from the event log.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name, the key of its checkpoint.
+    fn name(&self) -> &'static str;
+    /// Whether it reads events of this type; the others only move its checkpoint.
+    fn handles(&self, event_type: &str) -> bool;
+    /// Applies one event inside the batch's transaction.
+    async fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ProjectionError>;
+    /// Deletes every row of the read model, for a rebuild.
+    async fn reset(&self, tx: &mut Tx) -> Result<(), ProjectionError>;
+}
+
+/// A projection's place against the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The projection.
+    pub name: &'static str,
+    /// Its checkpoint.
+    pub position: u64,
+    /// The head of the log.
+    pub head: u64,
+}
+
+impl Status {
+    /// How many positions it is behind.
+    pub fn lag(&self) -> u64 {
+        self.head.saturating_sub(self.position)
+    }
+}
+
+/// Read-your-writes: lets a caller wait until a projection has applied a position.
+#[derive(Clone)]
+pub struct Positions {
+    db: ReadDb,
+    known: Arc<HashMap<&'static str, watch::Sender<u64>>>,
+}
+
+/// The projection did not reach the position in time.
+#[derive(Debug, thiserror::Error)]
+#[error("projection {name} had not reached position {wanted} after {waited:?} (at {reached})")]
+pub struct WaitTimeout {
+    /// The projection.
+    pub name: String,
+    /// The position awaited.
+    pub wanted: u64,
+    /// Where it was.
+    pub reached: u64,
+    /// How long the caller waited.
+    pub waited: Duration,
+}
+
+/// How often a waiter re-reads the checkpoint, in case the runner is in another process.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(20);
+
+impl Positions {
+    /// Waits until projection `name` has applied `position`, or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        position: u64,
+        timeout: Duration,
+    ) -> Result<(), WaitTimeout> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.known.get(name).map(|s| s.subscribe());
+        loop {
+            let local = rx.as_mut().map(|r| *r.borrow_and_update()).unwrap_or(0);
+            if local >= position {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            let stored = read_checkpoint(&self.db, name).await.unwrap_or(0);
+            if stored >= position {
+                return Ok(());
+            }
+            if now >= deadline {
+                return Err(WaitTimeout {
+                    name: name.to_owned(),
+                    wanted: position,
+                    reached: local.max(stored),
+                    waited: timeout,
+                });
+            }
+            let nap = (deadline - now).min(CHECKPOINT_POLL);
+            match rx.as_mut() {
+                Some(r) => {
+                    let _ = tokio::time::timeout(nap, r.changed()).await;
+                }
+                None => tokio::time::sleep(nap).await,
+            }
+        }
+    }
+
+    /// The last position applied by this process's runner of `name`.
+    pub fn local(&self, name: &str) -> Option<u64> {
+        self.known.get(name).map(|s| *s.borrow())
+    }
+
+    fn publish(&self, name: &str, position: u64) {
+        if let Some(s) = self.known.get(name) {
+            s.send_if_modified(|p| {
+                let moved = *p != position;
+                *p = position;
+                moved
+            });
+        }
+    }
+}
+
+async fn read_checkpoint(db: &ReadDb, name: &str) -> Result<u64, sqlx::Error> {
+    let pos: Option<i64> = match db {
+        ReadDb::Sqlite(p) => {
+            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(p)
+                .await?
+        }
+        ReadDb::Postgres(p) => {
+            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(p)
+                .await?
+        }
+    };
+    Ok(pos.unwrap_or(0) as u64)
+}
+
+/// Runs projections against a store and a read-model database.
+#[derive(Clone)]
+pub struct Engine {
+    store: Arc<dyn EventStore>,
+    db: ReadDb,
+    projections: Vec<Arc<dyn Projection>>,
+    positions: Positions,
+    batch: usize,
+}
+
+impl Engine {
+    /// An engine for `projections`.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        db: ReadDb,
+        projections: Vec<Arc<dyn Projection>>,
+    ) -> Self {
+        let known = projections
+            .iter()
+            .map(|p| (p.name(), watch::channel(0).0))
+            .collect();
+        let positions = Positions {
+            db: db.clone(),
+            known: Arc::new(known),
+        };
+        Engine {
+            store,
+            db,
+            projections,
+            positions,
+            batch: DEFAULT_BATCH,
+        }
+    }
+
+    /// Sets the events per transaction.
+    pub fn with_batch_size(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// The read-your-writes handle.
+    pub fn positions(&self) -> Positions {
+        self.positions.clone()
+    }
+
+    /// The projections' names.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.projections.iter().map(|p| p.name()).collect()
+    }
+
+    fn find(&self, name: &str) -> Result<Arc<dyn Projection>, ProjectionError> {
+        self.projections
+            .iter()
+            .find(|p| p.name() == name)
+            .cloned()
+            .ok_or_else(|| ProjectionError::Unknown(name.to_owned()))
+    }
+
+    /// Every projection's checkpoint against the head of the log.
+    pub async fn status(&self) -> Result<Vec<Status>, ProjectionError> {
+        let head = self.store.head_position().await?;
+        let mut out = Vec::new();
+        for p in &self.projections {
+            out.push(Status {
+                name: p.name(),
+                position: read_checkpoint(&self.db, p.name()).await?,
+                head,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Applies the next batch after `from` for `projection`; returns the new checkpoint and how
+    /// many events it read (0: caught up).
+    pub async fn step(
+        &self,
+        projection: &dyn Projection,
+        from: u64,
+    ) -> Result<(u64, usize), ProjectionError> {
+        let events = self.store.read_all(from, self.batch).await?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok((from, 0));
+        };
+        self.apply_batch(projection, from, &events).await?;
+        self.positions.publish(projection.name(), last);
+        Ok((last, events.len()))
+    }
+
+    async fn apply_batch(
+        &self,
+        projection: &dyn Projection,
+        from: u64,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let name = projection.name();
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(());
+        };
+        let mut tx = self.db.begin().await?;
+        let stored = match lock_checkpoint(&mut tx, name).await? {
+            Some(p) => p,
+            None => {
+                // First batch ever: create the row, then lock it. A concurrent runner's insert
+                // blocks ours until it commits, and we then see its checkpoint, not an empty one.
+                execute!(
+                    &mut tx,
+                    "INSERT INTO projection_checkpoints (name, position, updated_at) \
+                     VALUES ($1, 0, $2) ON CONFLICT (name) DO NOTHING",
+                    name,
+                    chrono::Utc::now()
+                )?;
+                lock_checkpoint(&mut tx, name).await?.unwrap_or(0)
+            }
+        };
+        if stored != from {
+            return Err(ProjectionError::CheckpointMoved {
+                name: name.to_owned(),
+                expected: from,
+                actual: stored,
+            });
+        }
+        for event in events {
+            if projection.handles(&event.event_type) {
+                projection.apply(&mut tx, event).await?;
+            }
+        }
+        let now = chrono::Utc::now();
+        execute!(
+            &mut tx,
+            "UPDATE projection_checkpoints SET position = $2, updated_at = $3 WHERE name = $1",
+            name,
+            last as i64,
+            now
+        )?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Brings `name` up to the head of the log as it is now; returns the checkpoint reached.
+    /// `progress(position, head)` is called after every batch.
+    pub async fn catch_up(
+        &self,
+        name: &str,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64, ProjectionError> {
+        let projection = self.find(name)?;
+        let head = self.store.head_position().await?;
+        let mut at = read_checkpoint(&self.db, name).await?;
+        while at < head {
+            match self.step(&*projection, at).await {
+                Ok((next, 0)) => {
+                    at = next;
+                    break;
+                }
+                Ok((next, _)) => at = next,
+                Err(ProjectionError::CheckpointMoved { actual, .. }) => at = actual,
+                Err(e) => return Err(e),
+            }
+            progress(at, head);
+        }
+        Ok(at)
+    }
+
+    /// Drops projection `name`'s rows, resets its checkpoint to zero and rebuilds it from the
+    /// start of the log. `progress(position, head)` is called after every batch.
+    pub async fn rebuild(
+        &self,
+        name: &str,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<u64, ProjectionError> {
+        let projection = self.find(name)?;
+        let mut tx = self.db.begin().await?;
+        projection.reset(&mut tx).await?;
+        execute!(
+            &mut tx,
+            "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES ($1, 0, $2) \
+             ON CONFLICT (name) DO UPDATE SET position = 0, updated_at = EXCLUDED.updated_at",
+            name,
+            chrono::Utc::now()
+        )?;
+        tx.commit().await?;
+        self.positions.publish(name, 0);
+        tracing::info!(projection = name, "read model dropped; rebuilding from position 0");
+        self.catch_up(name, progress).await
+    }
+
+    /// Runs every projection until `shutdown` resolves: catch up, then follow the log.
+    pub async fn run(&self, shutdown: watch::Receiver<bool>) {
+        let mut tasks = Vec::new();
+        for p in &self.projections {
+            let engine = self.clone();
+            let p = Arc::clone(p);
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move { engine.run_one(p, shutdown).await }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    async fn run_one(&self, projection: Arc<dyn Projection>, mut shutdown: watch::Receiver<bool>) {
+        let name = projection.name();
+        let mut backoff = Duration::from_millis(100);
+        while !*shutdown.borrow() {
+            let lease = match self.lease(name, &mut shutdown).await {
+                Some(l) => l,
+                None => return,
+            };
+            tracing::info!(projection = name, "projection runner started");
+            match self.follow(&*projection, lease, &mut shutdown).await {
+                Ok(()) => return,
+                Err(e) => {
+                    // Logged here, where it is handled: the runner backs off and starts over.
+                    tracing::error!(projection = name, error = %e, "projection runner failed; restarting");
+                    tokio::select! {
+                        _ = shutdown.changed() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Takes the lease on `name` (PostgreSQL: a session advisory lock; SQLite: one process
+    /// owns the file, nothing to take). `None` on shutdown.
+    async fn lease(&self, name: &str, shutdown: &mut watch::Receiver<bool>) -> Option<Lease> {
+        let ReadDb::Postgres(pool) = &self.db else {
+            return Some(Lease(None));
+        };
+        let key = lock_key(name);
+        let mut announced = false;
+        loop {
+            let attempt = async {
+                let mut conn = pool.acquire().await?.detach();
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(key)
+                    .fetch_one(&mut conn)
+                    .await?;
+                Ok::<_, sqlx::Error>(got.then_some(conn))
+            };
+            match attempt.await {
+                Ok(Some(conn)) => return Some(Lease(Some(conn))),
+                Ok(None) => {
+                    if !announced {
+                        tracing::info!(projection = name, "another process runs this projection; standing by");
+                        announced = true;
+                    }
+                }
+                Err(e) => tracing::warn!(projection = name, error = %e, "cannot take projection lease"),
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return None,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn follow(
+        &self,
+        projection: &dyn Projection,
+        mut lease: Lease,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ProjectionError> {
+        let name = projection.name();
+        let mut at = read_checkpoint(&self.db, name).await?;
+        self.positions.publish(name, at);
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            match self.step(projection, at).await {
+                Ok((next, n)) => {
+                    at = next;
+                    if n > 0 {
+                        continue;
+                    }
+                }
+                Err(ProjectionError::CheckpointMoved { actual, .. }) => {
+                    tracing::info!(projection = name, from = at, to = actual, "checkpoint moved by another runner; following it");
+                    at = actual;
+                    self.positions.publish(name, at);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                waited = self.store.wait_for_events(at, Duration::from_secs(5)) => {
+                    let head = waited?;
+                    if head <= at {
+                        // Idle: make sure the lease is still ours before going on.
+                        lease.check().await?;
+                        // A rebuild may have reset the checkpoint while we were idle.
+                        let stored = read_checkpoint(&self.db, name).await?;
+                        if stored != at {
+                            at = stored;
+                            self.positions.publish(name, at);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads a projection's checkpoint inside `tx`, locking its row on PostgreSQL (SQLite's
+/// `BEGIN IMMEDIATE` already holds the database's write lock).
+async fn lock_checkpoint(tx: &mut Tx, name: &str) -> Result<Option<u64>, sqlx::Error> {
+    let pos: Option<i64> = match tx {
+        Tx::Sqlite(t) => {
+            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut **t)
+                .await?
+        }
+        Tx::Postgres(t) => {
+            sqlx::query_scalar(
+                "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
+            )
+            .bind(name)
+            .fetch_optional(&mut **t)
+            .await?
+        }
+    };
+    Ok(pos.map(|p| p as u64))
+}
+
+/// The connection holding a projection's advisory lock; dropping it releases the lock.
+struct Lease(Option<sqlx::PgConnection>);
+
+impl Lease {
+    async fn check(&mut self) -> Result<(), ProjectionError> {
+        if let Some(conn) = &mut self.0 {
+            conn.ping().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A stable 64-bit advisory lock key for a projection name (FNV-1a).
+fn lock_key(name: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"confab.projection.".iter().chain(name.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lock_keys_are_stable_and_distinct() {
+        assert_eq!(super::lock_key("chats"), super::lock_key("chats"));
+        assert_ne!(super::lock_key("chats"), super::lock_key("settings"));
+    }
+}

@@ -1,0 +1,418 @@
+//! The projection engine against real SQLite and PostgreSQL: end to end from commands to read
+//! models, crash safety, fencing, leases, rebuilds and read-your-writes.
+
+use async_trait::async_trait;
+use chrono::Utc;
+use confab_domain::chat::{Chat, ChatCommand};
+use confab_domain::{ChatTitle, MessageContent, MessageKind, Role};
+use confab_eventstore::aggregate::execute;
+use confab_eventstore::postgres::PostgresStore;
+use confab_eventstore::sqlite::{SqliteStore, connect_options, read_pool};
+use confab_eventstore::testing::fresh_postgres_database;
+use confab_eventstore::{EventMetadata, EventStore, Limits, RecordedEvent};
+use confab_projections::chats;
+use confab_projections::{Engine, Projection, ProjectionError, ReadDb, Tx, execute};
+use sqlx::postgres::PgPoolOptions;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use uuid::Uuid;
+
+struct Env {
+    store: Arc<dyn EventStore>,
+    db: ReadDb,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Env {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("confab.db").display());
+    let options = connect_options(&url).expect("options");
+    let pool = read_pool(options.clone()).await.expect("pool");
+    confab_migrations::SQLITE.run(&pool).await.expect("migrate");
+    let store = SqliteStore::open(options, pool.clone(), Limits::default())
+        .await
+        .expect("open");
+    Env {
+        store: Arc::new(store),
+        db: ReadDb::Sqlite(pool),
+        _dir: Some(dir),
+    }
+}
+
+async fn postgres() -> Env {
+    let url = fresh_postgres_database().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&url)
+        .await
+        .expect("connect");
+    confab_migrations::POSTGRES.run(&pool).await.expect("migrate");
+    let store = PostgresStore::open(pool.clone(), Limits::default())
+        .await
+        .expect("open");
+    Env {
+        store: Arc::new(store),
+        db: ReadDb::Postgres(pool),
+        _dir: None,
+    }
+}
+
+/// Runs each test body on SQLite and on PostgreSQL.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::sqlite().await).await } )* }
+        mod on_postgres { $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::postgres().await).await } )* }
+    };
+}
+
+on_both!(
+    commands_flow_through_the_log_into_the_read_model,
+    a_failure_between_writes_and_checkpoint_applies_nothing_twice,
+    two_runners_racing_apply_every_event_exactly_once,
+    rebuild_reproduces_the_same_read_model,
+    read_your_writes_waits_for_the_running_projection,
+);
+
+fn meta(user: Uuid) -> EventMetadata {
+    EventMetadata {
+        actor: Some(user),
+        correlation_id: Some(Uuid::now_v7()),
+        causation_id: None,
+    }
+}
+
+/// Creates a chat with `n` messages; returns (chat, owner, message ids).
+async fn seed_chat(store: &dyn EventStore, n: usize) -> (Uuid, Uuid, Vec<Uuid>) {
+    let owner = Uuid::now_v7();
+    let chat = Uuid::now_v7();
+    execute::<Chat>(
+        store,
+        &chat,
+        ChatCommand::Create {
+            chat_id: chat,
+            owner,
+            title: ChatTitle::parse("Trip").expect("title"),
+            at: Utc::now(),
+        },
+        meta(owner),
+    )
+    .await
+    .expect("create");
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = Uuid::now_v7();
+        execute::<Chat>(
+            store,
+            &chat,
+            ChatCommand::SendMessage {
+                message_id: id,
+                actor: owner,
+                role: Role::User,
+                content: MessageContent::parse(&format!("message {i}")).expect("content"),
+                kind: MessageKind::Text,
+                at: Utc::now(),
+            },
+            meta(owner),
+        )
+        .await
+        .expect("send");
+        ids.push(id);
+    }
+    (chat, owner, ids)
+}
+
+async fn commands_flow_through_the_log_into_the_read_model(env: Env) {
+    let engine = Engine::new(env.store.clone(), env.db.clone(), confab_projections::all());
+    let (chat, owner, ids) = seed_chat(&*env.store, 3).await;
+    execute::<Chat>(
+        &*env.store,
+        &chat,
+        ChatCommand::EditMessage {
+            message_id: ids[1],
+            actor: owner,
+            content: Some(MessageContent::parse("edited").expect("content")),
+            kind: Some(MessageKind::Code),
+            at: Utc::now(),
+        },
+        meta(owner),
+    )
+    .await
+    .expect("edit");
+    execute::<Chat>(
+        &*env.store,
+        &chat,
+        ChatCommand::DeleteMessage {
+            message_id: ids[0],
+            actor: owner,
+            at: Utc::now(),
+        },
+        meta(owner),
+    )
+    .await
+    .expect("delete");
+    engine.catch_up(chats::NAME, |_, _| {}).await.expect("catch up");
+
+    let row = chats::get_chat(&env.db, chat, owner).await.expect("read").expect("chat");
+    assert_eq!(row.title, "Trip");
+    assert!(chats::get_chat(&env.db, chat, Uuid::now_v7()).await.expect("read").is_none());
+    let msgs = chats::list_messages(&env.db, chat, 50, 0).await.expect("messages");
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs[0].id, ids[1]);
+    assert_eq!(msgs[0].content, "edited");
+    assert_eq!(msgs[0].kind, "code");
+    assert_eq!(msgs[1].content, "message 2");
+
+    // Deleting the chat removes its messages from every read.
+    execute::<Chat>(
+        &*env.store,
+        &chat,
+        ChatCommand::Delete {
+            actor: owner,
+            at: Utc::now(),
+        },
+        meta(owner),
+    )
+    .await
+    .expect("delete chat");
+    engine.catch_up(chats::NAME, |_, _| {}).await.expect("catch up");
+    assert!(chats::get_chat(&env.db, chat, owner).await.expect("read").is_none());
+    assert!(chats::list_messages(&env.db, chat, 50, 0).await.expect("messages").is_empty());
+    let status = engine.status().await.expect("status");
+    assert_eq!(status[0].lag(), 0);
+}
+
+/// Records every event it applies in `test_applied`, and fails once, after writing, on the
+/// event at `fail_at`: a crash between a projection's writes and its checkpoint.
+struct Recorder {
+    fail_at: u64,
+    failed: AtomicBool,
+}
+
+#[async_trait]
+impl Projection for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+    fn handles(&self, _: &str) -> bool {
+        true
+    }
+    async fn apply(&self, tx: &mut Tx, e: &RecordedEvent) -> Result<(), ProjectionError> {
+        execute!(
+            tx,
+            "INSERT INTO test_applied (event_id, position) VALUES ($1, $2)",
+            e.event_id.to_string(),
+            e.position as i64
+        )?;
+        if e.position == self.fail_at && !self.failed.swap(true, Ordering::SeqCst) {
+            return Err(ProjectionError::Database(sqlx::Error::Protocol(
+                "simulated crash after the write, before the checkpoint".into(),
+            )));
+        }
+        Ok(())
+    }
+    async fn reset(&self, tx: &mut Tx) -> Result<(), ProjectionError> {
+        execute!(tx, "DELETE FROM test_applied")?;
+        Ok(())
+    }
+}
+
+async fn create_test_table(db: &ReadDb) {
+    let sql = "CREATE TABLE test_applied (event_id TEXT NOT NULL, position BIGINT NOT NULL)";
+    match db {
+        ReadDb::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+        ReadDb::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+    }
+    .expect("create test table");
+}
+
+async fn applied(db: &ReadDb) -> (i64, i64) {
+    let sql = "SELECT COUNT(*), COUNT(DISTINCT event_id) FROM test_applied";
+    match db {
+        ReadDb::Sqlite(p) => sqlx::query_as(sql).fetch_one(p).await,
+        ReadDb::Postgres(p) => sqlx::query_as(sql).fetch_one(p).await,
+    }
+    .expect("count")
+}
+
+async fn a_failure_between_writes_and_checkpoint_applies_nothing_twice(env: Env) {
+    create_test_table(&env.db).await;
+    seed_chat(&*env.store, 30).await;
+    let head = env.store.head_position().await.expect("head");
+    let recorder = Arc::new(Recorder {
+        fail_at: head - 5,
+        failed: AtomicBool::new(false),
+    });
+    let engine = Engine::new(env.store.clone(), env.db.clone(), vec![recorder.clone()])
+        .with_batch_size(8);
+    let err = engine.catch_up("recorder", |_, _| {}).await.expect_err("crash");
+    assert!(matches!(err, ProjectionError::Database(_)));
+    let status = engine.status().await.expect("status");
+    assert!(status[0].position < head - 5, "checkpoint passed the failed batch");
+    let (rows, distinct) = applied(&env.db).await;
+    assert_eq!(rows as u64, status[0].position, "rows of the failed batch were kept");
+    assert_eq!(rows, distinct);
+
+    // Restart: everything is applied exactly once.
+    let reached = engine.catch_up("recorder", |_, _| {}).await.expect("resume");
+    assert_eq!(reached, head);
+    let (rows, distinct) = applied(&env.db).await;
+    assert_eq!(rows as u64, head);
+    assert_eq!(distinct as u64, head);
+}
+
+async fn two_runners_racing_apply_every_event_exactly_once(env: Env) {
+    create_test_table(&env.db).await;
+    seed_chat(&*env.store, 200).await;
+    let head = env.store.head_position().await.expect("head");
+    let make = || {
+        Engine::new(
+            env.store.clone(),
+            env.db.clone(),
+            vec![Arc::new(Recorder {
+                fail_at: u64::MAX,
+                failed: AtomicBool::new(false),
+            })],
+        )
+        .with_batch_size(7)
+    };
+    let (a, b) = (make(), make());
+    let (ra, rb) = tokio::join!(
+        a.catch_up("recorder", |_, _| {}),
+        b.catch_up("recorder", |_, _| {})
+    );
+    assert_eq!(ra.expect("a"), head);
+    assert_eq!(rb.expect("b"), head);
+    let (rows, distinct) = applied(&env.db).await;
+    assert_eq!((rows as u64, distinct as u64), (head, head));
+}
+
+async fn rebuild_reproduces_the_same_read_model(env: Env) {
+    let engine = Engine::new(env.store.clone(), env.db.clone(), confab_projections::all());
+    let mut chats_seen = Vec::new();
+    for _ in 0..3 {
+        chats_seen.push(seed_chat(&*env.store, 20).await);
+    }
+    engine.catch_up(chats::NAME, |_, _| {}).await.expect("catch up");
+    let mut before = Vec::new();
+    for (chat, _, _) in &chats_seen {
+        before.push(chats::list_messages(&env.db, *chat, 100, 0).await.expect("read"));
+    }
+    let mut calls = 0;
+    let reached = engine
+        .rebuild(chats::NAME, |_, _| calls += 1)
+        .await
+        .expect("rebuild");
+    assert_eq!(reached, env.store.head_position().await.expect("head"));
+    assert!(calls >= 1);
+    for ((chat, owner, _), old) in chats_seen.iter().zip(before) {
+        assert_eq!(chats::list_messages(&env.db, *chat, 100, 0).await.expect("read"), old);
+        assert!(chats::get_chat(&env.db, *chat, *owner).await.expect("read").is_some());
+    }
+    assert!(matches!(
+        engine.rebuild("nope", |_, _| {}).await,
+        Err(ProjectionError::Unknown(_))
+    ));
+}
+
+async fn read_your_writes_waits_for_the_running_projection(env: Env) {
+    let engine = Engine::new(env.store.clone(), env.db.clone(), confab_projections::all());
+    let positions = engine.positions();
+    let (chat, owner, _) = seed_chat(&*env.store, 0).await;
+    let head = env.store.head_position().await.expect("head");
+    // Nobody runs the projection yet: the wait times out with a typed error.
+    let err = positions
+        .wait_for(chats::NAME, head, Duration::from_millis(100))
+        .await
+        .expect_err("no runner");
+    assert_eq!(err.wanted, head);
+
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let runner = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.run(shutdown).await })
+    };
+    for i in 0..50 {
+        let r = execute::<Chat>(
+            &*env.store,
+            &chat,
+            ChatCommand::SendMessage {
+                message_id: Uuid::now_v7(),
+                actor: owner,
+                role: Role::User,
+                content: MessageContent::parse(&format!("m{i}")).expect("content"),
+                kind: MessageKind::Text,
+                at: Utc::now(),
+            },
+            meta(owner),
+        )
+        .await
+        .expect("send");
+        let pos = r.appended.expect("appended").last_position;
+        positions
+            .wait_for(chats::NAME, pos, Duration::from_secs(5))
+            .await
+            .expect("projection reached the write");
+        let msgs = chats::list_messages(&env.db, chat, 100, 0).await.expect("read");
+        assert_eq!(msgs.len(), i + 1, "write not visible right after the wait");
+    }
+    stop.send(true).expect("stop");
+    tokio::time::timeout(Duration::from_secs(5), runner)
+        .await
+        .expect("runner stops on shutdown")
+        .expect("runner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_one_runner_holds_the_lease_and_another_takes_over() {
+    let env = postgres().await;
+    let (chat, owner, _) = seed_chat(&*env.store, 5).await;
+    let a = Engine::new(env.store.clone(), env.db.clone(), confab_projections::all());
+    let b = Engine::new(env.store.clone(), env.db.clone(), confab_projections::all());
+    let (stop_a, shut_a) = tokio::sync::watch::channel(false);
+    let (stop_b, shut_b) = tokio::sync::watch::channel(false);
+    let ra = {
+        let a = a.clone();
+        tokio::spawn(async move { a.run(shut_a).await })
+    };
+    let head = env.store.head_position().await.expect("head");
+    a.positions()
+        .wait_for(chats::NAME, head, Duration::from_secs(5))
+        .await
+        .expect("a runs");
+    let rb = {
+        let b = b.clone();
+        tokio::spawn(async move { b.run(shut_b).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.positions().local(chats::NAME), Some(0), "b must stand by while a holds the lease");
+
+    stop_a.send(true).expect("stop a");
+    ra.await.expect("a stops");
+    let r = execute::<Chat>(
+        &*env.store,
+        &chat,
+        ChatCommand::SendMessage {
+            message_id: Uuid::now_v7(),
+            actor: owner,
+            role: Role::User,
+            content: MessageContent::parse("after failover").expect("content"),
+            kind: MessageKind::Text,
+            at: Utc::now(),
+        },
+        meta(owner),
+    )
+    .await
+    .expect("send");
+    let pos = r.appended.expect("appended").last_position;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while b.positions().local(chats::NAME).unwrap_or(0) < pos {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("b took over the projection");
+    assert_eq!(chats::list_messages(&env.db, chat, 100, 0).await.expect("read").len(), 6);
+    stop_b.send(true).expect("stop b");
+    rb.await.expect("b stops");
+}
