@@ -603,7 +603,9 @@ mod tests {
 
     #[test]
     fn the_owner_sends_a_message() {
-        let state = given::<Chat>([created()]).when(send(ALICE)).then([sent(ALICE)]);
+        let state = given::<Chat>([created()])
+            .when(send(ALICE))
+            .then([sent(ALICE)]);
         assert_eq!(state.messages.len(), 1);
     }
 
@@ -616,7 +618,9 @@ mod tests {
 
     #[test]
     fn sending_to_a_missing_chat_is_refused() {
-        given::<Chat>([]).when(send(ALICE)).then_error(ChatError::ChatNotFound);
+        given::<Chat>([])
+            .when(send(ALICE))
+            .then_error(ChatError::ChatNotFound);
     }
 
     #[test]

@@ -109,7 +109,10 @@ impl MessageKind {
             "text" => Ok(MessageKind::Text),
             "code" => Ok(MessageKind::Code),
             "image" => Ok(MessageKind::Image),
-            _ => Err(ValidationError::new("type", "must be one of text, code, image")),
+            _ => Err(ValidationError::new(
+                "type",
+                "must be one of text, code, image",
+            )),
         }
     }
 

@@ -33,7 +33,10 @@ pub struct Executed<A: Aggregate> {
 }
 
 /// Loads aggregate `id` and its version from its stream.
-pub async fn load<A: Aggregate>(store: &dyn EventStore, id: &Uuid) -> Result<(A, u64), ExecuteError<A::Error>> {
+pub async fn load<A: Aggregate>(
+    store: &dyn EventStore,
+    id: &Uuid,
+) -> Result<(A, u64), ExecuteError<A::Error>> {
     let stream = A::stream_name(id);
     let mut state = A::default();
     let mut version = 0;
@@ -62,7 +65,9 @@ where
     loop {
         attempt += 1;
         let (state, version) = load::<A>(store, id).await?;
-        let events = state.decide(command.clone()).map_err(ExecuteError::Domain)?;
+        let events = state
+            .decide(command.clone())
+            .map_err(ExecuteError::Domain)?;
         if events.is_empty() {
             return Ok(Executed {
                 state,
@@ -72,9 +77,19 @@ where
         }
         let new: Vec<NewEvent> = events
             .iter()
-            .map(|e| NewEvent::new(e.event_type(), e.schema_version(), e.to_payload(), metadata.clone()))
+            .map(|e| {
+                NewEvent::new(
+                    e.event_type(),
+                    e.schema_version(),
+                    e.to_payload(),
+                    metadata.clone(),
+                )
+            })
             .collect();
-        match store.append(&stream, ExpectedVersion::Exact(version), new).await {
+        match store
+            .append(&stream, ExpectedVersion::Exact(version), new)
+            .await
+        {
             Ok(appended) => {
                 let state = events.iter().fold(state, |s, e| s.evolve(e));
                 return Ok(Executed {

@@ -8,6 +8,7 @@
 
 use crate::{AppendResult, ExpectedVersion, NewEvent, StoreError, StoreResult};
 use async_trait::async_trait;
+use std::collections::HashSet;
 use tokio::sync::{mpsc, oneshot};
 
 /// One append waiting to be written.
@@ -23,7 +24,8 @@ pub(crate) enum Outcome {
     Conflict { actual: u64 },
 }
 
-/// A backend that can write a batch of appends in one transaction.
+/// A backend that can write a batch of appends in one transaction. The appends of one batch are
+/// always to distinct streams.
 #[async_trait]
 pub(crate) trait BatchWriter: Send + 'static {
     /// Writes every non-conflicting append of `batch` in one transaction; on `Err`, nothing of
@@ -77,18 +79,36 @@ impl GroupCommit {
 
 async fn run(mut writer: impl BatchWriter, mut rx: mpsc::Receiver<Request>) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH_APPENDS);
-    while let Some(first) = rx.recv().await {
+    let mut streams: HashSet<String> = HashSet::with_capacity(MAX_BATCH_APPENDS);
+    // A request held back because its stream was already in the batch: it opens the next one.
+    let mut carried: Option<Request> = None;
+    loop {
+        let first = match carried.take() {
+            Some(r) => r,
+            None => match rx.recv().await {
+                Some(r) => r,
+                None => return,
+            },
+        };
         let mut events = first.0.events.len();
+        streams.insert(first.0.stream.clone());
         batch.push(first);
         while batch.len() < MAX_BATCH_APPENDS && events < MAX_BATCH_EVENTS {
             match rx.try_recv() {
                 Ok(next) => {
+                    // Appends in one batch touch distinct streams, so each one's expected
+                    // version is checked against the state before the batch.
+                    if !streams.insert(next.0.stream.clone()) {
+                        carried = Some(next);
+                        break;
+                    }
                     events += next.0.events.len();
                     batch.push(next);
                 }
                 Err(_) => break,
             }
         }
+        streams.clear();
         write_and_answer(&mut writer, std::mem::take(&mut batch)).await;
     }
 }

@@ -36,8 +36,8 @@ use crate::{
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::Row;
+use sqlx::postgres::{PgListener, PgPool, PgRow};
 use sqlx::types::Json;
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,6 +21,7 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Connection, Row};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -96,51 +97,71 @@ struct SqliteWriter {
 }
 
 impl SqliteWriter {
+    /// Writes a batch with a fixed number of statements, whatever its size: the head, the
+    /// current versions of every stream in the batch, and one multi-row insert (the rows travel
+    /// as one JSON array). Positions are assigned here, under the write lock, as head + 1...
     async fn write_in_tx(&mut self, batch: &[PendingAppend]) -> StoreResult<Vec<Outcome>> {
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for append in batch {
-            let current: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream = ?1",
-            )
-            .bind(&append.stream)
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
             .fetch_one(&mut self.conn)
             .await?;
-            let current = current as u64;
+        let names: Vec<&str> = batch.iter().map(|a| a.stream.as_str()).collect();
+        let names =
+            serde_json::to_string(&names).map_err(|e| StoreError::Serialization(e.to_string()))?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT stream, MAX(version) FROM events \
+             WHERE stream IN (SELECT value FROM json_each($1)) GROUP BY stream",
+        )
+        .bind(names)
+        .fetch_all(&mut self.conn)
+        .await?;
+        let mut versions: HashMap<&str, u64> = HashMap::with_capacity(rows.len());
+        for (stream, version) in &rows {
+            versions.insert(stream.as_str(), *version as u64);
+        }
+        let mut position = head as u64;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut values = Vec::new();
+        for append in batch {
+            let current = versions.get(append.stream.as_str()).copied().unwrap_or(0);
             if !append.expected.matches(current) {
                 outcomes.push(Outcome::Conflict { actual: current });
                 continue;
             }
-            let now = Utc::now();
-            let mut first = 0;
-            let mut last = 0;
+            let first = position + 1;
             for (i, event) in append.events.iter().enumerate() {
-                let metadata = serde_json::to_string(&event.metadata)
-                    .map_err(|e| StoreError::Serialization(e.to_string()))?;
-                let position: i64 = sqlx::query_scalar(
-                    "INSERT INTO events (event_id, stream, version, event_type, schema_version, \
-                     payload, metadata, recorded_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-                     RETURNING position",
-                )
-                .bind(event.event_id)
-                .bind(&append.stream)
-                .bind((current + i as u64 + 1) as i64)
-                .bind(&event.event_type)
-                .bind(event.schema_version as i64)
-                .bind(event.payload.to_string())
-                .bind(metadata)
-                .bind(now)
-                .fetch_one(&mut self.conn)
-                .await?;
-                if i == 0 {
-                    first = position as u64;
-                }
-                last = position as u64;
+                position += 1;
+                values.push(serde_json::json!({
+                    "p": position,
+                    "id": event.event_id.simple().to_string(),
+                    "s": append.stream,
+                    "v": current + i as u64 + 1,
+                    "t": event.event_type,
+                    "sv": event.schema_version,
+                    "pl": event.payload,
+                    "m": event.metadata,
+                }));
             }
+            let next = current + append.events.len() as u64;
+            versions.insert(append.stream.as_str(), next);
             outcomes.push(Outcome::Appended(AppendResult {
-                next_expected_version: current + append.events.len() as u64,
+                next_expected_version: next,
                 first_position: first,
-                last_position: last,
+                last_position: position,
             }));
+        }
+        if !values.is_empty() {
+            let values = serde_json::to_string(&values)
+                .map_err(|e| StoreError::Serialization(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO events (position, event_id, stream, version, event_type, \
+                 schema_version, payload, metadata, recorded_at) \
+                 SELECT value->>'p', unhex(value->>'id'), value->>'s', value->>'v', value->>'t', \
+                 value->>'sv', value->'pl', value->'m', $2 FROM json_each($1)",
+            )
+            .bind(values)
+            .bind(Utc::now())
+            .execute(&mut self.conn)
+            .await?;
         }
         Ok(outcomes)
     }
@@ -149,7 +170,9 @@ impl SqliteWriter {
 #[async_trait]
 impl BatchWriter for SqliteWriter {
     async fn write_batch(&mut self, batch: &[PendingAppend]) -> StoreResult<Vec<Outcome>> {
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut self.conn).await?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut self.conn)
+            .await?;
         match self.write_in_tx(batch).await {
             Ok(outcomes) => {
                 if let Err(e) = sqlx::query("COMMIT").execute(&mut self.conn).await {

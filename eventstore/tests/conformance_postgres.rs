@@ -19,7 +19,10 @@ async fn harness() -> Postgres {
         .connect(&url)
         .await
         .expect("connect");
-    confab_migrations::POSTGRES.run(&pool).await.expect("migrate");
+    confab_migrations::POSTGRES
+        .run(&pool)
+        .await
+        .expect("migrate");
     pool.close().await;
     Postgres { url }
 }
@@ -41,3 +44,11 @@ impl Harness for Postgres {
 }
 
 confab_eventstore::conformance_suite!(harness);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_duplicate_event_id_fails_only_its_own_append() {
+    confab_eventstore::conformance::a_duplicate_event_id_fails_only_its_own_append(
+        &harness().await,
+    )
+    .await;
+}

@@ -35,3 +35,11 @@ impl Harness for Sqlite {
 }
 
 confab_eventstore::conformance_suite!(harness);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_duplicate_event_id_fails_only_its_own_append() {
+    confab_eventstore::conformance::a_duplicate_event_id_fails_only_its_own_append(
+        &harness().await,
+    )
+    .await;
+}

@@ -28,51 +28,55 @@ CREATE TABLE event_log_head (
 INSERT INTO event_log_head (id, position) VALUES (TRUE, 0);
 
 -- Appends a batch of appends (a JSON array of {stream, expected, events:[{id, type,
--- schemaVersion, payload, metadata}]}) in the caller's transaction. `expected` is -1 for any,
--- otherwise the exact version (0: no stream). Each append either goes in whole or reports a
--- conflict with the stream's actual version; conflicts do not affect the other appends.
+-- schemaVersion, payload, metadata}]}, each to a distinct stream) in the caller's transaction.
+-- `expected` is -1 for any, otherwise the exact version (0: no stream). Each append either goes
+-- in whole or reports a conflict with the stream's actual version; conflicts do not affect the
+-- other appends. Set-based: one insert for all events, one upsert for all stream versions.
 CREATE FUNCTION confab_append(batch JSONB)
 RETURNS TABLE (idx INTEGER, ok BOOLEAN, stream_version BIGINT, first_pos BIGINT, last_pos BIGINT)
 LANGUAGE plpgsql AS $$
 DECLARE
-    head       BIGINT;
-    start_head BIGINT;
-    req        JSONB;
-    cur        BIGINT;
-    want       BIGINT;
-    n          INTEGER;
-    i          INTEGER := 0;
+    head     BIGINT;
+    new_head BIGINT;
 BEGIN
     SELECT h.position INTO head FROM event_log_head h WHERE h.id FOR UPDATE;
-    start_head := head;
-    FOR req IN SELECT value FROM jsonb_array_elements(batch) LOOP
-        SELECT s.version INTO cur FROM event_streams s WHERE s.stream = req->>'stream';
-        IF NOT FOUND THEN
-            cur := 0;
-        END IF;
-        want := (req->>'expected')::BIGINT;
-        idx := i;
-        IF want >= 0 AND want <> cur THEN
-            ok := FALSE; stream_version := cur; first_pos := NULL; last_pos := NULL;
-        ELSE
-            n := jsonb_array_length(req->'events');
-            INSERT INTO events (position, event_id, stream, version, event_type, schema_version,
-                                payload, metadata, recorded_at)
-            SELECT head + e.ord, (e.value->>'id')::UUID, req->>'stream', cur + e.ord,
-                   e.value->>'type', (e.value->>'schemaVersion')::INTEGER,
-                   e.value->'payload', e.value->'metadata', clock_timestamp()
-            FROM jsonb_array_elements(req->'events') WITH ORDINALITY AS e(value, ord);
-            INSERT INTO event_streams AS s (stream, version) VALUES (req->>'stream', cur + n)
-            ON CONFLICT (stream) DO UPDATE SET version = EXCLUDED.version;
-            ok := TRUE; stream_version := cur + n; first_pos := head + 1; last_pos := head + n;
-            head := head + n;
-        END IF;
-        RETURN NEXT;
-        i := i + 1;
-    END LOOP;
-    IF head > start_head THEN
-        UPDATE event_log_head SET position = head WHERE id;
-        PERFORM pg_notify('confab_events', head::TEXT);
+    IF (SELECT COUNT(DISTINCT r->>'stream') <> COUNT(*) FROM jsonb_array_elements(batch) r) THEN
+        RAISE EXCEPTION 'confab_append: a batch must not append twice to one stream';
+    END IF;
+    RETURN QUERY
+    WITH req AS (
+        SELECT (r.ord - 1)::INTEGER AS i, r.value->>'stream' AS s,
+               (r.value->>'expected')::BIGINT AS want, r.value->'events' AS evs,
+               jsonb_array_length(r.value->'events')::BIGINT AS n
+        FROM jsonb_array_elements(batch) WITH ORDINALITY AS r(value, ord)
+    ), cur AS (
+        SELECT req.*, COALESCE(es.version, 0)::BIGINT AS have
+        FROM req LEFT JOIN event_streams es ON es.stream = req.s
+    ), good AS (
+        SELECT cur.*, (head + SUM(cur.n) OVER (ORDER BY cur.i) - cur.n)::BIGINT AS base
+        FROM cur WHERE cur.want < 0 OR cur.want = cur.have
+    ), ins AS (
+        INSERT INTO events (position, event_id, stream, version, event_type, schema_version,
+                            payload, metadata, recorded_at)
+        SELECT g.base + e.ord, (e.value->>'id')::UUID, g.s, g.have + e.ord, e.value->>'type',
+               (e.value->>'schemaVersion')::INTEGER, e.value->'payload', e.value->'metadata',
+               clock_timestamp()
+        FROM good g, jsonb_array_elements(g.evs) WITH ORDINALITY AS e(value, ord)
+    ), ups AS (
+        INSERT INTO event_streams AS es (stream, version)
+        SELECT g.s, g.have + g.n FROM good g
+        ON CONFLICT (stream) DO UPDATE SET version = EXCLUDED.version
+    )
+    SELECT c.i, g.i IS NOT NULL,
+           CASE WHEN g.i IS NULL THEN c.have ELSE g.have + g.n END,
+           g.base + 1, g.base + g.n
+    FROM cur c LEFT JOIN good g ON g.i = c.i
+    ORDER BY c.i;
+
+    SELECT COALESCE(MAX(e.position), head) INTO new_head FROM events e WHERE e.position > head;
+    IF new_head > head THEN
+        UPDATE event_log_head SET position = new_head WHERE id;
+        PERFORM pg_notify('confab_events', new_head::TEXT);
     END IF;
 END
 $$;

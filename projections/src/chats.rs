@@ -28,7 +28,11 @@ impl Projection for ChatsProjection {
     }
 
     async fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ProjectionError> {
-        let e = ChatEvent::from_stored(&event.event_type, event.schema_version, event.payload.clone())?;
+        let e = ChatEvent::from_stored(
+            &event.event_type,
+            event.schema_version,
+            event.payload.clone(),
+        )?;
         match e {
             ChatEvent::Created(c) => {
                 execute!(

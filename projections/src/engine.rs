@@ -359,7 +359,10 @@ impl Engine {
         )?;
         tx.commit().await?;
         self.positions.publish(name, 0);
-        tracing::info!(projection = name, "read model dropped; rebuilding from position 0");
+        tracing::info!(
+            projection = name,
+            "read model dropped; rebuilding from position 0"
+        );
         self.catch_up(name, progress).await
     }
 
@@ -370,7 +373,9 @@ impl Engine {
             let engine = self.clone();
             let p = Arc::clone(p);
             let shutdown = shutdown.clone();
-            tasks.push(tokio::spawn(async move { engine.run_one(p, shutdown).await }));
+            tasks.push(tokio::spawn(
+                async move { engine.run_one(p, shutdown).await },
+            ));
         }
         for t in tasks {
             let _ = t.await;
@@ -422,11 +427,16 @@ impl Engine {
                 Ok(Some(conn)) => return Some(Lease(Some(conn))),
                 Ok(None) => {
                     if !announced {
-                        tracing::info!(projection = name, "another process runs this projection; standing by");
+                        tracing::info!(
+                            projection = name,
+                            "another process runs this projection; standing by"
+                        );
                         announced = true;
                     }
                 }
-                Err(e) => tracing::warn!(projection = name, error = %e, "cannot take projection lease"),
+                Err(e) => {
+                    tracing::warn!(projection = name, error = %e, "cannot take projection lease")
+                }
             }
             tokio::select! {
                 _ = shutdown.changed() => return None,
@@ -456,7 +466,12 @@ impl Engine {
                     }
                 }
                 Err(ProjectionError::CheckpointMoved { actual, .. }) => {
-                    tracing::info!(projection = name, from = at, to = actual, "checkpoint moved by another runner; following it");
+                    tracing::info!(
+                        projection = name,
+                        from = at,
+                        to = actual,
+                        "checkpoint moved by another runner; following it"
+                    );
                     at = actual;
                     self.positions.publish(name, at);
                     continue;

@@ -47,7 +47,10 @@ async fn postgres() -> Env {
         .connect(&url)
         .await
         .expect("connect");
-    confab_migrations::POSTGRES.run(&pool).await.expect("migrate");
+    confab_migrations::POSTGRES
+        .run(&pool)
+        .await
+        .expect("migrate");
     let store = PostgresStore::open(pool.clone(), Limits::default())
         .await
         .expect("open");
@@ -151,12 +154,25 @@ async fn commands_flow_through_the_log_into_the_read_model(env: Env) {
     )
     .await
     .expect("delete");
-    engine.catch_up(chats::NAME, |_, _| {}).await.expect("catch up");
+    engine
+        .catch_up(chats::NAME, |_, _| {})
+        .await
+        .expect("catch up");
 
-    let row = chats::get_chat(&env.db, chat, owner).await.expect("read").expect("chat");
+    let row = chats::get_chat(&env.db, chat, owner)
+        .await
+        .expect("read")
+        .expect("chat");
     assert_eq!(row.title, "Trip");
-    assert!(chats::get_chat(&env.db, chat, Uuid::now_v7()).await.expect("read").is_none());
-    let msgs = chats::list_messages(&env.db, chat, 50, 0).await.expect("messages");
+    assert!(
+        chats::get_chat(&env.db, chat, Uuid::now_v7())
+            .await
+            .expect("read")
+            .is_none()
+    );
+    let msgs = chats::list_messages(&env.db, chat, 50, 0)
+        .await
+        .expect("messages");
     assert_eq!(msgs.len(), 2);
     assert_eq!(msgs[0].id, ids[1]);
     assert_eq!(msgs[0].content, "edited");
@@ -175,9 +191,22 @@ async fn commands_flow_through_the_log_into_the_read_model(env: Env) {
     )
     .await
     .expect("delete chat");
-    engine.catch_up(chats::NAME, |_, _| {}).await.expect("catch up");
-    assert!(chats::get_chat(&env.db, chat, owner).await.expect("read").is_none());
-    assert!(chats::list_messages(&env.db, chat, 50, 0).await.expect("messages").is_empty());
+    engine
+        .catch_up(chats::NAME, |_, _| {})
+        .await
+        .expect("catch up");
+    assert!(
+        chats::get_chat(&env.db, chat, owner)
+            .await
+            .expect("read")
+            .is_none()
+    );
+    assert!(
+        chats::list_messages(&env.db, chat, 50, 0)
+            .await
+            .expect("messages")
+            .is_empty()
+    );
     let status = engine.status().await.expect("status");
     assert_eq!(status[0].lag(), 0);
 }
@@ -243,18 +272,30 @@ async fn a_failure_between_writes_and_checkpoint_applies_nothing_twice(env: Env)
         fail_at: head - 5,
         failed: AtomicBool::new(false),
     });
-    let engine = Engine::new(env.store.clone(), env.db.clone(), vec![recorder.clone()])
-        .with_batch_size(8);
-    let err = engine.catch_up("recorder", |_, _| {}).await.expect_err("crash");
+    let engine =
+        Engine::new(env.store.clone(), env.db.clone(), vec![recorder.clone()]).with_batch_size(8);
+    let err = engine
+        .catch_up("recorder", |_, _| {})
+        .await
+        .expect_err("crash");
     assert!(matches!(err, ProjectionError::Database(_)));
     let status = engine.status().await.expect("status");
-    assert!(status[0].position < head - 5, "checkpoint passed the failed batch");
+    assert!(
+        status[0].position < head - 5,
+        "checkpoint passed the failed batch"
+    );
     let (rows, distinct) = applied(&env.db).await;
-    assert_eq!(rows as u64, status[0].position, "rows of the failed batch were kept");
+    assert_eq!(
+        rows as u64, status[0].position,
+        "rows of the failed batch were kept"
+    );
     assert_eq!(rows, distinct);
 
     // Restart: everything is applied exactly once.
-    let reached = engine.catch_up("recorder", |_, _| {}).await.expect("resume");
+    let reached = engine
+        .catch_up("recorder", |_, _| {})
+        .await
+        .expect("resume");
     assert_eq!(reached, head);
     let (rows, distinct) = applied(&env.db).await;
     assert_eq!(rows as u64, head);
@@ -293,10 +334,17 @@ async fn rebuild_reproduces_the_same_read_model(env: Env) {
     for _ in 0..3 {
         chats_seen.push(seed_chat(&*env.store, 20).await);
     }
-    engine.catch_up(chats::NAME, |_, _| {}).await.expect("catch up");
+    engine
+        .catch_up(chats::NAME, |_, _| {})
+        .await
+        .expect("catch up");
     let mut before = Vec::new();
     for (chat, _, _) in &chats_seen {
-        before.push(chats::list_messages(&env.db, *chat, 100, 0).await.expect("read"));
+        before.push(
+            chats::list_messages(&env.db, *chat, 100, 0)
+                .await
+                .expect("read"),
+        );
     }
     let mut calls = 0;
     let reached = engine
@@ -306,8 +354,18 @@ async fn rebuild_reproduces_the_same_read_model(env: Env) {
     assert_eq!(reached, env.store.head_position().await.expect("head"));
     assert!(calls >= 1);
     for ((chat, owner, _), old) in chats_seen.iter().zip(before) {
-        assert_eq!(chats::list_messages(&env.db, *chat, 100, 0).await.expect("read"), old);
-        assert!(chats::get_chat(&env.db, *chat, *owner).await.expect("read").is_some());
+        assert_eq!(
+            chats::list_messages(&env.db, *chat, 100, 0)
+                .await
+                .expect("read"),
+            old
+        );
+        assert!(
+            chats::get_chat(&env.db, *chat, *owner)
+                .await
+                .expect("read")
+                .is_some()
+        );
     }
     assert!(matches!(
         engine.rebuild("nope", |_, _| {}).await,
@@ -353,7 +411,9 @@ async fn read_your_writes_waits_for_the_running_projection(env: Env) {
             .wait_for(chats::NAME, pos, Duration::from_secs(5))
             .await
             .expect("projection reached the write");
-        let msgs = chats::list_messages(&env.db, chat, 100, 0).await.expect("read");
+        let msgs = chats::list_messages(&env.db, chat, 100, 0)
+            .await
+            .expect("read");
         assert_eq!(msgs.len(), i + 1, "write not visible right after the wait");
     }
     stop.send(true).expect("stop");
@@ -385,7 +445,11 @@ async fn on_postgres_one_runner_holds_the_lease_and_another_takes_over() {
         tokio::spawn(async move { b.run(shut_b).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(b.positions().local(chats::NAME), Some(0), "b must stand by while a holds the lease");
+    assert_eq!(
+        b.positions().local(chats::NAME),
+        Some(0),
+        "b must stand by while a holds the lease"
+    );
 
     stop_a.send(true).expect("stop a");
     ra.await.expect("a stops");
@@ -412,7 +476,13 @@ async fn on_postgres_one_runner_holds_the_lease_and_another_takes_over() {
     })
     .await
     .expect("b took over the projection");
-    assert_eq!(chats::list_messages(&env.db, chat, 100, 0).await.expect("read").len(), 6);
+    assert_eq!(
+        chats::list_messages(&env.db, chat, 100, 0)
+            .await
+            .expect("read")
+            .len(),
+        6
+    );
     stop_b.send(true).expect("stop b");
     rb.await.expect("b stops");
 }

@@ -1,0 +1,114 @@
+//! The one error body every route answers with: `{"error": {"message", "code", "details"}}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// An API failure, mapped to its status and `code`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401 `unauthorized`.
+    #[error("authentication required")]
+    Unauthorized,
+    /// 403 `forbidden`.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404 `not_found`: also for another user's resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// 400 `validation_error`, with the offending fields in `details`.
+    #[error("{message}")]
+    Validation {
+        /// Summary.
+        message: String,
+        /// Field name to reason.
+        details: Value,
+    },
+    /// 409 `conflict`.
+    #[error("{0}")]
+    Conflict(String),
+    /// 405, reported as `not_found` of the method: the route exists, this method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 503 `unavailable`: not ready to serve.
+    #[error("{message}")]
+    Unavailable {
+        /// What is not ready.
+        message: String,
+        /// Specifics.
+        details: Value,
+    },
+    /// 500 `internal_error`: logged once here, never described to the client.
+    #[error("internal error: {0}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// A validation error on one field.
+    pub fn field(field: &str, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        ApiError::Validation {
+            message: format!("{field}: {reason}"),
+            details: json!({ field: reason }),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Validation { .. } => (StatusCode::BAD_REQUEST, "validation_error"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let (message, details) = match &self {
+            ApiError::Internal(e) => {
+                tracing::error!(error = ?e, "request failed");
+                ("internal server error".to_owned(), json!({}))
+            }
+            ApiError::Validation { message, details } => (message.clone(), details.clone()),
+            ApiError::Unavailable { message, details } => (message.clone(), details.clone()),
+            other => (other.to_string(), json!({})),
+        };
+        let body = json!({ "error": { "message": message, "code": code, "details": details } });
+        (status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(e: ApiError) -> (StatusCode, Value) {
+        let r = e.into_response();
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn internal_errors_hide_their_cause() {
+        let (status, v) = body(ApiError::Internal(anyhow::anyhow!("password=hunter2"))).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(v["error"]["code"], "internal_error");
+        assert!(!v.to_string().contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn validation_errors_name_the_field() {
+        let (status, v) = body(ApiError::field("title", "must not be empty")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(v["error"]["code"], "validation_error");
+        assert_eq!(v["error"]["details"]["title"], "must not be empty");
+    }
+}

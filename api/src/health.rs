@@ -1,0 +1,50 @@
+//! Operational routes: liveness, readiness, and the error bodies for unknown routes.
+
+use crate::{ApiError, AppState};
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the store answers and every projection is within the allowed lag.
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let statuses = state.engine.status().await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness check cannot read the store");
+        ApiError::Unavailable {
+            message: "event store or read model database unreachable".into(),
+            details: json!({}),
+        }
+    })?;
+    let projections: Vec<Value> = statuses
+        .iter()
+        .map(|s| json!({ "name": s.name, "position": s.position, "head": s.head, "lag": s.lag() }))
+        .collect();
+    let behind: Vec<&str> = statuses
+        .iter()
+        .filter(|s| s.lag() > state.readiness_max_lag)
+        .map(|s| s.name)
+        .collect();
+    if !behind.is_empty() {
+        return Err(ApiError::Unavailable {
+            message: format!("projections catching up: {}", behind.join(", ")),
+            details: json!({ "projections": projections, "maxLag": state.readiness_max_lag }),
+        });
+    }
+    Ok(Json(
+        json!({ "status": "ready", "projections": projections }),
+    ))
+}
+
+/// Any unknown route.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+/// A known route with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}

@@ -1,0 +1,97 @@
+//! `Application::build(config)`: the wiring of one `serve` process.
+
+use crate::backend::{Backend, Migrations};
+use crate::config::Config;
+use anyhow::Context;
+use confab_api::AppState;
+use confab_workers::Workers;
+use std::future::Future;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A built, not yet running, server.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    workers: Option<Workers>,
+    port: u16,
+}
+
+impl Application {
+    /// Opens the storage, migrates the embedded default, binds the listener (port 0 picks a free
+    /// one) and prepares the routes and the background work.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let migrations = if config.auto_migrate {
+            Migrations::Apply
+        } else {
+            Migrations::Require
+        };
+        let backend = Backend::open(&config, migrations).await?;
+        let engine = backend.engine();
+        let state = AppState {
+            store: backend.store.clone(),
+            db: backend.db.clone(),
+            engine: engine.clone(),
+            readiness_max_lag: config.readiness_max_lag,
+        };
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .with_context(|| format!("cannot listen on {} (CONFAB_BIND / --bind)", config.bind))?;
+        let port = listener.local_addr()?.port();
+        Ok(Application {
+            listener,
+            router: confab_api::router(state),
+            workers: config.run_projections.then(|| Workers::new(engine)),
+            port,
+        })
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves, then drains connections and stops the workers.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let workers = self.workers.map(|w| tokio::spawn(w.run(stopped.clone())));
+        let mut server_stop = stopped;
+        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        });
+        let server = tokio::spawn(async move { server.await });
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+        server.await??;
+        if let Some(w) = workers {
+            w.await?;
+        }
+        Ok(())
+    }
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,174 @@
+//! Configuration: one typed struct from defaults, an optional TOML file, `CONFAB_*` environment
+//! variables and command-line flags, in that order of precedence (last wins).
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything Confab can be told.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address the HTTP server listens on (`CONFAB_BIND`).
+    pub bind: SocketAddr,
+    /// Where the embedded database and uploads live (`CONFAB_DATA_DIR`); created on first run.
+    pub data_dir: PathBuf,
+    /// `sqlite:` or `postgres:` URL of the database (`CONFAB_DATABASE_URL`); by default the
+    /// SQLite file `confab.db` in the data directory. Holds the event log (unless
+    /// `event_store_url` is set), projection checkpoints and read models.
+    #[serde(serialize_with = "expose_opt")]
+    pub database_url: Option<SecretString>,
+    /// A `kurrentdb://` (or `esdb://`) URL to keep the event log in KurrentDB instead
+    /// (`CONFAB_EVENT_STORE_URL`; needs the `kurrentdb` build feature).
+    #[serde(serialize_with = "expose_opt")]
+    pub event_store_url: Option<SecretString>,
+    /// Redis, for shared rate limits and queues across instances (`CONFAB_REDIS_URL`).
+    #[serde(serialize_with = "expose_opt")]
+    pub redis_url: Option<SecretString>,
+    /// Largest event (payload plus metadata), in bytes (`CONFAB_MAX_EVENT_BYTES`).
+    pub max_event_bytes: usize,
+    /// Most events a projection may lag while `/readyz` still answers ready
+    /// (`CONFAB_READINESS_MAX_LAG`).
+    pub readiness_max_lag: u64,
+    /// Whether `serve` runs the projections itself (`CONFAB_RUN_PROJECTIONS`); turn off when
+    /// dedicated `confab work` processes run them.
+    pub run_projections: bool,
+    /// Whether `serve` applies pending migrations on PostgreSQL at start-up
+    /// (`CONFAB_AUTO_MIGRATE`); SQLite is always migrated.
+    pub auto_migrate: bool,
+}
+
+fn expose_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(secret) => s.serialize_some(secret.expose_secret()),
+        None => s.serialize_none(),
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            event_store_url: None,
+            redis_url: None,
+            max_event_bytes: 1024 * 1024,
+            readiness_max_lag: 10_000,
+            run_projections: true,
+            auto_migrate: false,
+        }
+    }
+}
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// A configuration that cannot be used, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value has the wrong type.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    /// The database URL has an unknown scheme.
+    #[error(
+        "CONFAB_DATABASE_URL must start with sqlite: or postgres: (got a URL starting with {0:?})"
+    )]
+    UnknownDatabase(String),
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given (it must exist), then `CONFAB_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::figment(file)
+            .extract()
+            .map_err(|e| Box::new(e).into())
+    }
+
+    /// The layered sources, so callers can merge command-line flags on top.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            f = f.merge(Toml::file_exact(path));
+        }
+        f.merge(Env::prefixed("CONFAB_").ignore(&["config"]))
+    }
+
+    /// The database URL in force: the configured one, or the SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose_secret().to_owned(),
+            None => format!("sqlite://{}", self.data_dir.join("confab.db").display()),
+        }
+    }
+
+    /// Which database `database_url()` names.
+    pub fn database_kind(&self) -> Result<DatabaseKind, ConfigError> {
+        let url = self.database_url();
+        if url.starts_with("sqlite:") {
+            Ok(DatabaseKind::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(DatabaseKind::Postgres)
+        } else {
+            Err(ConfigError::UnknownDatabase(url.chars().take(12).collect()))
+        }
+    }
+}
+
+#[cfg(test)]
+// figment's Jail closures return figment::Error, which is large by design.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_use_the_embedded_database_in_the_data_dir() {
+        figment::Jail::expect_with(|_| {
+            let c = Config::load(None).expect("load");
+            assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
+            assert_eq!(c.database_kind().expect("kind"), DatabaseKind::Sqlite);
+            assert!(c.database_url().ends_with("data/confab.db"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "confab.toml",
+                "bind = \"0.0.0.0:9000\"\nreadiness_max_lag = 5\n",
+            )?;
+            jail.set_env("CONFAB_READINESS_MAX_LAG", "7");
+            jail.set_env("CONFAB_DATABASE_URL", "postgres://u:secret@db/confab");
+            let c = Config::load(Some(Path::new("confab.toml"))).expect("load");
+            assert_eq!(c.bind.port(), 9000);
+            assert_eq!(c.readiness_max_lag, 7);
+            assert_eq!(c.database_kind().expect("kind"), DatabaseKind::Postgres);
+            assert!(
+                !format!("{c:?}").contains("secret"),
+                "secrets must not print"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_database_scheme_is_explained() {
+        let c = Config {
+            database_url: Some("mysql://x".to_owned().into()),
+            ..Config::default()
+        };
+        let e = c.database_kind().expect_err("mysql");
+        assert!(e.to_string().contains("CONFAB_DATABASE_URL"));
+    }
+}

@@ -1,0 +1,9 @@
+//! The `confab` binary's library: configuration, start-up wiring and the command line.
+
+pub mod app;
+pub mod backend;
+pub mod cli;
+pub mod config;
+
+pub use app::Application;
+pub use config::Config;
