@@ -47,6 +47,8 @@ pub(crate) struct GroupCommit {
 /// Caps one batch: by appends and by events.
 const MAX_BATCH_APPENDS: usize = 512;
 const MAX_BATCH_EVENTS: usize = 4_096;
+/// How many times a short batch yields to let answered callers queue again (microseconds each).
+const MAX_LINGER_YIELDS: usize = 4;
 
 impl GroupCommit {
     /// Starts the writer task.
@@ -82,6 +84,9 @@ async fn run(mut writer: impl BatchWriter, mut rx: mpsc::Receiver<Request>) {
     let mut streams: HashSet<String> = HashSet::with_capacity(MAX_BATCH_APPENDS);
     // A request held back because its stream was already in the batch: it opens the next one.
     let mut carried: Option<Request> = None;
+    // How many appends the previous batch carried: the callers it answered are about to send
+    // their next appends, so a batch that starts smaller waits a moment for them.
+    let mut previous = 0;
     loop {
         let first = match carried.take() {
             Some(r) => r,
@@ -93,21 +98,29 @@ async fn run(mut writer: impl BatchWriter, mut rx: mpsc::Receiver<Request>) {
         let mut events = first.0.events.len();
         streams.insert(first.0.stream.clone());
         batch.push(first);
-        while batch.len() < MAX_BATCH_APPENDS && events < MAX_BATCH_EVENTS {
+        let mut lingered = 0;
+        'fill: while batch.len() < MAX_BATCH_APPENDS && events < MAX_BATCH_EVENTS {
             match rx.try_recv() {
                 Ok(next) => {
                     // Appends in one batch touch distinct streams, so each one's expected
                     // version is checked against the state before the batch.
                     if !streams.insert(next.0.stream.clone()) {
                         carried = Some(next);
-                        break;
+                        break 'fill;
                     }
                     events += next.0.events.len();
                     batch.push(next);
                 }
-                Err(_) => break,
+                Err(_) if batch.len() < previous && lingered < MAX_LINGER_YIELDS => {
+                    // Let the tasks just answered run and queue their next append, instead of
+                    // committing a batch of one and making them wait a whole commit for the next.
+                    lingered += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(_) => break 'fill,
             }
         }
+        previous = batch.len();
         streams.clear();
         write_and_answer(&mut writer, std::mem::take(&mut batch)).await;
     }

@@ -97,26 +97,26 @@ struct SqliteWriter {
 }
 
 impl SqliteWriter {
-    /// Writes a batch with a fixed number of statements, whatever its size: the head, the
-    /// current versions of every stream in the batch, and one multi-row insert (the rows travel
+    /// Writes a batch with a fixed number of statements, whatever its size: one for the head and
+    /// the current versions of every stream in the batch, and one multi-row insert (the rows travel
     /// as one JSON array). Positions are assigned here, under the write lock, as head + 1...
     async fn write_in_tx(&mut self, batch: &[PendingAppend]) -> StoreResult<Vec<Outcome>> {
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-            .fetch_one(&mut self.conn)
-            .await?;
         let names: Vec<&str> = batch.iter().map(|a| a.stream.as_str()).collect();
         let names =
             serde_json::to_string(&names).map_err(|e| StoreError::Serialization(e.to_string()))?;
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT stream, MAX(version) FROM events \
-             WHERE stream IN (SELECT value FROM json_each($1)) GROUP BY stream",
+        // One statement for the head and every stream's version. The correlated MAX lets SQLite
+        // seek to the last version of each stream instead of scanning all of them.
+        let rows: Vec<(String, Option<i64>, i64)> = sqlx::query_as(
+            "SELECT j.value, (SELECT MAX(e.version) FROM events e WHERE e.stream = j.value), \
+             (SELECT COALESCE(MAX(position), 0) FROM events) FROM json_each($1) j",
         )
         .bind(names)
         .fetch_all(&mut self.conn)
         .await?;
+        let head = rows.first().map(|r| r.2).unwrap_or(0);
         let mut versions: HashMap<&str, u64> = HashMap::with_capacity(rows.len());
-        for (stream, version) in &rows {
-            versions.insert(stream.as_str(), *version as u64);
+        for (stream, version, _) in &rows {
+            versions.insert(stream.as_str(), version.unwrap_or(0) as u64);
         }
         let mut position = head as u64;
         let mut outcomes = Vec::with_capacity(batch.len());

@@ -50,8 +50,12 @@ BEGIN
                jsonb_array_length(r.value->'events')::BIGINT AS n
         FROM jsonb_array_elements(batch) WITH ORDINALITY AS r(value, ord)
     ), cur AS (
-        SELECT req.*, COALESCE(es.version, 0)::BIGINT AS have
-        FROM req LEFT JOIN event_streams es ON es.stream = req.s
+        -- A scalar subquery keeps this an index lookup per append: the planner cannot know how
+        -- few rows jsonb_array_elements yields and would otherwise hash-join the whole table.
+        SELECT req.*,
+               COALESCE((SELECT x.version FROM event_streams x WHERE x.stream = req.s), 0)::BIGINT
+                   AS have
+        FROM req
     ), good AS (
         SELECT cur.*, (head + SUM(cur.n) OVER (ORDER BY cur.i) - cur.n)::BIGINT AS base
         FROM cur WHERE cur.want < 0 OR cur.want = cur.have

@@ -4,9 +4,9 @@ use crate::db::{ReadDb, Tx};
 use crate::engine::{Projection, ProjectionError};
 use crate::execute;
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use confab_domain::EventSchema;
-use confab_domain::chat::{ChatEvent, event_types};
+use confab_domain::chat::{ChatEvent, MessageSent, event_types};
 use confab_eventstore::RecordedEvent;
 use sqlx::Row;
 use uuid::Uuid;
@@ -28,11 +28,130 @@ impl Projection for ChatsProjection {
     }
 
     async fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ProjectionError> {
-        let e = ChatEvent::from_stored(
-            &event.event_type,
-            event.schema_version,
-            event.payload.clone(),
-        )?;
+        apply_one(tx, decode(event)?).await
+    }
+
+    /// Runs of sent messages (the bulk of any log) are inserted with one statement per run;
+    /// everything else is applied one by one, in order.
+    async fn apply_batch(
+        &self,
+        tx: &mut Tx,
+        events: &[&RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut run: Vec<MessageSent> = Vec::new();
+        for event in events {
+            match decode(event)? {
+                ChatEvent::MessageSent(m) => run.push(m),
+                other => {
+                    insert_messages(tx, &run).await?;
+                    run.clear();
+                    apply_one(tx, other).await?;
+                }
+            }
+        }
+        insert_messages(tx, &run).await
+    }
+
+    async fn reset(&self, tx: &mut Tx) -> Result<(), ProjectionError> {
+        execute!(tx, "DELETE FROM messages")?;
+        execute!(tx, "DELETE FROM chats")?;
+        Ok(())
+    }
+}
+
+fn decode(event: &RecordedEvent) -> Result<ChatEvent, ProjectionError> {
+    Ok(ChatEvent::from_stored(
+        &event.event_type,
+        event.schema_version,
+        event.payload.clone(),
+    )?)
+}
+
+/// Inserts sent messages with one statement, and moves each chat's last activity once. The rows
+/// travel as one JSON array; on SQLite, ids are 16-byte blobs and times the text sqlx writes.
+async fn insert_messages(tx: &mut Tx, run: &[MessageSent]) -> Result<(), ProjectionError> {
+    if run.is_empty() {
+        return Ok(());
+    }
+    match tx {
+        Tx::Sqlite(t) => {
+            let rows: Vec<serde_json::Value> = run
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "id": m.message_id.simple().to_string(),
+                        "chat": m.chat_id.simple().to_string(),
+                        "user": m.author.simple().to_string(),
+                        "role": m.role.as_str(),
+                        "content": m.content.as_str(),
+                        "type": m.kind.as_str(),
+                        "at": m.at.to_rfc3339_opts(SecondsFormat::AutoSi, false),
+                    })
+                })
+                .collect();
+            let rows = serde_json::Value::Array(rows).to_string();
+            sqlx::query(
+                "INSERT INTO messages (id, chat_id, user_id, role, content, type, created_at, \
+                 updated_at) SELECT unhex(value->>'id'), unhex(value->>'chat'), \
+                 unhex(value->>'user'), value->>'role', value->>'content', value->>'type', \
+                 value->>'at', value->>'at' FROM json_each($1) WHERE TRUE \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&rows)
+            .execute(&mut **t)
+            .await?;
+            sqlx::query(
+                "UPDATE chats SET last_activity_at = j.at FROM (SELECT unhex(value->>'chat') AS \
+                 chat, MAX(value->>'at') AS at FROM json_each($1) GROUP BY 1) AS j \
+                 WHERE chats.id = j.chat AND chats.last_activity_at < j.at",
+            )
+            .bind(&rows)
+            .execute(&mut **t)
+            .await?;
+        }
+        Tx::Postgres(t) => {
+            let rows: Vec<serde_json::Value> = run
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "id": m.message_id,
+                        "chat": m.chat_id,
+                        "usr": m.author,
+                        "role": m.role.as_str(),
+                        "content": m.content.as_str(),
+                        "type": m.kind.as_str(),
+                        // Truncated to microseconds, as sqlx binds a timestamptz (PostgreSQL
+                        // would round a longer fraction), so both write paths agree.
+                        "at": m.at.to_rfc3339_opts(SecondsFormat::Micros, true),
+                    })
+                })
+                .collect();
+            let rows = sqlx::types::Json(rows);
+            sqlx::query(
+                "INSERT INTO messages (id, chat_id, user_id, role, content, type, created_at, \
+                 updated_at) SELECT r.id, r.chat, r.usr, r.role, r.content, r.type, r.at, r.at \
+                 FROM jsonb_to_recordset($1) AS r(id UUID, chat UUID, usr UUID, role TEXT, \
+                 content TEXT, type TEXT, at TIMESTAMPTZ) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&rows)
+            .execute(&mut **t)
+            .await?;
+            sqlx::query(
+                "UPDATE chats c SET last_activity_at = j.at FROM (SELECT r.chat, MAX(r.at) AS at \
+                 FROM jsonb_to_recordset($1) AS r(chat UUID, at TIMESTAMPTZ) GROUP BY r.chat) j \
+                 WHERE c.id = j.chat AND c.last_activity_at < j.at",
+            )
+            .bind(&rows)
+            .execute(&mut **t)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies one chat event.
+async fn apply_one(tx: &mut Tx, e: ChatEvent) -> Result<(), ProjectionError> {
+    {
         match e {
             ChatEvent::Created(c) => {
                 execute!(
@@ -96,12 +215,6 @@ impl Projection for ChatsProjection {
         }
         Ok(())
     }
-
-    async fn reset(&self, tx: &mut Tx) -> Result<(), ProjectionError> {
-        execute!(tx, "DELETE FROM messages")?;
-        execute!(tx, "DELETE FROM chats")?;
-        Ok(())
-    }
 }
 
 /// A chat as read.
@@ -117,6 +230,8 @@ pub struct ChatRow {
     pub created_at: DateTime<Utc>,
     /// Last changed.
     pub updated_at: DateTime<Utc>,
+    /// Last message, rename or creation: lists sort by it.
+    pub last_activity_at: DateTime<Utc>,
 }
 
 /// A message as read.
@@ -174,6 +289,7 @@ impl FromRow for ChatRow {
             title: r.try_get("title")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
+            last_activity_at: r.try_get("last_activity_at")?,
         })
     }
 }
@@ -214,7 +330,7 @@ pub async fn get_chat(db: &ReadDb, id: Uuid, owner: Uuid) -> Result<Option<ChatR
     let rows: Vec<ChatRow> = fetch!(
         db,
         fetch_all,
-        "SELECT id, owner_id, title, created_at, updated_at FROM chats \
+        "SELECT id, owner_id, title, created_at, updated_at, last_activity_at FROM chats \
          WHERE id = $1 AND owner_id = $2",
         id,
         owner

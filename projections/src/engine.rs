@@ -59,6 +59,18 @@ pub trait Projection: Send + Sync + 'static {
     fn handles(&self, event_type: &str) -> bool;
     /// Applies one event inside the batch's transaction.
     async fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ProjectionError>;
+    /// Applies a batch of events it handles, in order, inside one transaction. The default
+    /// applies them one by one; a projection may write runs of similar events set-wise.
+    async fn apply_batch(
+        &self,
+        tx: &mut Tx,
+        events: &[&RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        for e in events {
+            self.apply(tx, e).await?;
+        }
+        Ok(())
+    }
     /// Deletes every row of the read model, for a rebuild.
     async fn reset(&self, tx: &mut Tx) -> Result<(), ProjectionError>;
 }
@@ -298,10 +310,12 @@ impl Engine {
                 actual: stored,
             });
         }
-        for event in events {
-            if projection.handles(&event.event_type) {
-                projection.apply(&mut tx, event).await?;
-            }
+        let handled: Vec<&RecordedEvent> = events
+            .iter()
+            .filter(|e| projection.handles(&e.event_type))
+            .collect();
+        if !handled.is_empty() {
+            projection.apply_batch(&mut tx, &handled).await?;
         }
         let now = chrono::Utc::now();
         execute!(
@@ -316,7 +330,8 @@ impl Engine {
     }
 
     /// Brings `name` up to the head of the log as it is now; returns the checkpoint reached.
-    /// `progress(position, head)` is called after every batch.
+    /// `progress(position, head)` is called after every batch. The next batch is read from the
+    /// store while the current one is applied.
     pub async fn catch_up(
         &self,
         name: &str,
@@ -325,14 +340,25 @@ impl Engine {
         let projection = self.find(name)?;
         let head = self.store.head_position().await?;
         let mut at = read_checkpoint(&self.db, name).await?;
+        let mut events = self.store.read_all(at, self.batch).await?;
         while at < head {
-            match self.step(&*projection, at).await {
-                Ok((next, 0)) => {
-                    at = next;
-                    break;
+            let Some(last) = events.last().map(|e| e.position) else {
+                break;
+            };
+            let (applied, next) = tokio::join!(
+                self.apply_batch(&*projection, at, &events),
+                self.store.read_all(last, self.batch)
+            );
+            match applied {
+                Ok(()) => {
+                    at = last;
+                    self.positions.publish(name, at);
+                    events = next?;
                 }
-                Ok((next, _)) => at = next,
-                Err(ProjectionError::CheckpointMoved { actual, .. }) => at = actual,
+                Err(ProjectionError::CheckpointMoved { actual, .. }) => {
+                    at = actual;
+                    events = self.store.read_all(at, self.batch).await?;
+                }
                 Err(e) => return Err(e),
             }
             progress(at, head);

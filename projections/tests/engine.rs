@@ -75,6 +75,7 @@ on_both!(
     two_runners_racing_apply_every_event_exactly_once,
     rebuild_reproduces_the_same_read_model,
     read_your_writes_waits_for_the_running_projection,
+    set_wise_and_one_by_one_application_agree,
 );
 
 fn meta(user: Uuid) -> EventMetadata {
@@ -485,4 +486,61 @@ async fn on_postgres_one_runner_holds_the_lease_and_another_takes_over() {
     );
     stop_b.send(true).expect("stop b");
     rb.await.expect("b stops");
+}
+
+async fn set_wise_and_one_by_one_application_agree(env: Env) {
+    use confab_projections::Projection;
+    let engine = Engine::new(env.store.clone(), env.db.clone(), confab_projections::all());
+    let (chat, owner, ids) = seed_chat(&*env.store, 12).await;
+    for (i, id) in ids.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+        let cmd = if i % 2 == 0 {
+            ChatCommand::EditMessage {
+                message_id: *id,
+                actor: owner,
+                content: Some(MessageContent::parse("changed").expect("content")),
+                kind: None,
+                at: Utc::now(),
+            }
+        } else {
+            ChatCommand::DeleteMessage {
+                message_id: *id,
+                actor: owner,
+                at: Utc::now(),
+            }
+        };
+        execute::<Chat>(&*env.store, &chat, cmd, meta(owner))
+            .await
+            .expect("command");
+    }
+    let (_, _, more) = seed_chat(&*env.store, 3).await;
+    assert_eq!(more.len(), 3);
+    engine
+        .catch_up(chats::NAME, |_, _| {})
+        .await
+        .expect("catch up");
+    let set_wise = (
+        chats::get_chat(&env.db, chat, owner).await.expect("read"),
+        chats::list_messages(&env.db, chat, 100, 0)
+            .await
+            .expect("read"),
+    );
+
+    let mut tx = env.db.begin().await.expect("begin");
+    chats::ChatsProjection.reset(&mut tx).await.expect("reset");
+    for e in env.store.read_all(0, 10_000).await.expect("read all") {
+        chats::ChatsProjection
+            .apply(&mut tx, &e)
+            .await
+            .expect("apply");
+    }
+    tx.commit().await.expect("commit");
+    let one_by_one = (
+        chats::get_chat(&env.db, chat, owner).await.expect("read"),
+        chats::list_messages(&env.db, chat, 100, 0)
+            .await
+            .expect("read"),
+    );
+    assert!(set_wise.0.is_some());
+    assert_eq!(set_wise.1.len(), 12 - 2);
+    assert_eq!(set_wise, one_by_one);
 }
