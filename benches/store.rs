@@ -28,6 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+// The same allocator as the `confab` binary, so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Settings {
     backends: Vec<String>,
     seconds: f64,
@@ -308,7 +312,13 @@ async fn main() {
         let read_secs = t.elapsed().as_secs_f64();
         assert_eq!(read, head);
 
-        let engine = Engine::new(store.clone(), db, confab_projections::all());
+        let mut engine = Engine::new(store.clone(), db, confab_projections::all());
+        if let Some(b) = std::env::var("CONFAB_BENCH_BATCH")
+            .ok()
+            .and_then(|b| b.parse().ok())
+        {
+            engine = engine.with_batch_size(b);
+        }
         let t = Instant::now();
         let reached = engine
             .rebuild(confab_projections::chats::NAME, |_, _| {})

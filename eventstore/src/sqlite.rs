@@ -156,7 +156,7 @@ impl SqliteWriter {
                 "INSERT INTO events (position, event_id, stream, version, event_type, \
                  schema_version, payload, metadata, recorded_at) \
                  SELECT value->>'p', unhex(value->>'id'), value->>'s', value->>'v', value->>'t', \
-                 value->>'sv', value->'pl', value->'m', $2 FROM json_each($1)",
+                 value->>'sv', value->'pl', value->'m', $2 FROM jsonb_each(jsonb($1))",
             )
             .bind(values)
             .bind(Utc::now())

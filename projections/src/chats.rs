@@ -94,7 +94,7 @@ async fn insert_messages(tx: &mut Tx, run: &[MessageSent]) -> Result<(), Project
                 "INSERT INTO messages (id, chat_id, user_id, role, content, type, created_at, \
                  updated_at) SELECT unhex(value->>'id'), unhex(value->>'chat'), \
                  unhex(value->>'user'), value->>'role', value->>'content', value->>'type', \
-                 value->>'at', value->>'at' FROM json_each($1) WHERE TRUE \
+                 value->>'at', value->>'at' FROM jsonb_each(jsonb($1)) WHERE TRUE \
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(&rows)
@@ -102,7 +102,7 @@ async fn insert_messages(tx: &mut Tx, run: &[MessageSent]) -> Result<(), Project
             .await?;
             sqlx::query(
                 "UPDATE chats SET last_activity_at = j.at FROM (SELECT unhex(value->>'chat') AS \
-                 chat, MAX(value->>'at') AS at FROM json_each($1) GROUP BY 1) AS j \
+                 chat, MAX(value->>'at') AS at FROM jsonb_each(jsonb($1)) GROUP BY 1) AS j \
                  WHERE chats.id = j.chat AND chats.last_activity_at < j.at",
             )
             .bind(&rows)
