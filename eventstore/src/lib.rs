@@ -9,6 +9,7 @@ pub mod aggregate;
 pub mod conformance;
 mod error;
 mod group_commit;
+mod head;
 #[cfg(feature = "kurrentdb")]
 pub mod kurrent;
 pub mod postgres;

@@ -1,7 +1,7 @@
 //! The SQLite adapter: the embedded default, one file in WAL mode.
 //!
 //! SQLite has one writer at a time, so positions (the rowid) are assigned in commit order and the
-//! global log never has gaps that fill later. Appends go through [`GroupCommit`]: one dedicated
+//! global log never has gaps that fill later. Appends go through the group committer (`group_commit.rs`): one dedicated
 //! connection writes every queued append in one `BEGIN IMMEDIATE` transaction, so concurrent
 //! callers share one fsync (`synchronous = FULL`: durable on commit). Reads use a separate pool;
 //! WAL lets them run while the writer commits.
@@ -10,6 +10,7 @@
 //! the same file (an operator command, say) is noticed by a slow fallback check of the head.
 
 use crate::group_commit::{BatchWriter, GroupCommit, Outcome, PendingAppend};
+use crate::head;
 use crate::{
     AppendResult, EventMetadata, EventStore, ExpectedVersion, Limits, NewEvent, RecordedEvent,
     StoreError, StoreResult, validate_append,
@@ -188,14 +189,8 @@ impl BatchWriter for SqliteWriter {
         }
     }
 
-    fn committed(&mut self, head: u64) {
-        self.head.send_if_modified(|h| {
-            let moved = head > *h;
-            if moved {
-                *h = head;
-            }
-            moved
-        });
+    fn committed(&mut self, to: u64) {
+        head::advance(&self.head, to);
     }
 }
 
@@ -270,32 +265,15 @@ impl EventStore for SqliteStore {
     }
 
     async fn wait_for_events(&self, after: u64, timeout: Duration) -> StoreResult<u64> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut head = self.head.clone();
-        loop {
-            let seen = *head.borrow_and_update();
-            if seen > after {
-                return Ok(seen);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(seen);
-            }
-            let nap = (deadline - now).min(CROSS_PROCESS_CHECK);
-            tokio::select! {
-                changed = head.changed() => {
-                    if changed.is_err() {
-                        return Err(StoreError::Closed);
-                    }
-                }
-                _ = tokio::time::sleep(nap) => {
-                    let on_disk = head_of(&self.pool).await?;
-                    if on_disk > after {
-                        return Ok(on_disk);
-                    }
-                }
-            }
-        }
+        let pool = &self.pool;
+        head::wait_past(
+            self.head.clone(),
+            after,
+            timeout,
+            CROSS_PROCESS_CHECK,
+            || head_of(pool),
+        )
+        .await
     }
 
     fn limits(&self) -> &Limits {
