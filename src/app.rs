@@ -33,6 +33,8 @@ impl Application {
             db: backend.db.clone(),
             engine: engine.clone(),
             readiness_max_lag: config.readiness_max_lag,
+            session_ttl: chrono::Duration::hours(i64::from(config.session_ttl_hours)),
+            write_timeout: std::time::Duration::from_millis(config.write_timeout_ms),
         };
         let listener = TcpListener::bind(config.bind)
             .await

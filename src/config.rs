@@ -39,6 +39,11 @@ pub struct Config {
     /// Whether `serve` applies pending migrations on PostgreSQL at start-up
     /// (`CONFAB_AUTO_MIGRATE`); SQLite is always migrated.
     pub auto_migrate: bool,
+    /// How long a sign-in session lasts, in hours (`CONFAB_SESSION_TTL_HOURS`).
+    pub session_ttl_hours: u32,
+    /// How long a write waits for its effect to be readable before answering, in milliseconds
+    /// (`CONFAB_WRITE_TIMEOUT_MS`).
+    pub write_timeout_ms: u64,
 }
 
 fn expose_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -60,6 +65,8 @@ impl Default for Config {
             readiness_max_lag: 10_000,
             run_projections: true,
             auto_migrate: false,
+            session_ttl_hours: 24 * 30,
+            write_timeout_ms: 5_000,
         }
     }
 }

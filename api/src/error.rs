@@ -28,6 +28,12 @@ pub enum ApiError {
     /// 409 `conflict`.
     #[error("{0}")]
     Conflict(String),
+    /// 413 `payload_too_large`.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415 `unsupported_media_type`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 405, reported as `not_found` of the method: the route exists, this method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -54,6 +60,15 @@ impl ApiError {
         }
     }
 
+    /// A validation error on several fields: `problems` maps each to its reason.
+    pub fn invalid(problems: serde_json::Map<String, Value>) -> Self {
+        let fields: Vec<&str> = problems.keys().map(String::as_str).collect();
+        ApiError::Validation {
+            message: format!("invalid fields: {}", fields.join(", ")),
+            details: Value::Object(problems),
+        }
+    }
+
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -61,6 +76,10 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Validation { .. } => (StatusCode::BAD_REQUEST, "validation_error"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),

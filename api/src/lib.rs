@@ -1,13 +1,15 @@
 //! Confab's HTTP API: the axum router, its state, errors and the operational routes.
 
+pub mod auth;
 pub mod error;
 mod health;
+pub mod json;
 
 pub use error::ApiError;
 
 use axum::Router;
 use axum::http::{HeaderName, Request};
-use axum::routing::get;
+use axum::routing::{get, post};
 use confab_eventstore::EventStore;
 use confab_projections::{Engine, ReadDb};
 use std::sync::Arc;
@@ -25,6 +27,10 @@ pub struct AppState {
     pub engine: Engine,
     /// Most events a projection may lag behind the log while `/readyz` still says ready.
     pub readiness_max_lag: u64,
+    /// How long a sign-in session lasts.
+    pub session_ttl: chrono::Duration,
+    /// How long a write waits for its effect to become readable before answering.
+    pub write_timeout: std::time::Duration,
 }
 
 /// The application's routes.
@@ -33,6 +39,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/api/auth/signup", post(auth::signup))
+        .route("/api/auth/signin", post(auth::signin))
+        .route("/api/auth/signout", post(auth::signout))
+        .route("/api/me", get(auth::me))
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
         .with_state(state)

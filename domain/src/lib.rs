@@ -5,6 +5,7 @@
 //! (the time, new ids, external results) arrives in the command. That keeps every rule testable
 //! with plain `#[test]`s in the given/when/then form of [`testing`].
 
+pub mod account;
 pub mod chat;
 mod schema;
 pub mod testing;

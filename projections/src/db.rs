@@ -62,3 +62,20 @@ macro_rules! execute {
         }
     };
 }
+
+/// Runs one query returning rows of `$ty` (a tuple or `FromRow` type that decodes on both
+/// databases) with the same binds on whichever database `$db` (a `&ReadDb`) is; `$method` is
+/// `fetch_one`, `fetch_optional` or `fetch_all`.
+#[macro_export]
+macro_rules! query_as {
+    ($db:expr, $method:ident, $ty:ty, $sql:expr $(, $arg:expr)* $(,)?) => {
+        match $db {
+            $crate::ReadDb::Sqlite(p) => {
+                sqlx::query_as::<_, $ty>($sql)$(.bind($arg))*.$method(p).await
+            }
+            $crate::ReadDb::Postgres(p) => {
+                sqlx::query_as::<_, $ty>($sql)$(.bind($arg))*.$method(p).await
+            }
+        }
+    };
+}

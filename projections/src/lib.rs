@@ -3,6 +3,7 @@
 //! Every read the API serves comes from tables written here, by projections that follow the
 //! global log. A read model can be dropped and rebuilt from position zero to the same state.
 
+pub mod accounts;
 pub mod chats;
 pub mod db;
 pub mod engine;
@@ -14,5 +15,8 @@ use std::sync::Arc;
 
 /// Every projection Confab runs.
 pub fn all() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(chats::ChatsProjection)]
+    vec![
+        Arc::new(accounts::AccountsProjection),
+        Arc::new(chats::ChatsProjection),
+    ]
 }

@@ -1,0 +1,627 @@
+//! The account aggregate: a user's identity, credentials and sign-in sessions, and the email
+//! claim that keeps addresses unique.
+//!
+//! Email uniqueness across accounts is decided by a separate, tiny aggregate per address
+//! ([`EmailClaim`]): appending its first event with "no stream" expected is what reserves the
+//! address, so two concurrent sign-ups cannot both get it.
+
+use crate::schema::parse;
+use crate::{Aggregate, EventSchema, UpcastError, ValidationError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// An email address: trimmed, lower-cased, one `@` with text on both sides and a dot in the
+/// domain, at most 254 characters, no spaces.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Email(String);
+
+impl Email {
+    /// Validates and normalises an address.
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let e = s.trim().to_lowercase();
+        let bad = |why: &str| Err(ValidationError::new("email", why));
+        if e.is_empty() {
+            return bad("must not be empty");
+        }
+        if e.chars().count() > 254 {
+            return bad("must be at most 254 characters");
+        }
+        if e.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return bad("must not contain spaces");
+        }
+        let Some((local, domain)) = e.split_once('@') else {
+            return bad("must be an email address");
+        };
+        if local.is_empty() || domain.contains('@') || !domain.contains('.') {
+            return bad("must be an email address");
+        }
+        if domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
+            return bad("must be an email address");
+        }
+        Ok(Email(e))
+    }
+
+    /// The normalised address.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A person's display name: trimmed, 1 to 100 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    /// Validates a name.
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let n = s.trim();
+        if n.is_empty() {
+            return Err(ValidationError::new("name", "must not be empty"));
+        }
+        if n.chars().count() > 100 {
+            return Err(ValidationError::new(
+                "name",
+                "must be at most 100 characters",
+            ));
+        }
+        if n.chars().any(char::is_control) {
+            return Err(ValidationError::new(
+                "name",
+                "must not contain control characters",
+            ));
+        }
+        Ok(DisplayName(n.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a user may do beyond their own data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountRole {
+    /// An ordinary user.
+    User,
+    /// An operator: manages providers and operator routes.
+    Admin,
+}
+
+impl AccountRole {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountRole::User => "user",
+            AccountRole::Admin => "admin",
+        }
+    }
+}
+
+/// What can be asked of an account.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccountCommand {
+    /// Create the account (its email already claimed).
+    Register {
+        /// The new user's id.
+        user_id: Uuid,
+        /// Their address.
+        email: Email,
+        /// Their name.
+        name: DisplayName,
+        /// Argon2id PHC string; never the password.
+        password_hash: String,
+        /// Their role.
+        role: AccountRole,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Record a sign-in.
+    StartSession {
+        /// The session.
+        session_id: Uuid,
+        /// SHA-256 of the bearer token, hex; never the token.
+        token_hash: String,
+        /// When it stops working.
+        expires_at: DateTime<Utc>,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Sign a session out.
+    RevokeSession {
+        /// The session.
+        session_id: Uuid,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+}
+
+/// Why an account command is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    /// The account exists already.
+    #[error("account already registered")]
+    AlreadyRegistered,
+    /// No such account.
+    #[error("account not found")]
+    NotFound,
+    /// No such session on this account.
+    #[error("session not found")]
+    UnknownSession,
+}
+
+/// An account was created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountRegistered {
+    /// The user.
+    pub user_id: Uuid,
+    /// Their address.
+    pub email: Email,
+    /// Their name.
+    pub name: DisplayName,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Their role.
+    pub role: AccountRole,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A session began.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStarted {
+    /// The user.
+    pub user_id: Uuid,
+    /// The session.
+    pub session_id: Uuid,
+    /// SHA-256 of the token, hex.
+    pub token_hash: String,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A session was signed out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRevoked {
+    /// The user.
+    pub user_id: Uuid,
+    /// The session.
+    pub session_id: Uuid,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Everything an account records.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccountEvent {
+    /// `account.registered`
+    Registered(AccountRegistered),
+    /// `account.session_started`
+    SessionStarted(SessionStarted),
+    /// `account.session_revoked`
+    SessionRevoked(SessionRevoked),
+}
+
+/// Stable type names of account events.
+pub mod event_types {
+    /// An account was created.
+    pub const REGISTERED: &str = "account.registered";
+    /// A session began.
+    pub const SESSION_STARTED: &str = "account.session_started";
+    /// A session ended.
+    pub const SESSION_REVOKED: &str = "account.session_revoked";
+    /// An address was claimed.
+    pub const EMAIL_CLAIMED: &str = "email.claimed";
+    /// Every account event type.
+    pub const ALL: &[&str] = &[REGISTERED, SESSION_STARTED, SESSION_REVOKED];
+}
+
+impl EventSchema for AccountEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            AccountEvent::Registered(_) => event_types::REGISTERED,
+            AccountEvent::SessionStarted(_) => event_types::SESSION_STARTED,
+            AccountEvent::SessionRevoked(_) => event_types::SESSION_REVOKED,
+        }
+    }
+
+    fn schema_version(&self) -> u32 {
+        1
+    }
+
+    fn to_payload(&self) -> serde_json::Value {
+        let v = match self {
+            AccountEvent::Registered(e) => serde_json::to_value(e),
+            AccountEvent::SessionStarted(e) => serde_json::to_value(e),
+            AccountEvent::SessionRevoked(e) => serde_json::to_value(e),
+        };
+        v.unwrap_or(serde_json::Value::Null)
+    }
+
+    fn from_stored(
+        event_type: &str,
+        schema_version: u32,
+        payload: serde_json::Value,
+    ) -> Result<Self, UpcastError> {
+        use event_types::*;
+        let t = event_type;
+        Ok(match (t, schema_version) {
+            (REGISTERED, 1) => AccountEvent::Registered(parse(t, payload)?),
+            (SESSION_STARTED, 1) => AccountEvent::SessionStarted(parse(t, payload)?),
+            (SESSION_REVOKED, 1) => AccountEvent::SessionRevoked(parse(t, payload)?),
+            _ if ALL.contains(&t) => {
+                return Err(UpcastError::UnknownVersion {
+                    event_type: t.to_owned(),
+                    version: schema_version,
+                });
+            }
+            _ => return Err(UpcastError::UnknownType(t.to_owned())),
+        })
+    }
+}
+
+/// The account aggregate's state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Account {
+    /// The user, once registered.
+    pub user_id: Option<Uuid>,
+    /// Their address.
+    pub email: Option<Email>,
+    /// Sessions by id, and whether each was revoked.
+    pub sessions: HashMap<Uuid, bool>,
+}
+
+impl Aggregate for Account {
+    type Command = AccountCommand;
+    type Event = AccountEvent;
+    type Error = AccountError;
+
+    fn stream_name(id: &Uuid) -> String {
+        format!("account-{id}")
+    }
+
+    fn decide(&self, command: AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+        match command {
+            AccountCommand::Register {
+                user_id,
+                email,
+                name,
+                password_hash,
+                role,
+                at,
+            } => {
+                if self.user_id.is_some() {
+                    return Err(AccountError::AlreadyRegistered);
+                }
+                Ok(vec![AccountEvent::Registered(AccountRegistered {
+                    user_id,
+                    email,
+                    name,
+                    password_hash,
+                    role,
+                    at,
+                })])
+            }
+            AccountCommand::StartSession {
+                session_id,
+                token_hash,
+                expires_at,
+                at,
+            } => {
+                let user_id = self.user_id.ok_or(AccountError::NotFound)?;
+                Ok(vec![AccountEvent::SessionStarted(SessionStarted {
+                    user_id,
+                    session_id,
+                    token_hash,
+                    expires_at,
+                    at,
+                })])
+            }
+            AccountCommand::RevokeSession { session_id, at } => {
+                let user_id = self.user_id.ok_or(AccountError::NotFound)?;
+                match self.sessions.get(&session_id) {
+                    None => Err(AccountError::UnknownSession),
+                    // Signing out twice is not an error: the session is gone either way.
+                    Some(true) => Ok(vec![]),
+                    Some(false) => Ok(vec![AccountEvent::SessionRevoked(SessionRevoked {
+                        user_id,
+                        session_id,
+                        at,
+                    })]),
+                }
+            }
+        }
+    }
+
+    fn evolve(mut self, event: &AccountEvent) -> Self {
+        match event {
+            AccountEvent::Registered(e) => {
+                self.user_id = Some(e.user_id);
+                self.email = Some(e.email.clone());
+            }
+            AccountEvent::SessionStarted(e) => {
+                self.sessions.insert(e.session_id, false);
+            }
+            AccountEvent::SessionRevoked(e) => {
+                self.sessions.insert(e.session_id, true);
+            }
+        }
+        self
+    }
+}
+
+/// The claim on one email address: which user holds it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmailClaim {
+    /// The holder.
+    pub holder: Option<Uuid>,
+    /// When the holder claimed it.
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// What can be asked of an email claim.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmailClaimCommand {
+    /// Reserve the address for `user_id`. Taking over from `abandoned_by` is allowed when the
+    /// caller has checked that that user's account was never created (a sign-up that crashed
+    /// between claiming and registering).
+    Claim {
+        /// The claimant.
+        user_id: Uuid,
+        /// A previous holder whose account does not exist.
+        abandoned_by: Option<Uuid>,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+}
+
+/// Why a claim is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EmailClaimError {
+    /// Another user holds the address.
+    #[error("email address already in use")]
+    Taken {
+        /// Who holds it.
+        holder: Uuid,
+    },
+}
+
+/// An address was reserved for a user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmailClaimed {
+    /// The holder.
+    pub user_id: Uuid,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+impl EventSchema for EmailClaimed {
+    fn event_type(&self) -> &'static str {
+        event_types::EMAIL_CLAIMED
+    }
+    fn schema_version(&self) -> u32 {
+        1
+    }
+    fn to_payload(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+    fn from_stored(
+        event_type: &str,
+        schema_version: u32,
+        payload: serde_json::Value,
+    ) -> Result<Self, UpcastError> {
+        match (event_type, schema_version) {
+            (event_types::EMAIL_CLAIMED, 1) => parse(event_type, payload),
+            (event_types::EMAIL_CLAIMED, v) => Err(UpcastError::UnknownVersion {
+                event_type: event_type.to_owned(),
+                version: v,
+            }),
+            _ => Err(UpcastError::UnknownType(event_type.to_owned())),
+        }
+    }
+}
+
+impl EmailClaim {
+    /// The claim's id for an address: a name-based UUID (v5) of the normalised address, so the
+    /// stream name is short and holds no personal data.
+    pub fn id_for(email: &Email) -> Uuid {
+        Uuid::new_v5(
+            &Uuid::NAMESPACE_URL,
+            format!("mailto:{}", email.as_str()).as_bytes(),
+        )
+    }
+}
+
+impl Aggregate for EmailClaim {
+    type Command = EmailClaimCommand;
+    type Event = EmailClaimed;
+    type Error = EmailClaimError;
+
+    fn stream_name(id: &Uuid) -> String {
+        format!("email-{id}")
+    }
+
+    fn decide(&self, command: EmailClaimCommand) -> Result<Vec<EmailClaimed>, EmailClaimError> {
+        let EmailClaimCommand::Claim {
+            user_id,
+            abandoned_by,
+            at,
+        } = command;
+        match self.holder {
+            None => Ok(vec![EmailClaimed { user_id, at }]),
+            Some(h) if h == user_id => Ok(vec![]),
+            Some(h) if Some(h) == abandoned_by => Ok(vec![EmailClaimed { user_id, at }]),
+            Some(holder) => Err(EmailClaimError::Taken { holder }),
+        }
+    }
+
+    fn evolve(mut self, event: &EmailClaimed) -> Self {
+        self.holder = Some(event.user_id);
+        self.since = Some(event.at);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::given;
+    use chrono::TimeZone;
+
+    fn at() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+    }
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+    fn registered() -> AccountEvent {
+        AccountEvent::Registered(AccountRegistered {
+            user_id: id(1),
+            email: Email::parse("a@example.com").unwrap(),
+            name: DisplayName::parse("Ann").unwrap(),
+            password_hash: "$argon2id$...".into(),
+            role: AccountRole::User,
+            at: at(),
+        })
+    }
+    fn started(s: u128) -> AccountEvent {
+        AccountEvent::SessionStarted(SessionStarted {
+            user_id: id(1),
+            session_id: id(s),
+            token_hash: "ab".into(),
+            expires_at: at(),
+            at: at(),
+        })
+    }
+
+    #[test]
+    fn emails_are_normalised_and_validated() {
+        assert_eq!(
+            Email::parse(" Ann@Example.COM ").unwrap().as_str(),
+            "ann@example.com"
+        );
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@example.com",
+            "a b@example.com",
+            "a@b",
+            "a@@b.com",
+            "a@.b.com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Email::parse(&format!("{}@example.com", "a".repeat(250))).is_err());
+    }
+
+    #[test]
+    fn an_account_registers_once() {
+        given::<Account>([registered()])
+            .when(AccountCommand::Register {
+                user_id: id(1),
+                email: Email::parse("a@example.com").unwrap(),
+                name: DisplayName::parse("Ann").unwrap(),
+                password_hash: "x".into(),
+                role: AccountRole::User,
+                at: at(),
+            })
+            .then_error(AccountError::AlreadyRegistered);
+    }
+
+    #[test]
+    fn sessions_need_an_account_and_revoke_once() {
+        given::<Account>([])
+            .when(AccountCommand::StartSession {
+                session_id: id(9),
+                token_hash: "ab".into(),
+                expires_at: at(),
+                at: at(),
+            })
+            .then_error(AccountError::NotFound);
+        given::<Account>([registered(), started(9)])
+            .when(AccountCommand::RevokeSession {
+                session_id: id(9),
+                at: at(),
+            })
+            .then([AccountEvent::SessionRevoked(SessionRevoked {
+                user_id: id(1),
+                session_id: id(9),
+                at: at(),
+            })]);
+        let revoked = AccountEvent::SessionRevoked(SessionRevoked {
+            user_id: id(1),
+            session_id: id(9),
+            at: at(),
+        });
+        given::<Account>([registered(), started(9), revoked])
+            .when(AccountCommand::RevokeSession {
+                session_id: id(9),
+                at: at(),
+            })
+            .then([]);
+        given::<Account>([registered()])
+            .when(AccountCommand::RevokeSession {
+                session_id: id(8),
+                at: at(),
+            })
+            .then_error(AccountError::UnknownSession);
+    }
+
+    #[test]
+    fn an_email_claim_is_exclusive_unless_abandoned() {
+        let claimed = EmailClaimed {
+            user_id: id(1),
+            at: at(),
+        };
+        given::<EmailClaim>([claimed.clone()])
+            .when(EmailClaimCommand::Claim {
+                user_id: id(2),
+                abandoned_by: None,
+                at: at(),
+            })
+            .then_error(EmailClaimError::Taken { holder: id(1) });
+        given::<EmailClaim>([claimed.clone()])
+            .when(EmailClaimCommand::Claim {
+                user_id: id(1),
+                abandoned_by: None,
+                at: at(),
+            })
+            .then([]);
+        given::<EmailClaim>([claimed])
+            .when(EmailClaimCommand::Claim {
+                user_id: id(2),
+                abandoned_by: Some(id(1)),
+                at: at(),
+            })
+            .then([EmailClaimed {
+                user_id: id(2),
+                at: at(),
+            }]);
+        assert_eq!(
+            EmailClaim::id_for(&Email::parse("A@x.io").unwrap()),
+            EmailClaim::id_for(&Email::parse("a@X.io").unwrap())
+        );
+    }
+
+    #[test]
+    fn account_events_round_trip() {
+        for e in [registered(), started(3)] {
+            let back =
+                AccountEvent::from_stored(e.event_type(), e.schema_version(), e.to_payload())
+                    .unwrap();
+            assert_eq!(back, e);
+        }
+    }
+}

@@ -1,0 +1,23 @@
+-- Read models of the `accounts` projection: users and their sign-in sessions.
+CREATE TABLE users (
+    id            UUID PRIMARY KEY,
+    email         TEXT NOT NULL UNIQUE,
+    name          TEXT NOT NULL,
+    image_url     TEXT,
+    role          TEXT NOT NULL,
+    tier          TEXT NOT NULL DEFAULT 'free',
+    password_hash TEXT NOT NULL,
+    created_at    TIMESTAMPTZ NOT NULL,
+    updated_at    TIMESTAMPTZ NOT NULL
+);
+
+-- Sessions by the SHA-256 of their bearer token (the token itself is never stored).
+CREATE TABLE sessions (
+    token_hash TEXT PRIMARY KEY,
+    session_id UUID NOT NULL UNIQUE,
+    user_id    UUID NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    revoked_at TIMESTAMPTZ
+);
+CREATE INDEX sessions_by_user ON sessions (user_id);

@@ -1,0 +1,165 @@
+//! The `accounts` projection: users and their sign-in sessions, as authentication reads them.
+
+use crate::db::{ReadDb, Tx};
+use crate::engine::{Projection, ProjectionError};
+use crate::{execute, query_as};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use confab_domain::EventSchema;
+use confab_domain::account::{AccountEvent, event_types};
+use confab_eventstore::RecordedEvent;
+use uuid::Uuid;
+
+/// Builds the `users` and `sessions` tables.
+pub struct AccountsProjection;
+
+/// The projection's name.
+pub const NAME: &str = "accounts";
+
+#[async_trait]
+impl Projection for AccountsProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn handles(&self, event_type: &str) -> bool {
+        event_types::ALL.contains(&event_type)
+    }
+
+    async fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        let e = AccountEvent::from_stored(
+            &event.event_type,
+            event.schema_version,
+            event.payload.clone(),
+        )?;
+        match e {
+            AccountEvent::Registered(r) => {
+                execute!(
+                    tx,
+                    "INSERT INTO users (id, email, name, role, password_hash, created_at, \
+                     updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (id) DO NOTHING",
+                    r.user_id,
+                    r.email.as_str().to_owned(),
+                    r.name.as_str().to_owned(),
+                    r.role.as_str(),
+                    r.password_hash,
+                    r.at
+                )?;
+            }
+            AccountEvent::SessionStarted(s) => {
+                execute!(
+                    tx,
+                    "INSERT INTO sessions (token_hash, session_id, user_id, created_at, \
+                     expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (token_hash) DO NOTHING",
+                    s.token_hash,
+                    s.session_id,
+                    s.user_id,
+                    s.at,
+                    s.expires_at
+                )?;
+            }
+            AccountEvent::SessionRevoked(s) => {
+                execute!(
+                    tx,
+                    "UPDATE sessions SET revoked_at = $2 WHERE session_id = $1 \
+                     AND revoked_at IS NULL",
+                    s.session_id,
+                    s.at
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, tx: &mut Tx) -> Result<(), ProjectionError> {
+        execute!(tx, "DELETE FROM sessions")?;
+        execute!(tx, "DELETE FROM users")?;
+        Ok(())
+    }
+}
+
+/// A user as read.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct UserRow {
+    /// Id.
+    pub id: Uuid,
+    /// Normalised address.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Where their image is served, if they uploaded one.
+    pub image_url: Option<String>,
+    /// `user` or `admin`.
+    pub role: String,
+    /// Billing tier.
+    pub tier: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Registered.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The user with this (normalised) address.
+pub async fn user_by_email(db: &ReadDb, email: &str) -> Result<Option<UserRow>, sqlx::Error> {
+    query_as!(
+        db,
+        fetch_optional,
+        UserRow,
+        "SELECT u.id, u.email, u.name, u.image_url, u.role, u.tier, u.password_hash, \
+         u.created_at, u.updated_at FROM users u WHERE u.email = $1",
+        email
+    )
+}
+
+/// The user with this id.
+pub async fn user_by_id(db: &ReadDb, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
+    query_as!(
+        db,
+        fetch_optional,
+        UserRow,
+        "SELECT u.id, u.email, u.name, u.image_url, u.role, u.tier, u.password_hash, \
+         u.created_at, u.updated_at FROM users u WHERE u.id = $1",
+        id
+    )
+}
+
+/// A live session and its user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionUser {
+    /// The session.
+    pub session_id: Uuid,
+    /// Its user.
+    pub user: UserRow,
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionUserRow {
+    session_id: Uuid,
+    #[sqlx(flatten)]
+    user: UserRow,
+}
+
+/// The user of the unrevoked, unexpired session whose token hashes to `token_hash`.
+pub async fn session_user(
+    db: &ReadDb,
+    token_hash: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<SessionUser>, sqlx::Error> {
+    let row = query_as!(
+        db,
+        fetch_optional,
+        SessionUserRow,
+        "SELECT s.session_id, u.id, u.email, u.name, u.image_url, u.role, u.tier, \
+         u.password_hash, u.created_at, u.updated_at FROM sessions s JOIN users u \
+         ON u.id = s.user_id WHERE s.token_hash = $1 AND s.revoked_at IS NULL \
+         AND s.expires_at > $2",
+        token_hash,
+        now
+    )?;
+    Ok(row.map(|r| SessionUser {
+        session_id: r.session_id,
+        user: r.user,
+    }))
+}
