@@ -1,7 +1,9 @@
 //! Confab's HTTP API: the axum router, its state, errors and the operational routes.
 
 pub mod auth;
+pub mod chats;
 pub mod error;
+pub mod extract;
 mod health;
 pub mod json;
 
@@ -9,7 +11,7 @@ pub use error::ApiError;
 
 use axum::Router;
 use axum::http::{HeaderName, Request};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use confab_eventstore::EventStore;
 use confab_projections::{Engine, ReadDb};
 use std::sync::Arc;
@@ -43,6 +45,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/signin", post(auth::signin))
         .route("/api/auth/signout", post(auth::signout))
         .route("/api/me", get(auth::me))
+        .route("/api/chats", post(chats::create_chat).get(chats::list_chats))
+        .route(
+            "/api/chats/{chat_id}",
+            get(chats::get_chat)
+                .put(chats::rename_chat)
+                .delete(chats::delete_chat),
+        )
+        .route(
+            "/api/chats/{chat_id}/messages",
+            get(chats::list_messages).post(chats::send_message),
+        )
+        .route(
+            "/api/chats/{chat_id}/messages/{message_id}",
+            put(chats::edit_message).delete(chats::delete_message),
+        )
+        .route("/api/messages/search", get(chats::search_messages))
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
         .with_state(state)

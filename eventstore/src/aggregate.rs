@@ -4,8 +4,19 @@ use crate::{AppendResult, EventMetadata, EventStore, ExpectedVersion, NewEvent, 
 use confab_domain::{Aggregate, EventSchema, UpcastError};
 use uuid::Uuid;
 
-/// How many times a command is decided again from fresh state after a version conflict.
-const MAX_ATTEMPTS: usize = 5;
+/// How many times a command is decided again from fresh state after a version conflict. Under
+/// contention one append per stream wins each commit round, so this bounds how many concurrent
+/// writers of one stream all get through.
+const MAX_ATTEMPTS: u32 = 16;
+
+/// A pause before retrying: grows with the attempt (up to 32 ms) with random jitter, so the
+/// losers of a round do not collide again in lock step.
+fn backoff(attempt: u32) -> std::time::Duration {
+    let cap_ms = 1u64 << attempt.min(5);
+    // The random tail of a v7 UUID is a cheap source of jitter.
+    let jitter = (Uuid::now_v7().as_u128() & 0xffff) as u64;
+    std::time::Duration::from_micros(jitter % (cap_ms * 1000))
+}
 
 /// Why a command did not go through.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +111,7 @@ where
             }
             Err(e) if e.is_conflict() && attempt < MAX_ATTEMPTS => {
                 tracing::debug!(attempt, "version conflict, deciding again from fresh state");
+                tokio::time::sleep(backoff(attempt)).await;
             }
             Err(e) => return Err(e.into()),
         }

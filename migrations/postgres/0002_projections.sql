@@ -25,6 +25,9 @@ CREATE TABLE messages (
     content    TEXT        NOT NULL,
     type       TEXT        NOT NULL,
     created_at TIMESTAMPTZ NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL
+    updated_at TIMESTAMPTZ NOT NULL,
+    -- The content folded for search (lower case, accents removed), as words.
+    search     TSVECTOR    NOT NULL DEFAULT ''::TSVECTOR
 );
 CREATE INDEX messages_by_chat_created ON messages (chat_id, created_at, id);
+CREATE INDEX messages_search ON messages USING GIN (search);

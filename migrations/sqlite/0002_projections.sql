@@ -25,6 +25,28 @@ CREATE TABLE messages (
     content    TEXT NOT NULL,
     type       TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    -- The content folded for search (lower case, accents removed), indexed by messages_fts.
+    search_text TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX messages_by_chat_created ON messages (chat_id, created_at, id);
+
+-- Full-text index over search_text, kept in step with messages by the triggers below.
+CREATE VIRTUAL TABLE messages_fts USING fts5(
+    search_text,
+    content = 'messages',
+    content_rowid = 'rowid',
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts (rowid, search_text) VALUES (new.rowid, new.search_text);
+END;
+CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, search_text)
+    VALUES ('delete', old.rowid, old.search_text);
+END;
+CREATE TRIGGER messages_fts_update AFTER UPDATE OF search_text ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, search_text)
+    VALUES ('delete', old.rowid, old.search_text);
+    INSERT INTO messages_fts (rowid, search_text) VALUES (new.rowid, new.search_text);
+END;

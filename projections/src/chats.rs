@@ -2,13 +2,13 @@
 
 use crate::db::{ReadDb, Tx};
 use crate::engine::{Projection, ProjectionError};
-use crate::execute;
+use crate::search;
+use crate::{execute, query_as};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use confab_domain::EventSchema;
 use confab_domain::chat::{ChatEvent, MessageSent, event_types};
 use confab_eventstore::RecordedEvent;
-use sqlx::Row;
 use uuid::Uuid;
 
 /// Builds the `chats` and `messages` tables.
@@ -86,16 +86,17 @@ async fn insert_messages(tx: &mut Tx, run: &[MessageSent]) -> Result<(), Project
                         "content": m.content.as_str(),
                         "type": m.kind.as_str(),
                         "at": m.at.to_rfc3339_opts(SecondsFormat::AutoSi, false),
+                        "search": search::fold(m.content.as_str()),
                     })
                 })
                 .collect();
             let rows = serde_json::Value::Array(rows).to_string();
             sqlx::query(
                 "INSERT INTO messages (id, chat_id, user_id, role, content, type, created_at, \
-                 updated_at) SELECT unhex(value->>'id'), unhex(value->>'chat'), \
+                 updated_at, search_text) SELECT unhex(value->>'id'), unhex(value->>'chat'), \
                  unhex(value->>'user'), value->>'role', value->>'content', value->>'type', \
-                 value->>'at', value->>'at' FROM jsonb_each(jsonb($1)) WHERE TRUE \
-                 ON CONFLICT (id) DO NOTHING",
+                 value->>'at', value->>'at', value->>'search' FROM jsonb_each(jsonb($1)) \
+                 WHERE TRUE ON CONFLICT (id) DO NOTHING",
             )
             .bind(&rows)
             .execute(&mut **t)
@@ -123,15 +124,17 @@ async fn insert_messages(tx: &mut Tx, run: &[MessageSent]) -> Result<(), Project
                         // Truncated to microseconds, as sqlx binds a timestamptz (PostgreSQL
                         // would round a longer fraction), so both write paths agree.
                         "at": m.at.to_rfc3339_opts(SecondsFormat::Micros, true),
+                        "search": search::fold(m.content.as_str()),
                     })
                 })
                 .collect();
             let rows = sqlx::types::Json(rows);
             sqlx::query(
                 "INSERT INTO messages (id, chat_id, user_id, role, content, type, created_at, \
-                 updated_at) SELECT r.id, r.chat, r.usr, r.role, r.content, r.type, r.at, r.at \
-                 FROM jsonb_to_recordset($1) AS r(id UUID, chat UUID, usr UUID, role TEXT, \
-                 content TEXT, type TEXT, at TIMESTAMPTZ) ON CONFLICT (id) DO NOTHING",
+                 updated_at, search) SELECT r.id, r.chat, r.usr, r.role, r.content, r.type, \
+                 r.at, r.at, to_tsvector('simple', r.search) FROM jsonb_to_recordset($1) AS \
+                 r(id UUID, chat UUID, usr UUID, role TEXT, content TEXT, type TEXT, \
+                 at TIMESTAMPTZ, search TEXT) ON CONFLICT (id) DO NOTHING",
             )
             .bind(&rows)
             .execute(&mut **t)
@@ -178,36 +181,41 @@ async fn apply_one(tx: &mut Tx, e: ChatEvent) -> Result<(), ProjectionError> {
                 execute!(tx, "DELETE FROM messages WHERE chat_id = $1", d.chat_id)?;
                 execute!(tx, "DELETE FROM chats WHERE id = $1", d.chat_id)?;
             }
-            ChatEvent::MessageSent(m) => {
-                execute!(
-                    tx,
-                    "INSERT INTO messages (id, chat_id, user_id, role, content, type, created_at, \
-                     updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (id) DO NOTHING",
-                    m.message_id,
-                    m.chat_id,
-                    m.author,
-                    m.role.as_str(),
-                    m.content.as_str().to_owned(),
-                    m.kind.as_str(),
-                    m.at
-                )?;
-                execute!(
-                    tx,
-                    "UPDATE chats SET last_activity_at = $2 WHERE id = $1 AND last_activity_at < $2",
-                    m.chat_id,
-                    m.at
-                )?;
-            }
+            ChatEvent::MessageSent(m) => insert_messages(tx, &[m]).await?,
             ChatEvent::MessageEdited(m) => {
-                execute!(
-                    tx,
-                    "UPDATE messages SET content = COALESCE($2, content), type = COALESCE($3, type), \
-                     updated_at = $4 WHERE id = $1",
-                    m.message_id,
-                    m.content.map(|c| c.as_str().to_owned()),
-                    m.kind.map(|k| k.as_str()),
-                    m.at
-                )?;
+                let search = m.content.as_ref().map(|c| search::fold(c.as_str()));
+                let content = m.content.map(|c| c.as_str().to_owned());
+                let kind = m.kind.map(|k| k.as_str());
+                match tx {
+                    Tx::Sqlite(t) => {
+                        sqlx::query(
+                            "UPDATE messages SET content = COALESCE($2, content), \
+                             type = COALESCE($3, type), updated_at = $4, \
+                             search_text = COALESCE($5, search_text) WHERE id = $1",
+                        )
+                        .bind(m.message_id)
+                        .bind(content)
+                        .bind(kind)
+                        .bind(m.at)
+                        .bind(search)
+                        .execute(&mut **t)
+                        .await?;
+                    }
+                    Tx::Postgres(t) => {
+                        sqlx::query(
+                            "UPDATE messages SET content = COALESCE($2, content), \
+                             type = COALESCE($3, type), updated_at = $4, \
+                             search = COALESCE(to_tsvector('simple', $5), search) WHERE id = $1",
+                        )
+                        .bind(m.message_id)
+                        .bind(content)
+                        .bind(kind)
+                        .bind(m.at)
+                        .bind(search)
+                        .execute(&mut **t)
+                        .await?;
+                    }
+                }
             }
             ChatEvent::MessageDeleted(m) => {
                 execute!(tx, "DELETE FROM messages WHERE id = $1", m.message_id)?;
@@ -218,7 +226,7 @@ async fn apply_one(tx: &mut Tx, e: ChatEvent) -> Result<(), ProjectionError> {
 }
 
 /// A chat as read.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ChatRow {
     /// Id.
     pub id: Uuid,
@@ -235,7 +243,7 @@ pub struct ChatRow {
 }
 
 /// A message as read.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct MessageRow {
     /// Id.
     pub id: Uuid,
@@ -248,6 +256,7 @@ pub struct MessageRow {
     /// Text.
     pub content: String,
     /// text, code or image.
+    #[sqlx(rename = "type")]
     pub kind: String,
     /// Sent.
     pub created_at: DateTime<Utc>,
@@ -255,99 +264,213 @@ pub struct MessageRow {
     pub updated_at: DateTime<Utc>,
 }
 
-macro_rules! fetch {
-    ($db:expr, $method:ident, $sql:expr $(, $arg:expr)* $(,)?) => {
-        match $db {
-            ReadDb::Sqlite(p) => sqlx::query($sql)$(.bind($arg))*.$method(p).await
-                .and_then(|rows| rows.into_iter().map(|r| map_row(&r)).collect::<Result<Vec<_>, _>>()),
-            ReadDb::Postgres(p) => sqlx::query($sql)$(.bind($arg))*.$method(p).await
-                .and_then(|rows| rows.into_iter().map(|r| map_row(&r)).collect::<Result<Vec<_>, _>>()),
-        }
-    };
-}
-
-trait FromRow: Sized {
-    fn from_row<R: Row>(r: &R) -> Result<Self, sqlx::Error>
-    where
-        for<'a> &'a str: sqlx::ColumnIndex<R>,
-        Uuid: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-        String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-        DateTime<Utc>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>;
-}
-
-impl FromRow for ChatRow {
-    fn from_row<R: Row>(r: &R) -> Result<Self, sqlx::Error>
-    where
-        for<'a> &'a str: sqlx::ColumnIndex<R>,
-        Uuid: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-        String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-        DateTime<Utc>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    {
-        Ok(ChatRow {
-            id: r.try_get("id")?,
-            owner_id: r.try_get("owner_id")?,
-            title: r.try_get("title")?,
-            created_at: r.try_get("created_at")?,
-            updated_at: r.try_get("updated_at")?,
-            last_activity_at: r.try_get("last_activity_at")?,
-        })
-    }
-}
-
-impl FromRow for MessageRow {
-    fn from_row<R: Row>(r: &R) -> Result<Self, sqlx::Error>
-    where
-        for<'a> &'a str: sqlx::ColumnIndex<R>,
-        Uuid: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-        String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-        DateTime<Utc>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    {
-        Ok(MessageRow {
-            id: r.try_get("id")?,
-            chat_id: r.try_get("chat_id")?,
-            user_id: r.try_get("user_id")?,
-            role: r.try_get("role")?,
-            content: r.try_get("content")?,
-            kind: r.try_get("type")?,
-            created_at: r.try_get("created_at")?,
-            updated_at: r.try_get("updated_at")?,
-        })
-    }
-}
-
-fn map_row<T: FromRow, R: Row>(r: &R) -> Result<T, sqlx::Error>
-where
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    Uuid: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    String: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    DateTime<Utc>: for<'a> sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
-    T::from_row(r)
-}
-
 /// The chat `id` if `owner` owns it (another user's chat reads as missing).
 pub async fn get_chat(db: &ReadDb, id: Uuid, owner: Uuid) -> Result<Option<ChatRow>, sqlx::Error> {
-    let rows: Vec<ChatRow> = fetch!(
+    query_as!(
         db,
-        fetch_all,
+        fetch_optional,
+        ChatRow,
         "SELECT id, owner_id, title, created_at, updated_at, last_activity_at FROM chats \
          WHERE id = $1 AND owner_id = $2",
         id,
         owner
-    )?;
-    Ok(rows.into_iter().next())
+    )
 }
 
-/// One page of a chat's messages, oldest first.
+/// One page of `owner`'s chats, most recent activity first, and how many there are.
+pub async fn list_chats(
+    db: &ReadDb,
+    owner: Uuid,
+    limit: u32,
+    offset: u64,
+) -> Result<(Vec<ChatRow>, u64), sqlx::Error> {
+    let rows = query_as!(
+        db,
+        fetch_all,
+        ChatRow,
+        "SELECT id, owner_id, title, created_at, updated_at, last_activity_at FROM chats \
+         WHERE owner_id = $1 ORDER BY last_activity_at DESC, id DESC LIMIT $2 OFFSET $3",
+        owner,
+        i64::from(limit),
+        offset as i64
+    )?;
+    let (total,): (i64,) = query_as!(
+        db,
+        fetch_one,
+        (i64,),
+        "SELECT COUNT(*) FROM chats WHERE owner_id = $1",
+        owner
+    )?;
+    Ok((rows, total as u64))
+}
+
+/// Message `id` of chat `chat_id`, if both exist.
+pub async fn get_message(
+    db: &ReadDb,
+    chat_id: Uuid,
+    id: Uuid,
+) -> Result<Option<MessageRow>, sqlx::Error> {
+    query_as!(
+        db,
+        fetch_optional,
+        MessageRow,
+        "SELECT id, chat_id, user_id, role, content, type, created_at, updated_at FROM messages \
+         WHERE id = $1 AND chat_id = $2",
+        id,
+        chat_id
+    )
+}
+
+/// Which messages to find: always one owner's; optionally one chat, one type, a date range
+/// (inclusive) and words to search for.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter {
+    /// Only this chat.
+    pub chat_id: Option<Uuid>,
+    /// Only this type (`text`, `code`, `image`).
+    pub kind: Option<String>,
+    /// Sent at or after.
+    pub start: Option<DateTime<Utc>>,
+    /// Sent at or before.
+    pub end: Option<DateTime<Utc>>,
+    /// Words that must all occur, in any order, whatever their case and accents; results are
+    /// then ranked by relevance instead of sorted by time.
+    pub search: Option<String>,
+}
+
+/// A page of `owner`'s messages matching `filter`, and how many match in all. Without a search,
+/// oldest first; with one, most relevant first. A search with no words matches nothing.
+pub async fn find_messages(
+    db: &ReadDb,
+    owner: Uuid,
+    filter: &MessageFilter,
+    limit: u32,
+    offset: u64,
+) -> Result<(Vec<MessageRow>, u64), sqlx::Error> {
+    let limit = i64::from(limit);
+    let offset = offset as i64;
+    let f = filter;
+    let Some(search) = &f.search else {
+        let rows = query_as!(
+            db,
+            fetch_all,
+            MessageRow,
+            "SELECT m.id, m.chat_id, m.user_id, m.role, m.content, m.type, m.created_at, \
+             m.updated_at FROM messages m JOIN chats c ON c.id = m.chat_id \
+             WHERE c.owner_id = $1 AND ($2 IS NULL OR m.chat_id = $2) \
+             AND ($3 IS NULL OR m.type = $3) AND ($4 IS NULL OR m.created_at >= $4) \
+             AND ($5 IS NULL OR m.created_at <= $5) \
+             ORDER BY m.created_at, m.id LIMIT $6 OFFSET $7",
+            owner,
+            f.chat_id,
+            f.kind.clone(),
+            f.start,
+            f.end,
+            limit,
+            offset
+        )?;
+        let (total,): (i64,) = query_as!(
+            db,
+            fetch_one,
+            (i64,),
+            "SELECT COUNT(*) FROM messages m JOIN chats c ON c.id = m.chat_id \
+             WHERE c.owner_id = $1 AND ($2 IS NULL OR m.chat_id = $2) \
+             AND ($3 IS NULL OR m.type = $3) AND ($4 IS NULL OR m.created_at >= $4) \
+             AND ($5 IS NULL OR m.created_at <= $5)",
+            owner,
+            f.chat_id,
+            f.kind.clone(),
+            f.start,
+            f.end
+        )?;
+        return Ok((rows, total as u64));
+    };
+    match db {
+        ReadDb::Sqlite(p) => {
+            let Some(q) = search::fts5_query(search) else {
+                return Ok((Vec::new(), 0));
+            };
+            const FROM: &str = "FROM messages_fts f JOIN messages m ON m.rowid = f.rowid \
+                 JOIN chats c ON c.id = m.chat_id WHERE messages_fts MATCH $1 \
+                 AND c.owner_id = $2 AND ($3 IS NULL OR m.chat_id = $3) \
+                 AND ($4 IS NULL OR m.type = $4) AND ($5 IS NULL OR m.created_at >= $5) \
+                 AND ($6 IS NULL OR m.created_at <= $6)";
+            let rows = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT m.id, m.chat_id, m.user_id, m.role, m.content, m.type, m.created_at, \
+                 m.updated_at {FROM} ORDER BY bm25(messages_fts), m.created_at DESC \
+                 LIMIT $7 OFFSET $8"
+            )))
+            .bind(&q)
+            .bind(owner)
+            .bind(f.chat_id)
+            .bind(f.kind.clone())
+            .bind(f.start)
+            .bind(f.end)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(p)
+            .await?;
+            let total: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {FROM}")))
+                    .bind(&q)
+                    .bind(owner)
+                    .bind(f.chat_id)
+                    .bind(f.kind.clone())
+                    .bind(f.start)
+                    .bind(f.end)
+                    .fetch_one(p)
+                    .await?;
+            Ok((rows, total as u64))
+        }
+        ReadDb::Postgres(p) => {
+            let folded = search::fold(search);
+            const FROM: &str = "FROM messages m JOIN chats c ON c.id = m.chat_id, \
+                 plainto_tsquery('simple', $1) q WHERE m.search @@ q \
+                 AND c.owner_id = $2 AND ($3::UUID IS NULL OR m.chat_id = $3) \
+                 AND ($4::TEXT IS NULL OR m.type = $4) \
+                 AND ($5::TIMESTAMPTZ IS NULL OR m.created_at >= $5) \
+                 AND ($6::TIMESTAMPTZ IS NULL OR m.created_at <= $6)";
+            let rows = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT m.id, m.chat_id, m.user_id, m.role, m.content, m.type, m.created_at, \
+                 m.updated_at {FROM} ORDER BY ts_rank(m.search, q) DESC, m.created_at DESC \
+                 LIMIT $7 OFFSET $8"
+            )))
+            .bind(&folded)
+            .bind(owner)
+            .bind(f.chat_id)
+            .bind(f.kind.clone())
+            .bind(f.start)
+            .bind(f.end)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(p)
+            .await?;
+            let total: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {FROM}")))
+                    .bind(&folded)
+                    .bind(owner)
+                    .bind(f.chat_id)
+                    .bind(f.kind.clone())
+                    .bind(f.start)
+                    .bind(f.end)
+                    .fetch_one(p)
+                    .await?;
+            Ok((rows, total as u64))
+        }
+    }
+}
+
+/// One page of a chat's messages, oldest first (no ownership check: for internal use).
 pub async fn list_messages(
     db: &ReadDb,
     chat_id: Uuid,
     limit: u32,
     offset: u64,
 ) -> Result<Vec<MessageRow>, sqlx::Error> {
-    fetch!(
+    query_as!(
         db,
         fetch_all,
+        MessageRow,
         "SELECT id, chat_id, user_id, role, content, type, created_at, updated_at FROM messages \
          WHERE chat_id = $1 ORDER BY created_at, id LIMIT $2 OFFSET $3",
         chat_id,

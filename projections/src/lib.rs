@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod chats;
 pub mod db;
 pub mod engine;
+pub mod search;
 
 pub use db::{ReadDb, Tx};
 pub use engine::{Engine, Positions, Projection, ProjectionError, Status, WaitTimeout};

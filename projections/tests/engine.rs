@@ -209,7 +209,10 @@ async fn commands_flow_through_the_log_into_the_read_model(env: Env) {
             .is_empty()
     );
     let status = engine.status().await.expect("status");
-    let chats_status = status.iter().find(|s| s.name == chats::NAME).expect("chats status");
+    let chats_status = status
+        .iter()
+        .find(|s| s.name == chats::NAME)
+        .expect("chats status");
     assert_eq!(chats_status.lag(), 0);
 }
 
