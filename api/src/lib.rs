@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 mod health;
 pub mod json;
+pub mod settings;
 
 pub use error::ApiError;
 
@@ -61,6 +62,10 @@ pub fn router(state: AppState) -> Router {
             put(chats::edit_message).delete(chats::delete_message),
         )
         .route("/api/messages/search", get(chats::search_messages))
+        .route(
+            "/api/settings",
+            get(settings::get_settings).put(settings::put_settings),
+        )
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
         .with_state(state)

@@ -8,6 +8,7 @@
 pub mod account;
 pub mod chat;
 mod schema;
+pub mod settings;
 pub mod testing;
 mod values;
 

@@ -8,6 +8,7 @@ pub mod chats;
 pub mod db;
 pub mod engine;
 pub mod search;
+pub mod settings;
 
 pub use db::{ReadDb, Tx};
 pub use engine::{Engine, Positions, Projection, ProjectionError, Status, WaitTimeout};
@@ -19,5 +20,6 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(accounts::AccountsProjection),
         Arc::new(chats::ChatsProjection),
+        Arc::new(settings::SettingsProjection),
     ]
 }
