@@ -27,7 +27,32 @@ impl Application {
             Migrations::Require
         };
         let backend = Backend::open(&config, migrations).await?;
+        match (&config.admin_email, &config.admin_password) {
+            (Some(email), Some(password)) => {
+                use secrecy::ExposeSecret;
+                let outcome =
+                    crate::admin::ensure(&*backend.store, email, password.expose_secret(), "Admin")
+                        .await
+                        .context("CONFAB_ADMIN_EMAIL / CONFAB_ADMIN_PASSWORD")?;
+                if let crate::admin::Outcome::Created(_) = outcome {
+                    tracing::info!("created the admin account from CONFAB_ADMIN_EMAIL");
+                }
+            }
+            (None, None) => {}
+            _ => anyhow::bail!(
+                "set both CONFAB_ADMIN_EMAIL and CONFAB_ADMIN_PASSWORD to create an admin, or neither"
+            ),
+        }
         let engine = backend.engine();
+        if config.run_projections {
+            // Serve nothing stale: bring every read model up to the log as it is now (events
+            // appended while the server was down, by `confab admin create`, say) before the
+            // first request. With dedicated workers, /readyz reports their lag instead.
+            for name in engine.names() {
+                let at = engine.catch_up(name, |_, _| {}).await?;
+                tracing::debug!(projection = name, position = at, "caught up at start-up");
+            }
+        }
         let state = AppState {
             store: backend.store.clone(),
             db: backend.db.clone(),

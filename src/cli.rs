@@ -47,6 +47,12 @@ pub enum Command {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+    /// Manage accounts.
+    Admin {
+        /// What to do.
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Read the event log.
     Events {
         /// What to read.
@@ -64,6 +70,24 @@ pub enum ProjectionsAction {
     Rebuild {
         /// The projection to rebuild.
         name: Option<String>,
+    },
+}
+
+/// `confab admin ...`
+#[derive(Debug, Subcommand)]
+pub enum AdminAction {
+    /// Create an admin account.
+    Create {
+        /// Its email address.
+        #[arg(long)]
+        email: String,
+        /// Its password (8 to 128 characters); prefer CONFAB_NEW_ADMIN_PASSWORD over the flag,
+        /// which other users of the machine can see.
+        #[arg(long, env = "CONFAB_NEW_ADMIN_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// Its display name.
+        #[arg(long, default_value = "Admin")]
+        name: String,
     },
 }
 
@@ -128,6 +152,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Projections { action } => projections(config, action).await,
+        Command::Admin {
+            action:
+                AdminAction::Create {
+                    email,
+                    password,
+                    name,
+                },
+        } => {
+            let backend = Backend::open(&config, Migrations::Require).await?;
+            match crate::admin::ensure(&*backend.store, &email, &password, &name).await? {
+                crate::admin::Outcome::Created(_) => {
+                    println!("admin {email} created; sign in with POST /api/auth/signin");
+                    Ok(())
+                }
+                crate::admin::Outcome::Exists => anyhow::bail!(
+                    "an account with the email {email} exists already; choose another address"
+                ),
+            }
+        }
         Command::Events { action } => events(config, action).await,
     }
 }

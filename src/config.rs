@@ -39,6 +39,11 @@ pub struct Config {
     /// Whether `serve` applies pending migrations on PostgreSQL at start-up
     /// (`CONFAB_AUTO_MIGRATE`); SQLite is always migrated.
     pub auto_migrate: bool,
+    /// An admin to create at start-up if no account has this email (`CONFAB_ADMIN_EMAIL`).
+    pub admin_email: Option<String>,
+    /// That admin's password (`CONFAB_ADMIN_PASSWORD`).
+    #[serde(serialize_with = "expose_opt")]
+    pub admin_password: Option<SecretString>,
     /// How long a sign-in session lasts, in hours (`CONFAB_SESSION_TTL_HOURS`).
     pub session_ttl_hours: u32,
     /// How long a write waits for its effect to be readable before answering, in milliseconds
@@ -65,6 +70,8 @@ impl Default for Config {
             readiness_max_lag: 10_000,
             run_projections: true,
             auto_migrate: false,
+            admin_email: None,
+            admin_password: None,
             session_ttl_hours: 24 * 30,
             write_timeout_ms: 5_000,
         }

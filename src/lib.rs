@@ -1,5 +1,6 @@
 //! The `confab` binary's library: configuration, start-up wiring and the command line.
 
+pub mod admin;
 pub mod app;
 pub mod backend;
 pub mod cli;

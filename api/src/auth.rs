@@ -21,8 +21,8 @@ use confab_domain::account::{
     Account, AccountCommand, AccountRole, DisplayName, Email, EmailClaim, EmailClaimCommand,
     EmailClaimError,
 };
-use confab_eventstore::EventMetadata;
 use confab_eventstore::aggregate::{ExecuteError, execute, load};
+use confab_eventstore::{EventMetadata, EventStore};
 use confab_projections::accounts::{self, UserRow};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -207,14 +207,6 @@ pub(crate) struct SignInBody {
     password: String,
 }
 
-fn check_password(p: &str) -> Result<(), String> {
-    match p.chars().count() {
-        n if n < 8 => Err("must be at least 8 characters".into()),
-        n if n > 128 => Err("must be at most 128 characters".into()),
-        _ => Ok(()),
-    }
-}
-
 /// Starts a session for `user_id`; returns the token and the position to await.
 async fn start_session(
     state: &AppState,
@@ -240,9 +232,9 @@ async fn start_session(
 }
 
 /// Claims `email` for `user_id`, taking over a claim whose sign-up crashed before registering.
-async fn claim_email(
-    state: &AppState,
-    headers: &HeaderMap,
+pub async fn claim_email(
+    store: &dyn EventStore,
+    meta: &EventMetadata,
     email: &Email,
     user_id: Uuid,
 ) -> Result<(), ApiError> {
@@ -253,42 +245,73 @@ async fn claim_email(
         at: now(),
     };
     let taken = || ApiError::Conflict("email address already in use".into());
-    match execute::<EmailClaim>(
-        &*state.store,
-        &claim_id,
-        claim(None),
-        metadata(headers, Some(user_id)),
-    )
-    .await
-    {
+    match execute::<EmailClaim>(store, &claim_id, claim(None), meta.clone()).await {
         Ok(_) => Ok(()),
         Err(ExecuteError::Domain(EmailClaimError::Taken { holder })) => {
-            let (claim_state, _) = load::<EmailClaim>(&*state.store, &claim_id)
+            let (claim_state, _) = load::<EmailClaim>(store, &claim_id)
                 .await
                 .map_err(store_error)?;
-            let (_, holder_version) = load::<Account>(&*state.store, &holder)
-                .await
-                .map_err(store_error)?;
+            let (_, holder_version) = load::<Account>(store, &holder).await.map_err(store_error)?;
             let old = claim_state
                 .since
                 .is_some_and(|since| now() - since > ABANDONED_CLAIM_AFTER);
             if holder_version > 0 || !old {
                 return Err(taken());
             }
-            execute::<EmailClaim>(
-                &*state.store,
-                &claim_id,
-                claim(Some(holder)),
-                metadata(headers, Some(user_id)),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|e| match e {
-                ExecuteError::Domain(_) => taken(),
-                other => store_error(other),
-            })
+            execute::<EmailClaim>(store, &claim_id, claim(Some(holder)), meta.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| match e {
+                    ExecuteError::Domain(_) => taken(),
+                    other => store_error(other),
+                })
         }
         Err(e) => Err(store_error(e)),
+    }
+}
+
+/// Creates an account: claims the email, hashes the password, records the registration.
+/// Returns the new user's id and the position to await. Used by sign-up and by operators
+/// creating admins.
+pub async fn register(
+    store: &dyn EventStore,
+    meta: &EventMetadata,
+    email: Email,
+    name: DisplayName,
+    password: String,
+    role: AccountRole,
+) -> Result<(Uuid, u64), ApiError> {
+    let password_hash = hash_password(password).await?;
+    let user_id = Uuid::now_v7();
+    let meta = EventMetadata {
+        actor: meta.actor.or(Some(user_id)),
+        ..meta.clone()
+    };
+    claim_email(store, &meta, &email, user_id).await?;
+    let done = execute::<Account>(
+        store,
+        &user_id,
+        AccountCommand::Register {
+            user_id,
+            email,
+            name,
+            password_hash,
+            role,
+            at: now(),
+        },
+        meta,
+    )
+    .await
+    .map_err(store_error)?;
+    Ok((user_id, done.appended.map(|a| a.last_position).unwrap_or(0)))
+}
+
+/// Validates a password's length: 8 to 128 characters.
+pub fn check_password(p: &str) -> Result<(), String> {
+    match p.chars().count() {
+        n if n < 8 => Err("must be at least 8 characters".into()),
+        n if n > 128 => Err("must be at most 128 characters".into()),
+        _ => Ok(()),
     }
 }
 
@@ -319,24 +342,15 @@ pub(crate) async fn signup(
     if !problems.is_empty() {
         return Err(ApiError::invalid(problems));
     }
-    let password_hash = hash_password(body.password).await?;
-    let user_id = Uuid::now_v7();
-    claim_email(&state, &headers, &email, user_id).await?;
-    execute::<Account>(
+    let (user_id, _) = register(
         &*state.store,
-        &user_id,
-        AccountCommand::Register {
-            user_id,
-            email,
-            name,
-            password_hash,
-            role: AccountRole::User,
-            at: now(),
-        },
-        metadata(&headers, Some(user_id)),
+        &metadata(&headers, None),
+        email,
+        name,
+        body.password,
+        AccountRole::User,
     )
-    .await
-    .map_err(store_error)?;
+    .await?;
     let (token, pos) = start_session(&state, &headers, user_id).await?;
     visible(&state, pos).await?;
     let user = accounts::user_by_id(&state.db, user_id)

@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 mod health;
 pub mod json;
+pub mod profile;
 pub mod settings;
 
 pub use error::ApiError;
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/signin", post(auth::signin))
         .route("/api/auth/signout", post(auth::signout))
         .route("/api/me", get(auth::me))
+        .route("/api/profile", put(profile::update_profile))
         .route("/api/chats", post(chats::create_chat).get(chats::list_chats))
         .route(
             "/api/chats/{chat_id}",

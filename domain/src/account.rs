@@ -132,6 +132,15 @@ pub enum AccountCommand {
         /// Now.
         at: DateTime<Utc>,
     },
+    /// Change the name and/or the email (the new email already claimed).
+    UpdateProfile {
+        /// The new name, if it changes.
+        name: Option<DisplayName>,
+        /// The new address, if it changes.
+        email: Option<Email>,
+        /// Now.
+        at: DateTime<Utc>,
+    },
     /// Sign a session out.
     RevokeSession {
         /// The session.
@@ -189,6 +198,22 @@ pub struct SessionStarted {
     pub at: DateTime<Utc>,
 }
 
+/// The name or email changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfileUpdated {
+    /// The user.
+    pub user_id: Uuid,
+    /// The new name, if it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<DisplayName>,
+    /// The new address, if it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<Email>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
 /// A session was signed out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -210,6 +235,8 @@ pub enum AccountEvent {
     SessionStarted(SessionStarted),
     /// `account.session_revoked`
     SessionRevoked(SessionRevoked),
+    /// `account.profile_updated`
+    ProfileUpdated(ProfileUpdated),
 }
 
 /// Stable type names of account events.
@@ -220,10 +247,19 @@ pub mod event_types {
     pub const SESSION_STARTED: &str = "account.session_started";
     /// A session ended.
     pub const SESSION_REVOKED: &str = "account.session_revoked";
+    /// The name or email changed.
+    pub const PROFILE_UPDATED: &str = "account.profile_updated";
     /// An address was claimed.
     pub const EMAIL_CLAIMED: &str = "email.claimed";
+    /// An address was given up.
+    pub const EMAIL_RELEASED: &str = "email.released";
     /// Every account event type.
-    pub const ALL: &[&str] = &[REGISTERED, SESSION_STARTED, SESSION_REVOKED];
+    pub const ALL: &[&str] = &[
+        REGISTERED,
+        SESSION_STARTED,
+        SESSION_REVOKED,
+        PROFILE_UPDATED,
+    ];
 }
 
 impl EventSchema for AccountEvent {
@@ -232,6 +268,7 @@ impl EventSchema for AccountEvent {
             AccountEvent::Registered(_) => event_types::REGISTERED,
             AccountEvent::SessionStarted(_) => event_types::SESSION_STARTED,
             AccountEvent::SessionRevoked(_) => event_types::SESSION_REVOKED,
+            AccountEvent::ProfileUpdated(_) => event_types::PROFILE_UPDATED,
         }
     }
 
@@ -244,6 +281,7 @@ impl EventSchema for AccountEvent {
             AccountEvent::Registered(e) => serde_json::to_value(e),
             AccountEvent::SessionStarted(e) => serde_json::to_value(e),
             AccountEvent::SessionRevoked(e) => serde_json::to_value(e),
+            AccountEvent::ProfileUpdated(e) => serde_json::to_value(e),
         };
         v.unwrap_or(serde_json::Value::Null)
     }
@@ -259,6 +297,7 @@ impl EventSchema for AccountEvent {
             (REGISTERED, 1) => AccountEvent::Registered(parse(t, payload)?),
             (SESSION_STARTED, 1) => AccountEvent::SessionStarted(parse(t, payload)?),
             (SESSION_REVOKED, 1) => AccountEvent::SessionRevoked(parse(t, payload)?),
+            (PROFILE_UPDATED, 1) => AccountEvent::ProfileUpdated(parse(t, payload)?),
             _ if ALL.contains(&t) => {
                 return Err(UpcastError::UnknownVersion {
                     event_type: t.to_owned(),
@@ -277,6 +316,8 @@ pub struct Account {
     pub user_id: Option<Uuid>,
     /// Their address.
     pub email: Option<Email>,
+    /// Their name.
+    pub name: Option<DisplayName>,
     /// Sessions by id, and whether each was revoked.
     pub sessions: HashMap<Uuid, bool>,
 }
@@ -327,6 +368,20 @@ impl Aggregate for Account {
                     at,
                 })])
             }
+            AccountCommand::UpdateProfile { name, email, at } => {
+                let user_id = self.user_id.ok_or(AccountError::NotFound)?;
+                let name = name.filter(|n| self.name.as_ref() != Some(n));
+                let email = email.filter(|e| self.email.as_ref() != Some(e));
+                if name.is_none() && email.is_none() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![AccountEvent::ProfileUpdated(ProfileUpdated {
+                    user_id,
+                    name,
+                    email,
+                    at,
+                })])
+            }
             AccountCommand::RevokeSession { session_id, at } => {
                 let user_id = self.user_id.ok_or(AccountError::NotFound)?;
                 match self.sessions.get(&session_id) {
@@ -348,6 +403,15 @@ impl Aggregate for Account {
             AccountEvent::Registered(e) => {
                 self.user_id = Some(e.user_id);
                 self.email = Some(e.email.clone());
+                self.name = Some(e.name.clone());
+            }
+            AccountEvent::ProfileUpdated(e) => {
+                if let Some(n) = &e.name {
+                    self.name = Some(n.clone());
+                }
+                if let Some(m) = &e.email {
+                    self.email = Some(m.clone());
+                }
             }
             AccountEvent::SessionStarted(e) => {
                 self.sessions.insert(e.session_id, false);
@@ -372,6 +436,13 @@ pub struct EmailClaim {
 /// What can be asked of an email claim.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EmailClaimCommand {
+    /// Give the address up (the holder changed theirs), so that anyone may claim it again.
+    Release {
+        /// The holder giving it up.
+        user_id: Uuid,
+        /// Now.
+        at: DateTime<Utc>,
+    },
     /// Reserve the address for `user_id`. Taking over from `abandoned_by` is allowed when the
     /// caller has checked that that user's account was never created (a sign-up that crashed
     /// between claiming and registering).
@@ -406,24 +477,52 @@ pub struct EmailClaimed {
     pub at: DateTime<Utc>,
 }
 
-impl EventSchema for EmailClaimed {
+/// An address was given up by its holder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmailReleased {
+    /// The former holder.
+    pub user_id: Uuid,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Everything an email claim records.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmailClaimEvent {
+    /// `email.claimed`
+    Claimed(EmailClaimed),
+    /// `email.released`
+    Released(EmailReleased),
+}
+
+impl EventSchema for EmailClaimEvent {
     fn event_type(&self) -> &'static str {
-        event_types::EMAIL_CLAIMED
+        match self {
+            EmailClaimEvent::Claimed(_) => event_types::EMAIL_CLAIMED,
+            EmailClaimEvent::Released(_) => event_types::EMAIL_RELEASED,
+        }
     }
     fn schema_version(&self) -> u32 {
         1
     }
     fn to_payload(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+        match self {
+            EmailClaimEvent::Claimed(e) => serde_json::to_value(e),
+            EmailClaimEvent::Released(e) => serde_json::to_value(e),
+        }
+        .unwrap_or(serde_json::Value::Null)
     }
     fn from_stored(
         event_type: &str,
         schema_version: u32,
         payload: serde_json::Value,
     ) -> Result<Self, UpcastError> {
+        use event_types::*;
         match (event_type, schema_version) {
-            (event_types::EMAIL_CLAIMED, 1) => parse(event_type, payload),
-            (event_types::EMAIL_CLAIMED, v) => Err(UpcastError::UnknownVersion {
+            (EMAIL_CLAIMED, 1) => Ok(EmailClaimEvent::Claimed(parse(event_type, payload)?)),
+            (EMAIL_RELEASED, 1) => Ok(EmailClaimEvent::Released(parse(event_type, payload)?)),
+            (EMAIL_CLAIMED | EMAIL_RELEASED, v) => Err(UpcastError::UnknownVersion {
                 event_type: event_type.to_owned(),
                 version: v,
             }),
@@ -445,30 +544,50 @@ impl EmailClaim {
 
 impl Aggregate for EmailClaim {
     type Command = EmailClaimCommand;
-    type Event = EmailClaimed;
+    type Event = EmailClaimEvent;
     type Error = EmailClaimError;
 
     fn stream_name(id: &Uuid) -> String {
         format!("email-{id}")
     }
 
-    fn decide(&self, command: EmailClaimCommand) -> Result<Vec<EmailClaimed>, EmailClaimError> {
-        let EmailClaimCommand::Claim {
-            user_id,
-            abandoned_by,
-            at,
-        } = command;
-        match self.holder {
-            None => Ok(vec![EmailClaimed { user_id, at }]),
-            Some(h) if h == user_id => Ok(vec![]),
-            Some(h) if Some(h) == abandoned_by => Ok(vec![EmailClaimed { user_id, at }]),
-            Some(holder) => Err(EmailClaimError::Taken { holder }),
+    fn decide(&self, command: EmailClaimCommand) -> Result<Vec<EmailClaimEvent>, EmailClaimError> {
+        match command {
+            EmailClaimCommand::Claim {
+                user_id,
+                abandoned_by,
+                at,
+            } => {
+                let claimed = || Ok(vec![EmailClaimEvent::Claimed(EmailClaimed { user_id, at })]);
+                match self.holder {
+                    None => claimed(),
+                    Some(h) if h == user_id => Ok(vec![]),
+                    Some(h) if Some(h) == abandoned_by => claimed(),
+                    Some(holder) => Err(EmailClaimError::Taken { holder }),
+                }
+            }
+            EmailClaimCommand::Release { user_id, at } => match self.holder {
+                Some(h) if h == user_id => Ok(vec![EmailClaimEvent::Released(EmailReleased {
+                    user_id,
+                    at,
+                })]),
+                // Not theirs (any more): nothing to give up.
+                _ => Ok(vec![]),
+            },
         }
     }
 
-    fn evolve(mut self, event: &EmailClaimed) -> Self {
-        self.holder = Some(event.user_id);
-        self.since = Some(event.at);
+    fn evolve(mut self, event: &EmailClaimEvent) -> Self {
+        match event {
+            EmailClaimEvent::Claimed(e) => {
+                self.holder = Some(e.user_id);
+                self.since = Some(e.at);
+            }
+            EmailClaimEvent::Released(_) => {
+                self.holder = None;
+                self.since = None;
+            }
+        }
         self
     }
 }
@@ -581,10 +700,10 @@ mod tests {
 
     #[test]
     fn an_email_claim_is_exclusive_unless_abandoned() {
-        let claimed = EmailClaimed {
+        let claimed = EmailClaimEvent::Claimed(EmailClaimed {
             user_id: id(1),
             at: at(),
-        };
+        });
         given::<EmailClaim>([claimed.clone()])
             .when(EmailClaimCommand::Claim {
                 user_id: id(2),
@@ -605,10 +724,30 @@ mod tests {
                 abandoned_by: Some(id(1)),
                 at: at(),
             })
-            .then([EmailClaimed {
+            .then([EmailClaimEvent::Claimed(EmailClaimed {
                 user_id: id(2),
                 at: at(),
-            }]);
+            })]);
+        let claimed_then_released = [
+            EmailClaimEvent::Claimed(EmailClaimed {
+                user_id: id(1),
+                at: at(),
+            }),
+            EmailClaimEvent::Released(EmailReleased {
+                user_id: id(1),
+                at: at(),
+            }),
+        ];
+        given::<EmailClaim>(claimed_then_released)
+            .when(EmailClaimCommand::Claim {
+                user_id: id(3),
+                abandoned_by: None,
+                at: at(),
+            })
+            .then([EmailClaimEvent::Claimed(EmailClaimed {
+                user_id: id(3),
+                at: at(),
+            })]);
         assert_eq!(
             EmailClaim::id_for(&Email::parse("A@x.io").unwrap()),
             EmailClaim::id_for(&Email::parse("a@X.io").unwrap())

@@ -58,6 +58,17 @@ impl Projection for AccountsProjection {
                     s.expires_at
                 )?;
             }
+            AccountEvent::ProfileUpdated(p) => {
+                execute!(
+                    tx,
+                    "UPDATE users SET name = COALESCE($2, name), email = COALESCE($3, email), \
+                     updated_at = $4 WHERE id = $1",
+                    p.user_id,
+                    p.name.map(|n| n.as_str().to_owned()),
+                    p.email.map(|e| e.as_str().to_owned()),
+                    p.at
+                )?;
+            }
             AccountEvent::SessionRevoked(s) => {
                 execute!(
                     tx,
