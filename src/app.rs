@@ -60,6 +60,8 @@ impl Application {
             readiness_max_lag: config.readiness_max_lag,
             session_ttl: chrono::Duration::hours(i64::from(config.session_ttl_hours)),
             write_timeout: std::time::Duration::from_millis(config.write_timeout_ms),
+            key_cipher: confab_api::providers::KeyCipher::new(&config.encryption_key()?),
+            provider_hosts_allowlist: config.provider_hosts(),
         };
         let listener = TcpListener::bind(config.bind)
             .await

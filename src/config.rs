@@ -44,6 +44,14 @@ pub struct Config {
     /// That admin's password (`CONFAB_ADMIN_PASSWORD`).
     #[serde(serialize_with = "expose_opt")]
     pub admin_password: Option<SecretString>,
+    /// The 256-bit key that encrypts users' provider keys, base64 (`CONFAB_ENCRYPTION_KEY`).
+    /// Without it, a key is generated once and kept in `<data dir>/encryption.key`; several
+    /// instances must share one, so set it when scaling out.
+    #[serde(serialize_with = "expose_opt")]
+    pub encryption_key: Option<SecretString>,
+    /// Hosts a provider endpoint may name although private, and over http, comma-separated
+    /// (`CONFAB_PROVIDER_HOSTS_ALLOWLIST`, e.g. `127.0.0.1,ollama.lan`).
+    pub provider_hosts_allowlist: String,
     /// How long a sign-in session lasts, in hours (`CONFAB_SESSION_TTL_HOURS`).
     pub session_ttl_hours: u32,
     /// How long a write waits for its effect to be readable before answering, in milliseconds
@@ -71,6 +79,8 @@ impl Default for Config {
             run_projections: true,
             auto_migrate: false,
             admin_email: None,
+            encryption_key: None,
+            provider_hosts_allowlist: String::new(),
             admin_password: None,
             session_ttl_hours: 24 * 30,
             write_timeout_ms: 5_000,
@@ -101,6 +111,42 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The provider-key encryption key: the configured one, or the one kept in the data
+    /// directory (created on first use, readable by its owner only).
+    pub fn encryption_key(&self) -> anyhow::Result<[u8; 32]> {
+        use base64::Engine as _;
+        let decode = |text: &str, from: &str| -> anyhow::Result<[u8; 32]> {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|_| anyhow::anyhow!("{from} is not base64"))?;
+            bytes.try_into().map_err(|_| {
+                anyhow::anyhow!("{from} must hold exactly 32 bytes (base64 of 32 bytes)")
+            })
+        };
+        if let Some(k) = &self.encryption_key {
+            return decode(k.expose_secret(), "CONFAB_ENCRYPTION_KEY");
+        }
+        let path = self.data_dir.join("encryption.key");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return decode(&text, &path.display().to_string());
+        }
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        std::fs::create_dir_all(&self.data_dir)?;
+        let text = base64::engine::general_purpose::STANDARD.encode(key);
+        write_private(&path, &text)?;
+        Ok(key)
+    }
+
+    /// The allow-listed provider hosts.
+    pub fn provider_hosts(&self) -> Vec<String> {
+        self.provider_hosts_allowlist
+            .split(',')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect()
+    }
+
     /// Loads defaults, then `file` if given (it must exist), then `CONFAB_*` variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         Self::figment(file)
@@ -136,6 +182,23 @@ impl Config {
             Err(ConfigError::UnknownDatabase(url.chars().take(12).collect()))
         }
     }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,11 +2,13 @@
 
 pub mod auth;
 pub mod chats;
+pub mod conversations;
 pub mod error;
 pub mod extract;
 mod health;
 pub mod json;
 pub mod profile;
+pub mod providers;
 pub mod settings;
 
 pub use error::ApiError;
@@ -35,6 +37,10 @@ pub struct AppState {
     pub session_ttl: chrono::Duration,
     /// How long a write waits for its effect to become readable before answering.
     pub write_timeout: std::time::Duration,
+    /// Encrypts users' provider keys.
+    pub key_cipher: providers::KeyCipher,
+    /// Hosts a provider endpoint may name even if private, and over http.
+    pub provider_hosts_allowlist: Vec<String>,
 }
 
 /// The application's routes.
@@ -64,6 +70,20 @@ pub fn router(state: AppState) -> Router {
             put(chats::edit_message).delete(chats::delete_message),
         )
         .route("/api/messages/search", get(chats::search_messages))
+        .route("/chat/conversations", post(conversations::create_conversation))
+        .route("/chat/conversations/{id}", get(conversations::get_conversation))
+        .route(
+            "/chat/conversations/{id}/messages",
+            get(conversations::list_messages),
+        )
+        .route("/chat/messages", post(conversations::create_message))
+        .route("/chat/llm-providers", post(providers::create_provider))
+        .route("/chat/llm-providers/{id}", get(providers::get_provider))
+        .route("/chat/user-llm-configs", post(providers::set_user_config))
+        .route(
+            "/chat/user-llm-configs/{user_id}/{provider_id}",
+            get(providers::get_user_config),
+        )
         .route(
             "/api/settings",
             get(settings::get_settings).put(settings::put_settings),

@@ -7,6 +7,7 @@
 
 pub mod account;
 pub mod chat;
+pub mod provider;
 mod schema;
 pub mod settings;
 pub mod testing;

@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod chats;
 pub mod db;
 pub mod engine;
+pub mod providers;
 pub mod search;
 pub mod settings;
 
@@ -21,5 +22,6 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(accounts::AccountsProjection),
         Arc::new(chats::ChatsProjection),
         Arc::new(settings::SettingsProjection),
+        Arc::new(providers::ProvidersProjection),
     ]
 }

@@ -1,0 +1,198 @@
+//! The seed-002 routes over the same chat model, with that seed's snake_case fields:
+//! `POST /chat/conversations`, `GET /chat/conversations/{id}`, `POST /chat/messages`,
+//! `GET /chat/conversations/{id}/messages`. A `user_id` in a body must be the caller's own (403
+//! otherwise, unless the caller is an admin).
+
+use crate::auth::{AuthUser, metadata, now};
+use crate::extract::ApiPath;
+use crate::json::ApiJson;
+use crate::{ApiError, AppState};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use confab_domain::chat::{Chat, ChatCommand, ChatError};
+use confab_domain::{ChatTitle, MessageContent, MessageKind, Role};
+use confab_eventstore::aggregate::{ExecuteError, execute};
+use confab_projections::chats::{self, ChatRow, MessageFilter, MessageRow};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+/// Whether `auth` may act for `user_id`.
+pub fn may_act_for(auth: &AuthUser, user_id: Uuid) -> Result<(), ApiError> {
+    if auth.user.id == user_id || auth.user.role == "admin" {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "user_id must be your own user id".into(),
+        ))
+    }
+}
+
+fn conversation_json(c: &ChatRow) -> Value {
+    json!({
+        "id": c.id, "user_id": c.owner_id, "title": c.title,
+        "created_at": c.created_at, "updated_at": c.updated_at,
+    })
+}
+
+fn message_json(m: &MessageRow) -> Value {
+    json!({
+        "id": m.id, "conversation_id": m.chat_id, "user_id": m.user_id, "role": m.role,
+        "content": m.content, "type": m.kind, "created_at": m.created_at, "updated_at": m.updated_at,
+    })
+}
+
+fn internal(e: impl Into<anyhow::Error>) -> ApiError {
+    ApiError::Internal(e.into())
+}
+
+fn chat_error(e: ExecuteError<ChatError>) -> ApiError {
+    match e {
+        ExecuteError::Domain(ChatError::ChatNotFound) => {
+            ApiError::NotFound("conversation not found".into())
+        }
+        ExecuteError::Store(s) if s.is_conflict() => {
+            ApiError::Conflict("too many concurrent changes; retry".into())
+        }
+        other => ApiError::Internal(anyhow::anyhow!("{other}")),
+    }
+}
+
+async fn wait(state: &AppState, pos: Option<u64>) -> Result<(), ApiError> {
+    if let Some(p) = pos {
+        state
+            .engine
+            .positions()
+            .wait_for(chats::NAME, p, state.write_timeout)
+            .await
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct NewConversation {
+    user_id: Uuid,
+    title: String,
+}
+
+/// `POST /chat/conversations` `{user_id, title}` → 201 conversation.
+pub(crate) async fn create_conversation(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    auth: AuthUser,
+    ApiJson(body): ApiJson<NewConversation>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    may_act_for(&auth, body.user_id)?;
+    let title = ChatTitle::parse(&body.title).map_err(|e| ApiError::field(e.field, e.reason))?;
+    let chat_id = Uuid::now_v7();
+    let command = ChatCommand::Create {
+        chat_id,
+        owner: body.user_id,
+        title,
+        at: now(),
+    };
+    let done = execute::<Chat>(
+        &*state.store,
+        &chat_id,
+        command,
+        metadata(&headers, Some(auth.user.id)),
+    )
+    .await
+    .map_err(chat_error)?;
+    wait(&state, done.appended.map(|a| a.last_position)).await?;
+    let chat = chats::get_chat(&state.db, chat_id, body.user_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| internal(anyhow::anyhow!("created conversation not in read model")))?;
+    Ok((StatusCode::CREATED, Json(conversation_json(&chat))))
+}
+
+/// `GET /chat/conversations/{id}`.
+pub(crate) async fn get_conversation(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let chat = chats::get_chat(&state.db, id, auth.user.id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::NotFound("conversation not found".into()))?;
+    Ok(Json(conversation_json(&chat)))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct NewMessage {
+    conversation_id: Uuid,
+    role: String,
+    content: String,
+}
+
+/// `POST /chat/messages` `{conversation_id, role, content}` → 201 message.
+pub(crate) async fn create_message(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    auth: AuthUser,
+    ApiJson(body): ApiJson<NewMessage>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let mut problems = Map::new();
+    let role =
+        Role::parse(&body.role).map_err(|e| problems.insert(e.field.into(), e.reason.into()));
+    let content = MessageContent::parse(&body.content)
+        .map_err(|e| problems.insert(e.field.into(), e.reason.into()));
+    let (Ok(role), Ok(content)) = (role, content) else {
+        return Err(ApiError::invalid(problems));
+    };
+    let message_id = Uuid::now_v7();
+    let command = ChatCommand::SendMessage {
+        message_id,
+        actor: auth.user.id,
+        role,
+        content,
+        kind: MessageKind::Text,
+        at: now(),
+    };
+    let done = execute::<Chat>(
+        &*state.store,
+        &body.conversation_id,
+        command,
+        metadata(&headers, Some(auth.user.id)),
+    )
+    .await
+    .map_err(chat_error)?;
+    wait(&state, done.appended.map(|a| a.last_position)).await?;
+    let m = chats::get_message(&state.db, body.conversation_id, message_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| internal(anyhow::anyhow!("created message not in read model")))?;
+    Ok((StatusCode::CREATED, Json(message_json(&m))))
+}
+
+/// `GET /chat/conversations/{id}/messages` → every message, oldest first, as an array.
+pub(crate) async fn list_messages(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    chats::get_chat(&state.db, id, auth.user.id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::NotFound("conversation not found".into()))?;
+    let filter = MessageFilter {
+        chat_id: Some(id),
+        ..MessageFilter::default()
+    };
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let (rows, total) = chats::find_messages(&state.db, auth.user.id, &filter, 500, offset)
+            .await
+            .map_err(internal)?;
+        offset += rows.len() as u64;
+        out.extend(rows.iter().map(message_json));
+        if rows.is_empty() || offset >= total {
+            return Ok(Json(Value::Array(out)));
+        }
+    }
+}
