@@ -196,3 +196,106 @@ pub(crate) async fn list_messages(
         }
     }
 }
+
+fn attachment_json(a: &chats::AttachmentRow) -> Value {
+    json!({
+        "id": a.id, "message_id": a.message_id, "file_type": a.file_type,
+        "file_path": a.file_path, "created_at": a.created_at,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct NewAttachment {
+    message_id: Uuid,
+    file_type: String,
+    file_path: String,
+}
+
+fn check_attachment(file_type: &str, file_path: &str) -> Result<(), ApiError> {
+    let mut problems = Map::new();
+    let t = file_type.trim();
+    if t.is_empty() || t.len() > 100 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        problems.insert(
+            "file_type".into(),
+            "must be 1 to 100 characters without spaces".into(),
+        );
+    }
+    if file_path.is_empty()
+        || file_path.chars().count() > 1024
+        || file_path.chars().any(char::is_control)
+        || file_path.split(['/', '\\']).any(|seg| seg == "..")
+    {
+        problems.insert(
+            "file_path".into(),
+            "must be 1 to 1024 characters, without control characters or `..` segments".into(),
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(problems))
+    }
+}
+
+/// `POST /chat/attachments` `{message_id, file_type, file_path}` → 201 attachment.
+pub(crate) async fn create_attachment(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    auth: AuthUser,
+    ApiJson(body): ApiJson<NewAttachment>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_attachment(&body.file_type, &body.file_path)?;
+    let chat_id = chats::chat_of_message(&state.db, body.message_id, auth.user.id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::NotFound("message not found".into()))?;
+    let attachment_id = Uuid::now_v7();
+    let command = ChatCommand::AddAttachment {
+        message_id: body.message_id,
+        attachment_id,
+        actor: auth.user.id,
+        file_type: body.file_type.trim().to_owned(),
+        file_path: body.file_path,
+        at: now(),
+    };
+    let done = execute::<Chat>(
+        &*state.store,
+        &chat_id,
+        command,
+        metadata(&headers, Some(auth.user.id)),
+    )
+    .await
+    .map_err(|e| match e {
+        ExecuteError::Domain(ChatError::MessageNotFound | ChatError::ChatNotFound) => {
+            ApiError::NotFound("message not found".into())
+        }
+        ExecuteError::Domain(ChatError::NotMessageAuthor) => {
+            ApiError::Forbidden("only the author may attach files to this message".into())
+        }
+        other => chat_error(other),
+    })?;
+    wait(&state, done.appended.map(|a| a.last_position)).await?;
+    let a = chats::get_attachment(&state.db, attachment_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| internal(anyhow::anyhow!("attachment not in read model")))?;
+    Ok((StatusCode::CREATED, Json(attachment_json(&a))))
+}
+
+/// `GET /chat/messages/{id}/attachments` → the message's attachments as an array.
+pub(crate) async fn list_attachments(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    chats::chat_of_message(&state.db, id, auth.user.id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::NotFound("message not found".into()))?;
+    let rows = chats::list_attachments(&state.db, id)
+        .await
+        .map_err(internal)?;
+    Ok(Json(Value::Array(
+        rows.iter().map(attachment_json).collect(),
+    )))
+}

@@ -77,6 +77,11 @@ pub fn router(state: AppState) -> Router {
             get(conversations::list_messages),
         )
         .route("/chat/messages", post(conversations::create_message))
+        .route("/chat/attachments", post(conversations::create_attachment))
+        .route(
+            "/chat/messages/{id}/attachments",
+            get(conversations::list_attachments),
+        )
         .route("/chat/llm-providers", post(providers::create_provider))
         .route("/chat/llm-providers/{id}", get(providers::get_provider))
         .route("/chat/user-llm-configs", post(providers::set_user_config))

@@ -68,6 +68,21 @@ pub enum ChatCommand {
         /// Now.
         at: DateTime<Utc>,
     },
+    /// Attach a file reference to a message.
+    AddAttachment {
+        /// The message.
+        message_id: Uuid,
+        /// The new attachment's id.
+        attachment_id: Uuid,
+        /// Who asks (must be the message's author).
+        actor: Uuid,
+        /// Its media type, e.g. `image/png`.
+        file_type: String,
+        /// Where the file is.
+        file_path: String,
+        /// Now.
+        at: DateTime<Utc>,
+    },
     /// Remove a message.
     DeleteMessage {
         /// The message.
@@ -189,6 +204,24 @@ pub struct MessageEdited {
     pub at: DateTime<Utc>,
 }
 
+/// A file reference was attached to a message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentAdded {
+    /// The chat.
+    pub chat_id: Uuid,
+    /// The message.
+    pub message_id: Uuid,
+    /// The attachment.
+    pub attachment_id: Uuid,
+    /// Media type.
+    pub file_type: String,
+    /// Where the file is.
+    pub file_path: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
 /// A message was removed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -216,6 +249,8 @@ pub enum ChatEvent {
     MessageEdited(MessageEdited),
     /// `chat.message_deleted`
     MessageDeleted(MessageDeleted),
+    /// `chat.attachment_added`
+    AttachmentAdded(AttachmentAdded),
 }
 
 /// Stable type names of chat events.
@@ -232,6 +267,8 @@ pub mod event_types {
     pub const MESSAGE_EDITED: &str = "chat.message_edited";
     /// A message was deleted.
     pub const MESSAGE_DELETED: &str = "chat.message_deleted";
+    /// A file was attached to a message.
+    pub const ATTACHMENT_ADDED: &str = "chat.attachment_added";
     /// Every chat event type.
     pub const ALL: &[&str] = &[
         CREATED,
@@ -240,6 +277,7 @@ pub mod event_types {
         MESSAGE_SENT,
         MESSAGE_EDITED,
         MESSAGE_DELETED,
+        ATTACHMENT_ADDED,
     ];
 }
 
@@ -253,6 +291,7 @@ impl EventSchema for ChatEvent {
             ChatEvent::MessageSent(_) => MESSAGE_SENT,
             ChatEvent::MessageEdited(_) => MESSAGE_EDITED,
             ChatEvent::MessageDeleted(_) => MESSAGE_DELETED,
+            ChatEvent::AttachmentAdded(_) => ATTACHMENT_ADDED,
         }
     }
 
@@ -271,6 +310,7 @@ impl EventSchema for ChatEvent {
             ChatEvent::MessageSent(e) => serde_json::to_value(e),
             ChatEvent::MessageEdited(e) => serde_json::to_value(e),
             ChatEvent::MessageDeleted(e) => serde_json::to_value(e),
+            ChatEvent::AttachmentAdded(e) => serde_json::to_value(e),
         };
         // Plain structs of strings, ids and timestamps always serialise.
         v.unwrap_or(serde_json::Value::Null)
@@ -302,6 +342,7 @@ impl EventSchema for ChatEvent {
             (MESSAGE_SENT, 2) => ChatEvent::MessageSent(parse(t, payload)?),
             (MESSAGE_EDITED, 1) => ChatEvent::MessageEdited(parse(t, payload)?),
             (MESSAGE_DELETED, 1) => ChatEvent::MessageDeleted(parse(t, payload)?),
+            (ATTACHMENT_ADDED, 1) => ChatEvent::AttachmentAdded(parse(t, payload)?),
             _ if event_types::ALL.contains(&t) => {
                 return Err(UpcastError::UnknownVersion {
                     event_type: t.to_owned(),
@@ -458,6 +499,25 @@ impl Aggregate for Chat {
                     at,
                 })])
             }
+            ChatCommand::AddAttachment {
+                message_id,
+                attachment_id,
+                actor,
+                file_type,
+                file_path,
+                at,
+            } => {
+                let chat_id = self.owned_by(actor)?;
+                self.live_message(message_id, actor)?;
+                Ok(vec![ChatEvent::AttachmentAdded(AttachmentAdded {
+                    chat_id,
+                    message_id,
+                    attachment_id,
+                    file_type,
+                    file_path,
+                    at,
+                })])
+            }
             ChatCommand::DeleteMessage {
                 message_id,
                 actor,
@@ -510,6 +570,7 @@ impl Aggregate for Chat {
                     m.deleted = true;
                 }
             }
+            ChatEvent::AttachmentAdded(_) => {}
         }
         self
     }

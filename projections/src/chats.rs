@@ -53,6 +53,7 @@ impl Projection for ChatsProjection {
     }
 
     async fn reset(&self, tx: &mut Tx) -> Result<(), ProjectionError> {
+        execute!(tx, "DELETE FROM attachments")?;
         execute!(tx, "DELETE FROM messages")?;
         execute!(tx, "DELETE FROM chats")?;
         Ok(())
@@ -178,6 +179,7 @@ async fn apply_one(tx: &mut Tx, e: ChatEvent) -> Result<(), ProjectionError> {
                 )?;
             }
             ChatEvent::Deleted(d) => {
+                execute!(tx, "DELETE FROM attachments WHERE chat_id = $1", d.chat_id)?;
                 execute!(tx, "DELETE FROM messages WHERE chat_id = $1", d.chat_id)?;
                 execute!(tx, "DELETE FROM chats WHERE id = $1", d.chat_id)?;
             }
@@ -218,7 +220,25 @@ async fn apply_one(tx: &mut Tx, e: ChatEvent) -> Result<(), ProjectionError> {
                 }
             }
             ChatEvent::MessageDeleted(m) => {
+                execute!(
+                    tx,
+                    "DELETE FROM attachments WHERE message_id = $1",
+                    m.message_id
+                )?;
                 execute!(tx, "DELETE FROM messages WHERE id = $1", m.message_id)?;
+            }
+            ChatEvent::AttachmentAdded(a) => {
+                execute!(
+                    tx,
+                    "INSERT INTO attachments (id, message_id, chat_id, file_type, file_path, \
+                     created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                    a.attachment_id,
+                    a.message_id,
+                    a.chat_id,
+                    a.file_type,
+                    a.file_path,
+                    a.at
+                )?;
             }
         }
         Ok(())
@@ -476,5 +496,64 @@ pub async fn list_messages(
         chat_id,
         i64::from(limit),
         offset as i64
+    )
+}
+
+/// An attachment as read.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AttachmentRow {
+    /// Id.
+    pub id: Uuid,
+    /// Its message.
+    pub message_id: Uuid,
+    /// Media type.
+    pub file_type: String,
+    /// Where the file is.
+    pub file_path: String,
+    /// Added.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The chat of message `id`, if `owner` owns it.
+pub async fn chat_of_message(
+    db: &ReadDb,
+    id: Uuid,
+    owner: Uuid,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let row: Option<(Uuid,)> = query_as!(
+        db,
+        fetch_optional,
+        (Uuid,),
+        "SELECT m.chat_id FROM messages m JOIN chats c ON c.id = m.chat_id \
+         WHERE m.id = $1 AND c.owner_id = $2",
+        id,
+        owner
+    )?;
+    Ok(row.map(|r| r.0))
+}
+
+/// Attachment `id`.
+pub async fn get_attachment(db: &ReadDb, id: Uuid) -> Result<Option<AttachmentRow>, sqlx::Error> {
+    query_as!(
+        db,
+        fetch_optional,
+        AttachmentRow,
+        "SELECT id, message_id, file_type, file_path, created_at FROM attachments WHERE id = $1",
+        id
+    )
+}
+
+/// Message `message_id`'s attachments, oldest first.
+pub async fn list_attachments(
+    db: &ReadDb,
+    message_id: Uuid,
+) -> Result<Vec<AttachmentRow>, sqlx::Error> {
+    query_as!(
+        db,
+        fetch_all,
+        AttachmentRow,
+        "SELECT id, message_id, file_type, file_path, created_at FROM attachments \
+         WHERE message_id = $1 ORDER BY created_at, id",
+        message_id
     )
 }
