@@ -6,6 +6,7 @@ pub mod conversations;
 pub mod error;
 pub mod extract;
 mod health;
+pub mod idempotency;
 pub mod json;
 pub mod profile;
 pub mod providers;
@@ -95,6 +96,10 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ))
         .with_state(state)
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

@@ -1,0 +1,238 @@
+//! `Idempotency-Key` on POST routes: a retried request with the same key and the same body gets
+//! the first answer again (with `Idempotent-Replayed: true`) and appends nothing new.
+//!
+//! Keys are scoped to the caller (their session token's hash), the method and the path. The same
+//! key with a different body is a 409; a retry while the first request still runs is a 409 too.
+//! 5xx answers are not kept, so a retry after a failure runs again. Sign-up and sign-in are not
+//! covered: their answers hold session tokens, which are never stored in the clear.
+
+use crate::auth::token_hash;
+use crate::{ApiError, AppState};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{Duration, Utc};
+use confab_projections::ReadDb;
+use sha2::{Digest, Sha256};
+
+/// The request header.
+pub const HEADER: &str = "idempotency-key";
+/// How long an answer is kept.
+const KEEP: Duration = Duration::hours(24);
+/// Largest body buffered for hashing and replay.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct Stored {
+    request_hash: String,
+    status: Option<i64>,
+    content_type: Option<String>,
+    body: Option<Vec<u8>>,
+    created_at: chrono::DateTime<Utc>,
+}
+
+async fn lookup(db: &ReadDb, scope: &str) -> Result<Option<Stored>, sqlx::Error> {
+    confab_projections::query_as!(
+        db,
+        fetch_optional,
+        Stored,
+        "SELECT request_hash, status, content_type, body, created_at FROM idempotency_keys \
+         WHERE scope = $1",
+        scope
+    )
+}
+
+async fn exec(db: &ReadDb, sql: &'static str, scope: &str) -> Result<u64, sqlx::Error> {
+    match db {
+        ReadDb::Sqlite(p) => sqlx::query(sql)
+            .bind(scope)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()),
+        ReadDb::Postgres(p) => sqlx::query(sql)
+            .bind(scope)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()),
+    }
+}
+
+async fn claim(db: &ReadDb, scope: &str, request_hash: &str) -> Result<bool, sqlx::Error> {
+    let sql = "INSERT INTO idempotency_keys (scope, request_hash, created_at) VALUES ($1, $2, $3) \
+               ON CONFLICT (scope) DO NOTHING";
+    let now = Utc::now();
+    let n = match db {
+        ReadDb::Sqlite(p) => sqlx::query(sql)
+            .bind(scope)
+            .bind(request_hash)
+            .bind(now)
+            .execute(p)
+            .await?
+            .rows_affected(),
+        ReadDb::Postgres(p) => sqlx::query(sql)
+            .bind(scope)
+            .bind(request_hash)
+            .bind(now)
+            .execute(p)
+            .await?
+            .rows_affected(),
+    };
+    Ok(n == 1)
+}
+
+async fn keep(
+    db: &ReadDb,
+    scope: &str,
+    status: u16,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(), sqlx::Error> {
+    let sql =
+        "UPDATE idempotency_keys SET status = $2, content_type = $3, body = $4 WHERE scope = $1";
+    match db {
+        ReadDb::Sqlite(p) => {
+            sqlx::query(sql)
+                .bind(scope)
+                .bind(i64::from(status))
+                .bind(content_type)
+                .bind(body)
+                .execute(p)
+                .await?;
+        }
+        ReadDb::Postgres(p) => {
+            sqlx::query(sql)
+                .bind(scope)
+                .bind(i64::from(status))
+                .bind(content_type)
+                .bind(body)
+                .execute(p)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn principal(req: &Request) -> String {
+    let h = req.headers();
+    let auth = h
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let cookie = h.get(COOKIE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    // Hash whatever identifies the caller; an anonymous caller shares the anonymous scope.
+    token_hash(&format!("{auth}\u{0}{cookie}"))
+}
+
+fn replay(stored: Stored) -> Response {
+    let status = stored
+        .status
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut resp = Response::new(Body::from(stored.body.unwrap_or_default()));
+    *resp.status_mut() = status;
+    if let Some(ct) = stored
+        .content_type
+        .and_then(|c| HeaderValue::from_str(&c).ok())
+    {
+        resp.headers_mut().insert(CONTENT_TYPE, ct);
+    }
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    resp
+}
+
+/// The middleware.
+pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match handle(&state, req, next).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, ApiError> {
+    let Some(key) = req.headers().get(HEADER).cloned() else {
+        return Ok(next.run(req).await);
+    };
+    if req.method() != Method::POST || req.uri().path().starts_with("/api/auth/") {
+        return Ok(next.run(req).await);
+    }
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::field(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+        })?
+        .to_owned();
+    let scope = token_hash(&format!(
+        "{}\u{0}{}\u{0}{key}",
+        principal(&req),
+        req.uri().path()
+    ));
+    let (parts, body) = req.into_parts();
+    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge("request body too large".into()))?;
+    let request_hash = hex(&Sha256::digest(&bytes));
+    let db = &state.db;
+    let internal = |e: sqlx::Error| ApiError::Internal(e.into());
+
+    if let Some(stored) = lookup(db, &scope).await.map_err(internal)? {
+        if Utc::now() - stored.created_at > KEEP {
+            exec(db, "DELETE FROM idempotency_keys WHERE scope = $1", &scope)
+                .await
+                .map_err(internal)?;
+        } else if stored.request_hash != request_hash {
+            return Err(ApiError::Conflict(
+                "this Idempotency-Key was used with a different request".into(),
+            ));
+        } else if stored.status.is_none() {
+            return Err(ApiError::Conflict(
+                "a request with this Idempotency-Key is still in progress; retry later".into(),
+            ));
+        } else {
+            return Ok(replay(stored));
+        }
+    }
+    if !claim(db, &scope, &request_hash).await.map_err(internal)? {
+        return Err(ApiError::Conflict(
+            "a request with this Idempotency-Key is still in progress; retry later".into(),
+        ));
+    }
+    let resp = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    let (parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = exec(db, "DELETE FROM idempotency_keys WHERE scope = $1", &scope).await;
+            return Err(ApiError::Internal(anyhow::anyhow!("response body: {e}")));
+        }
+    };
+    if parts.status.is_server_error() {
+        exec(db, "DELETE FROM idempotency_keys WHERE scope = $1", &scope)
+            .await
+            .map_err(internal)?;
+    } else {
+        let ct = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        keep(db, &scope, parts.status.as_u16(), ct, &bytes)
+            .await
+            .map_err(internal)?;
+    }
+    Ok(Response::from_parts(parts, Body::from(bytes)))
+}

@@ -1,0 +1,105 @@
+//! `Idempotency-Key` on POST routes, on SQLite and PostgreSQL: retries get the first answer and
+//! store nothing new; a reused key with another body, or a concurrent retry, is a 409.
+
+mod common;
+
+use common::{Db, TestApp, assert_error, parts, spawn_app};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+on_both!(
+    a_retried_post_returns_the_first_answer_and_stores_nothing_new,
+    concurrent_retries_with_one_key_create_one_chat,
+);
+
+async fn post_with_key(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    key: &str,
+    body: &Value,
+) -> (u16, Value, bool) {
+    let r = app
+        .request(Method::POST, path, Some(token))
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .expect("post");
+    let replayed = r.headers().get("idempotent-replayed").is_some();
+    let (status, body) = parts(r).await;
+    (status, body, replayed)
+}
+
+async fn a_retried_post_returns_the_first_answer_and_stores_nothing_new(db: Db) {
+    let app = spawn_app(db).await;
+    let (token, _) = app.sign_up("idem@example.com").await;
+    let (other, _) = app.sign_up("idem2@example.com").await;
+    let body = json!({ "title": "Once" });
+    let (s1, first, r1) = post_with_key(&app, "/api/chats", &token, "key-1", &body).await;
+    let (s2, second, r2) = post_with_key(&app, "/api/chats", &token, "key-1", &body).await;
+    assert_eq!((s1, s2), (201, 201));
+    assert!(!r1 && r2, "only the retry is a replay");
+    assert_eq!(first, second);
+    let (_, list) = app.get("/api/chats", Some(&token)).await;
+    assert_eq!(list["total"], 1);
+
+    let (status, err, _) = post_with_key(
+        &app,
+        "/api/chats",
+        &token,
+        "key-1",
+        &json!({ "title": "Other" }),
+    )
+    .await;
+    assert_eq!(status, 409, "{err}");
+    assert_error(&err, "conflict");
+
+    // Another user's identical key is theirs alone.
+    let (status, theirs, replayed) =
+        post_with_key(&app, "/api/chats", &other, "key-1", &body).await;
+    assert_eq!((status, replayed), (201, false));
+    assert_ne!(theirs["id"], first["id"]);
+
+    // Messages too.
+    let chat = first["id"].as_str().expect("id");
+    let path = format!("/api/chats/{chat}/messages");
+    let msg = json!({ "content": "exactly once", "type": "text" });
+    let (a, m1, _) = post_with_key(&app, &path, &token, "m-1", &msg).await;
+    let (b, m2, _) = post_with_key(&app, &path, &token, "m-1", &msg).await;
+    assert_eq!((a, b), (201, 201));
+    assert_eq!(m1["id"], m2["id"]);
+    let (_, msgs) = app.get(&path, Some(&token)).await;
+    assert_eq!(msgs["total"], 1);
+
+    // A refused request is replayed as refused, and still stores nothing.
+    let bad = json!({ "title": "" });
+    let (s1, _, _) = post_with_key(&app, "/api/chats", &token, "bad-1", &bad).await;
+    let (s2, _, replayed) = post_with_key(&app, "/api/chats", &token, "bad-1", &bad).await;
+    assert_eq!((s1, s2, replayed), (400, 400, true));
+    let (status, body, _) =
+        post_with_key(&app, "/api/chats", &token, &"k".repeat(300), &body).await;
+    assert_eq!(status, 400, "{body}");
+    app.shutdown().await;
+}
+
+async fn concurrent_retries_with_one_key_create_one_chat(db: Db) {
+    let app = spawn_app(db).await;
+    let (token, _) = app.sign_up("burst@example.com").await;
+    let body = json!({ "title": "Burst" });
+    let attempts = (0..10).map(|_| post_with_key(&app, "/api/chats", &token, "burst-key", &body));
+    let results = futures::future::join_all(attempts).await;
+    let ids: std::collections::HashSet<String> = results
+        .iter()
+        .filter(|(s, _, _)| *s == 201)
+        .filter_map(|(_, b, _)| b["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids.len(), 1, "{results:?}");
+    assert!(
+        results.iter().all(|(s, _, _)| *s == 201 || *s == 409),
+        "{results:?}"
+    );
+    let (_, list) = app.get("/api/chats", Some(&token)).await;
+    assert_eq!(list["total"], 1);
+    app.shutdown().await;
+}
