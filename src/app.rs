@@ -62,6 +62,7 @@ impl Application {
             write_timeout: std::time::Duration::from_millis(config.write_timeout_ms),
             key_cipher: confab_api::providers::KeyCipher::new(&config.encryption_key()?),
             provider_hosts_allowlist: config.provider_hosts(),
+            objects: object_store_for(&config)?,
         };
         let listener = TcpListener::bind(config.bind)
             .await
@@ -123,4 +124,16 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// The object store for uploads: a directory in the data directory.
+fn object_store_for(
+    config: &Config,
+) -> anyhow::Result<std::sync::Arc<dyn object_store::ObjectStore>> {
+    let dir = config.data_dir.join("objects");
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the upload directory {}", dir.display()))?;
+    let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+        .with_context(|| format!("cannot use {} as the object store", dir.display()))?;
+    Ok(std::sync::Arc::new(store))
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 mod health;
 pub mod idempotency;
+pub mod images;
 pub mod json;
 pub mod profile;
 pub mod providers;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub key_cipher: providers::KeyCipher,
     /// Hosts a provider endpoint may name even if private, and over http.
     pub provider_hosts_allowlist: Vec<String>,
+    /// Where uploaded files (profile images) are kept.
+    pub objects: std::sync::Arc<dyn object_store::ObjectStore>,
 }
 
 /// The application's routes.
@@ -55,6 +58,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/signout", post(auth::signout))
         .route("/api/me", get(auth::me))
         .route("/api/profile", put(profile::update_profile))
+        .route(
+            "/api/profile/image",
+            post(images::upload).layer(axum::extract::DefaultBodyLimit::max(
+                images::MAX_BYTES + 64 * 1024,
+            )),
+        )
+        .route("/api/profile/image/{user_id}/{file}", get(images::serve))
         .route("/api/chats", post(chats::create_chat).get(chats::list_chats))
         .route(
             "/api/chats/{chat_id}",

@@ -141,6 +141,13 @@ pub enum AccountCommand {
         /// Now.
         at: DateTime<Utc>,
     },
+    /// Record a new profile image (already stored).
+    ChangeImage {
+        /// Where it is served.
+        image_url: String,
+        /// Now.
+        at: DateTime<Utc>,
+    },
     /// Sign a session out.
     RevokeSession {
         /// The session.
@@ -214,6 +221,18 @@ pub struct ProfileUpdated {
     pub at: DateTime<Utc>,
 }
 
+/// The profile image changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageChanged {
+    /// The user.
+    pub user_id: Uuid,
+    /// Where it is served.
+    pub image_url: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
 /// A session was signed out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -237,6 +256,8 @@ pub enum AccountEvent {
     SessionRevoked(SessionRevoked),
     /// `account.profile_updated`
     ProfileUpdated(ProfileUpdated),
+    /// `account.image_changed`
+    ImageChanged(ImageChanged),
 }
 
 /// Stable type names of account events.
@@ -249,6 +270,8 @@ pub mod event_types {
     pub const SESSION_REVOKED: &str = "account.session_revoked";
     /// The name or email changed.
     pub const PROFILE_UPDATED: &str = "account.profile_updated";
+    /// The profile image changed.
+    pub const IMAGE_CHANGED: &str = "account.image_changed";
     /// An address was claimed.
     pub const EMAIL_CLAIMED: &str = "email.claimed";
     /// An address was given up.
@@ -259,6 +282,7 @@ pub mod event_types {
         SESSION_STARTED,
         SESSION_REVOKED,
         PROFILE_UPDATED,
+        IMAGE_CHANGED,
     ];
 }
 
@@ -269,6 +293,7 @@ impl EventSchema for AccountEvent {
             AccountEvent::SessionStarted(_) => event_types::SESSION_STARTED,
             AccountEvent::SessionRevoked(_) => event_types::SESSION_REVOKED,
             AccountEvent::ProfileUpdated(_) => event_types::PROFILE_UPDATED,
+            AccountEvent::ImageChanged(_) => event_types::IMAGE_CHANGED,
         }
     }
 
@@ -282,6 +307,7 @@ impl EventSchema for AccountEvent {
             AccountEvent::SessionStarted(e) => serde_json::to_value(e),
             AccountEvent::SessionRevoked(e) => serde_json::to_value(e),
             AccountEvent::ProfileUpdated(e) => serde_json::to_value(e),
+            AccountEvent::ImageChanged(e) => serde_json::to_value(e),
         };
         v.unwrap_or(serde_json::Value::Null)
     }
@@ -298,6 +324,7 @@ impl EventSchema for AccountEvent {
             (SESSION_STARTED, 1) => AccountEvent::SessionStarted(parse(t, payload)?),
             (SESSION_REVOKED, 1) => AccountEvent::SessionRevoked(parse(t, payload)?),
             (PROFILE_UPDATED, 1) => AccountEvent::ProfileUpdated(parse(t, payload)?),
+            (IMAGE_CHANGED, 1) => AccountEvent::ImageChanged(parse(t, payload)?),
             _ if ALL.contains(&t) => {
                 return Err(UpcastError::UnknownVersion {
                     event_type: t.to_owned(),
@@ -382,6 +409,14 @@ impl Aggregate for Account {
                     at,
                 })])
             }
+            AccountCommand::ChangeImage { image_url, at } => {
+                let user_id = self.user_id.ok_or(AccountError::NotFound)?;
+                Ok(vec![AccountEvent::ImageChanged(ImageChanged {
+                    user_id,
+                    image_url,
+                    at,
+                })])
+            }
             AccountCommand::RevokeSession { session_id, at } => {
                 let user_id = self.user_id.ok_or(AccountError::NotFound)?;
                 match self.sessions.get(&session_id) {
@@ -405,6 +440,7 @@ impl Aggregate for Account {
                 self.email = Some(e.email.clone());
                 self.name = Some(e.name.clone());
             }
+            AccountEvent::ImageChanged(_) => {}
             AccountEvent::ProfileUpdated(e) => {
                 if let Some(n) = &e.name {
                     self.name = Some(n.clone());
@@ -755,8 +791,31 @@ mod tests {
     }
 
     #[test]
-    fn account_events_round_trip() {
-        for e in [registered(), started(3)] {
+    fn account_events_round_trip_and_are_all_listed() {
+        let more = [
+            AccountEvent::ProfileUpdated(ProfileUpdated {
+                user_id: id(1),
+                name: Some(DisplayName::parse("B").unwrap()),
+                email: None,
+                at: at(),
+            }),
+            AccountEvent::ImageChanged(ImageChanged {
+                user_id: id(1),
+                image_url: "/x.png".into(),
+                at: at(),
+            }),
+            AccountEvent::SessionRevoked(SessionRevoked {
+                user_id: id(1),
+                session_id: id(2),
+                at: at(),
+            }),
+        ];
+        for e in [registered(), started(3)].into_iter().chain(more) {
+            assert!(
+                event_types::ALL.contains(&e.event_type()),
+                "{}",
+                e.event_type()
+            );
             let back =
                 AccountEvent::from_stored(e.event_type(), e.schema_version(), e.to_payload())
                     .unwrap();

@@ -69,6 +69,15 @@ impl Projection for AccountsProjection {
                     p.at
                 )?;
             }
+            AccountEvent::ImageChanged(i) => {
+                execute!(
+                    tx,
+                    "UPDATE users SET image_url = $2, updated_at = $3 WHERE id = $1",
+                    i.user_id,
+                    i.image_url,
+                    i.at
+                )?;
+            }
             AccountEvent::SessionRevoked(s) => {
                 execute!(
                     tx,
