@@ -171,9 +171,12 @@ mod tests {
             sniff(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR").map(|s| s.0),
             Some("png")
         );
-        assert_eq!(sniff(b"GIF89a\x01\0\x01\0\0\0\0;").map(|s| s.0), Some("gif"));
         assert_eq!(
-            sniff(b"\xff\xd8\xff\xe0\0\x10JFIF").map(|s| s.0),
+            sniff(b"GIF89a\x01\0\x01\0\0\0\0;").map(|s| s.0),
+            Some("gif")
+        );
+        assert_eq!(
+            sniff(b"\xff\xd8\xff\xe0\0\x10JFIF\0\x01\x01").map(|s| s.0),
             Some("jpg")
         );
         assert_eq!(sniff(b"<svg xmlns='http://www.w3.org/2000/svg'/>"), None);
