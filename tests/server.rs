@@ -42,6 +42,68 @@ async fn the_server_answers_health_readiness_and_error_bodies(db: Db) {
 }
 
 #[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let app = spawn_app(Db::Sqlite).await;
+    let (status, doc) = app.get("/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        doc["openapi"]
+    );
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, method) in [
+        ("/api/auth/signup", "post"),
+        ("/api/auth/signin", "post"),
+        ("/api/auth/signout", "post"),
+        ("/api/me", "get"),
+        ("/api/profile", "put"),
+        ("/api/profile/image", "post"),
+        ("/api/settings", "get"),
+        ("/api/settings", "put"),
+        ("/api/chats", "post"),
+        ("/api/chats", "get"),
+        ("/api/chats/{chatId}", "get"),
+        ("/api/chats/{chatId}", "put"),
+        ("/api/chats/{chatId}", "delete"),
+        ("/api/chats/{chatId}/messages", "get"),
+        ("/api/chats/{chatId}/messages", "post"),
+        ("/api/chats/{chatId}/messages/{messageId}", "put"),
+        ("/api/chats/{chatId}/messages/{messageId}", "delete"),
+        ("/api/messages/search", "get"),
+        ("/chat/conversations", "post"),
+        ("/chat/conversations/{id}", "get"),
+        ("/chat/conversations/{id}/messages", "get"),
+        ("/chat/messages", "post"),
+        ("/chat/attachments", "post"),
+        ("/chat/messages/{id}/attachments", "get"),
+        ("/chat/llm-providers", "post"),
+        ("/chat/llm-providers/{id}", "get"),
+        ("/chat/user-llm-configs", "post"),
+        ("/chat/user-llm-configs/{user_id}/{provider_id}", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} undocumented"
+        );
+    }
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let r = app
+        .request(reqwest::Method::GET, "/docs", None)
+        .send()
+        .await
+        .expect("docs");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().await.expect("html").contains("/openapi.json"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_embedded_default_creates_its_data_directory_and_database() {
     let app = spawn_app(Db::Sqlite).await;
     assert!(app.dir.path().join("data").join("confab.db").exists());

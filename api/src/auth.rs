@@ -6,6 +6,8 @@
 //! `account.session_started` event and the `sessions` read model.
 
 use crate::json::ApiJson;
+#[allow(unused_imports)]
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
@@ -194,14 +196,14 @@ async fn visible(state: &AppState, pos: Option<u64>) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct SignUpBody {
     email: String,
     password: String,
     name: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct SignInBody {
     email: String,
     password: String,
@@ -316,6 +318,7 @@ pub fn check_password(p: &str) -> Result<(), String> {
 }
 
 /// `POST /api/auth/signup` `{email, password, name}` → 201 `{user, token}`.
+#[utoipa::path(post, path = "/api/auth/signup", tag = "auth", request_body = SignUpBody, responses((status = 201, description = "{user, token} and the session cookie"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 409, description = "Email taken", body = ErrorBody)))]
 pub(crate) async fn signup(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -365,6 +368,7 @@ pub(crate) async fn signup(
 }
 
 /// `POST /api/auth/signin` `{email, password}` → `{user, token}` and the session cookie.
+#[utoipa::path(post, path = "/api/auth/signin", tag = "auth", request_body = SignInBody, responses((status = 200, description = "{user, token} and the session cookie"), (status = 401, description = "Wrong email or password", body = ErrorBody)))]
 pub(crate) async fn signin(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -394,6 +398,7 @@ pub(crate) async fn signin(
 }
 
 /// `POST /api/auth/signout` → 204; the token stops working at once.
+#[utoipa::path(post, path = "/api/auth/signout", tag = "auth", security(("bearer" = []), ("cookie" = [])), responses((status = 204, description = "Signed out; the token stops working"), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub(crate) async fn signout(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -418,6 +423,7 @@ pub(crate) async fn signout(
 }
 
 /// `GET /api/me` → `{user}`.
+#[utoipa::path(get, path = "/api/me", tag = "auth", security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "{user: {id, email, name, imageUrl, role, tier, credits}}"), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub(crate) async fn me(auth: AuthUser) -> Json<Value> {
     Json(json!({ "user": user_json(&auth.user) }))
 }

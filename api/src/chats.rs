@@ -5,6 +5,8 @@
 use crate::auth::{AuthUser, metadata, now};
 use crate::extract::{ApiPath, ApiQuery};
 use crate::json::ApiJson;
+#[allow(unused_imports)]
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::State;
@@ -224,12 +226,13 @@ async fn page_of_messages(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct TitleBody {
     title: String,
 }
 
 /// `POST /api/chats` `{title}` → 201 `{id, title, createdAt}`.
+#[utoipa::path(post, path = "/api/chats", tag = "chats", security(("bearer" = []), ("cookie" = [])), request_body = TitleBody, responses((status = 201, description = "{id, title, createdAt}"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub(crate) async fn create_chat(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -259,6 +262,7 @@ pub(crate) struct PageQuery {
 }
 
 /// `GET /api/chats` → `{chats, total, page, limit}`, most recent activity first.
+#[utoipa::path(get, path = "/api/chats", tag = "chats", security(("bearer" = []), ("cookie" = [])), params(("page" = Option<u32>, Query, description = "Page, from 1"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 100, default 50")), responses((status = 200, description = "{chats, total, page, limit}, most recent activity first"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub(crate) async fn list_chats(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -280,6 +284,7 @@ pub(crate) async fn list_chats(
 }
 
 /// `GET /api/chats/{chatId}`.
+#[utoipa::path(get, path = "/api/chats/{chatId}", tag = "chats", security(("bearer" = []), ("cookie" = [])), params(("chatId" = Uuid, Path)), responses((status = 200, description = "{id, title, createdAt, updatedAt}"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn get_chat(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -289,6 +294,7 @@ pub(crate) async fn get_chat(
 }
 
 /// `PUT /api/chats/{chatId}` `{title}`.
+#[utoipa::path(put, path = "/api/chats/{chatId}", tag = "chats", security(("bearer" = []), ("cookie" = [])), params(("chatId" = Uuid, Path)), request_body = TitleBody, responses((status = 200, description = "The chat"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn rename_chat(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -307,6 +313,7 @@ pub(crate) async fn rename_chat(
 }
 
 /// `DELETE /api/chats/{chatId}` → 204; its messages vanish from every read.
+#[utoipa::path(delete, path = "/api/chats/{chatId}", tag = "chats", security(("bearer" = []), ("cookie" = [])), params(("chatId" = Uuid, Path)), responses((status = 204, description = "Deleted, with its messages"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn delete_chat(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -322,6 +329,7 @@ pub(crate) async fn delete_chat(
 }
 
 /// `GET /api/chats/{chatId}/messages?page&limit&type&search&startDate&endDate`.
+#[utoipa::path(get, path = "/api/chats/{chatId}/messages", tag = "chats", security(("bearer" = []), ("cookie" = [])), params(("chatId" = Uuid, Path), ("page" = Option<u32>, Query, description = "Page, from 1"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 100, default 50"), ("type" = Option<String>, Query, description = "text, code or image"), ("startDate" = Option<String>, Query, description = "ISO date or date-time, inclusive"), ("endDate" = Option<String>, Query, description = "ISO date or date-time, inclusive"), ("search" = Option<String>, Query, description = "Full-text: every word, any order, case and accents ignored; ranked")), responses((status = 200, description = "{messages, total, page, limit}"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn list_messages(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -334,6 +342,7 @@ pub(crate) async fn list_messages(
 }
 
 /// `GET /api/messages/search?q&page&limit&type&startDate&endDate`: across all the caller's chats.
+#[utoipa::path(get, path = "/api/messages/search", tag = "chats", security(("bearer" = []), ("cookie" = [])), params(("q" = String, Query, description = "Words to find"), ("page" = Option<u32>, Query, description = "Page, from 1"), ("limit" = Option<u32>, Query, description = "Page size, 1 to 100, default 50"), ("type" = Option<String>, Query, description = "text, code or image"), ("startDate" = Option<String>, Query, description = "ISO date or date-time, inclusive"), ("endDate" = Option<String>, Query, description = "ISO date or date-time, inclusive")), responses((status = 200, description = "{messages, total, page, limit} across the caller's chats, ranked"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub(crate) async fn search_messages(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -347,7 +356,7 @@ pub(crate) async fn search_messages(
     page_of_messages(&state, &auth, filter, page, limit).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct SendBody {
     content: String,
     #[serde(rename = "type")]
@@ -355,6 +364,7 @@ pub(crate) struct SendBody {
 }
 
 /// `POST /api/chats/{chatId}/messages` `{content, type}` → 201 message.
+#[utoipa::path(post, path = "/api/chats/{chatId}/messages", tag = "chats", security(("bearer" = []), ("cookie" = [])), params(("chatId" = Uuid, Path)), request_body = SendBody, responses((status = 201, description = "The message"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn send_message(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -387,7 +397,7 @@ pub(crate) async fn send_message(
     Ok((StatusCode::CREATED, Json(message_json(&m))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct EditBody {
     content: Option<String>,
     #[serde(rename = "type")]
@@ -396,6 +406,7 @@ pub(crate) struct EditBody {
 
 /// `PUT /api/chats/{chatId}/messages/{messageId}` `{content?, type?}` → `{id, content, type,
 /// updatedAt}`.
+#[utoipa::path(put, path = "/api/chats/{chatId}/messages/{messageId}", tag = "chats", security(("bearer" = []), ("cookie" = [])), params(("chatId" = Uuid, Path), ("messageId" = Uuid, Path)), request_body = EditBody, responses((status = 200, description = "{id, content, type, updatedAt}"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 403, description = "Not the author", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn edit_message(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -444,6 +455,7 @@ pub(crate) async fn edit_message(
 }
 
 /// `DELETE /api/chats/{chatId}/messages/{messageId}` → 204.
+#[utoipa::path(delete, path = "/api/chats/{chatId}/messages/{messageId}", tag = "chats", security(("bearer" = []), ("cookie" = [])), params(("chatId" = Uuid, Path), ("messageId" = Uuid, Path)), responses((status = 204, description = "Deleted"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn delete_message(
     State(state): State<AppState>,
     headers: HeaderMap,

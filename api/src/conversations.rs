@@ -6,6 +6,8 @@
 use crate::auth::{AuthUser, metadata, now};
 use crate::extract::ApiPath;
 use crate::json::ApiJson;
+#[allow(unused_imports)]
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::State;
@@ -71,13 +73,14 @@ async fn wait(state: &AppState, pos: Option<u64>) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct NewConversation {
     user_id: Uuid,
     title: String,
 }
 
 /// `POST /chat/conversations` `{user_id, title}` → 201 conversation.
+#[utoipa::path(post, path = "/chat/conversations", tag = "seed-002", security(("bearer" = []), ("cookie" = [])), request_body = NewConversation, responses((status = 201, description = "{id, user_id, title, created_at, updated_at}"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 403, description = "user_id is not the caller's", body = ErrorBody)))]
 pub(crate) async fn create_conversation(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -110,6 +113,7 @@ pub(crate) async fn create_conversation(
 }
 
 /// `GET /chat/conversations/{id}`.
+#[utoipa::path(get, path = "/chat/conversations/{id}", tag = "seed-002", security(("bearer" = []), ("cookie" = [])), params(("id" = Uuid, Path)), responses((status = 200, description = "The conversation"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn get_conversation(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -122,7 +126,7 @@ pub(crate) async fn get_conversation(
     Ok(Json(conversation_json(&chat)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct NewMessage {
     conversation_id: Uuid,
     role: String,
@@ -130,6 +134,7 @@ pub(crate) struct NewMessage {
 }
 
 /// `POST /chat/messages` `{conversation_id, role, content}` → 201 message.
+#[utoipa::path(post, path = "/chat/messages", tag = "seed-002", security(("bearer" = []), ("cookie" = [])), request_body = NewMessage, responses((status = 201, description = "The message"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn create_message(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -170,6 +175,7 @@ pub(crate) async fn create_message(
 }
 
 /// `GET /chat/conversations/{id}/messages` → every message, oldest first, as an array.
+#[utoipa::path(get, path = "/chat/conversations/{id}/messages", tag = "seed-002", security(("bearer" = []), ("cookie" = [])), params(("id" = Uuid, Path)), responses((status = 200, description = "Array of messages"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn list_messages(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -204,7 +210,7 @@ fn attachment_json(a: &chats::AttachmentRow) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct NewAttachment {
     message_id: Uuid,
     file_type: String,
@@ -238,6 +244,7 @@ fn check_attachment(file_type: &str, file_path: &str) -> Result<(), ApiError> {
 }
 
 /// `POST /chat/attachments` `{message_id, file_type, file_path}` → 201 attachment.
+#[utoipa::path(post, path = "/chat/attachments", tag = "seed-002", security(("bearer" = []), ("cookie" = [])), request_body = NewAttachment, responses((status = 201, description = "{id, message_id, file_type, file_path, created_at}"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn create_attachment(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -283,6 +290,7 @@ pub(crate) async fn create_attachment(
 }
 
 /// `GET /chat/messages/{id}/attachments` → the message's attachments as an array.
+#[utoipa::path(get, path = "/chat/messages/{id}/attachments", tag = "seed-002", security(("bearer" = []), ("cookie" = [])), params(("id" = Uuid, Path)), responses((status = 200, description = "Array of attachments"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn list_attachments(
     State(state): State<AppState>,
     auth: AuthUser,

@@ -1,16 +1,20 @@
 //! Operational routes: liveness, readiness, and the error bodies for unknown routes.
 
+#[allow(unused_imports)]
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up")))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: the store answers and every projection is within the allowed lag.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "Store reachable, projections within the allowed lag"), (status = 503, description = "Not ready", body = ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let statuses = state.engine.status().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check cannot read the store");

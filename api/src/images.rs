@@ -7,6 +7,8 @@
 
 use crate::auth::{AuthUser, metadata, now};
 use crate::extract::ApiPath;
+#[allow(unused_imports)]
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::body::Body;
@@ -47,6 +49,7 @@ fn media_type(ext: &str) -> &'static str {
 }
 
 /// `POST /api/profile/image` → `{imageUrl, updatedAt}`.
+#[utoipa::path(post, path = "/api/profile/image", tag = "profile", security(("bearer" = []), ("cookie" = [])), request_body(content_type = "multipart/form-data", description = "Field `image`: JPEG, PNG or GIF, at most 5 MB and 2048x2048"), responses((status = 200, description = "{imageUrl, updatedAt}"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 413, description = "Over 5 MB", body = ErrorBody), (status = 415, description = "Not a JPEG, PNG or GIF", body = ErrorBody)))]
 pub(crate) async fn upload(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -134,6 +137,7 @@ pub(crate) async fn upload(
 }
 
 /// `GET /api/profile/image/{userId}/{file}`: the stored image, with its media type.
+#[utoipa::path(get, path = "/api/profile/image/{userId}/{file}", tag = "profile", params(("userId" = Uuid, Path), ("file" = String, Path)), responses((status = 200, description = "The image"), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn serve(
     State(state): State<AppState>,
     ApiPath((user_id, file)): ApiPath<(Uuid, String)>,

@@ -9,6 +9,7 @@ mod health;
 pub mod idempotency;
 pub mod images;
 pub mod json;
+pub mod openapi;
 pub mod profile;
 pub mod providers;
 pub mod settings;
@@ -53,6 +54,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::document))
+        .route("/docs", get(openapi::docs))
         .route("/api/auth/signup", post(auth::signup))
         .route("/api/auth/signin", post(auth::signin))
         .route("/api/auth/signout", post(auth::signout))

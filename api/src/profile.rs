@@ -4,6 +4,7 @@
 
 use crate::auth::{AuthUser, claim_email, metadata, now};
 use crate::json::ApiJson;
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::State;
@@ -15,14 +16,17 @@ use confab_eventstore::aggregate::execute;
 use confab_projections::accounts;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+#[allow(unused_imports)]
+use uuid::Uuid;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct ProfileBody {
     name: Option<String>,
     email: Option<String>,
 }
 
 /// `PUT /api/profile` `{name, email}` (either or both) → `{user: {name, email, updatedAt}}`.
+#[utoipa::path(put, path = "/api/profile", tag = "profile", security(("bearer" = []), ("cookie" = [])), request_body = ProfileBody, responses((status = 200, description = "{user: {name, email, updatedAt}}"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 409, description = "Email taken", body = ErrorBody)))]
 pub(crate) async fn update_profile(
     State(state): State<AppState>,
     headers: HeaderMap,

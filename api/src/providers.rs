@@ -11,6 +11,8 @@ use crate::auth::{AuthUser, metadata, now};
 use crate::conversations::may_act_for;
 use crate::extract::ApiPath;
 use crate::json::ApiJson;
+#[allow(unused_imports)]
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -199,13 +201,14 @@ async fn wait(state: &AppState, pos: Option<u64>) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct NewProvider {
     name: String,
     api_endpoint: String,
 }
 
 /// `POST /chat/llm-providers` `{name, api_endpoint}` (admins only) → 201 provider.
+#[utoipa::path(post, path = "/chat/llm-providers", tag = "seed-002", security(("bearer" = []), ("cookie" = [])), request_body = NewProvider, responses((status = 201, description = "{id, name, api_endpoint, created_at}"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 403, description = "Admins only", body = ErrorBody)))]
 pub(crate) async fn create_provider(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -254,6 +257,7 @@ pub(crate) async fn create_provider(
 }
 
 /// `GET /chat/llm-providers/{id}`.
+#[utoipa::path(get, path = "/chat/llm-providers/{id}", tag = "seed-002", security(("bearer" = []), ("cookie" = [])), params(("id" = Uuid, Path)), responses((status = 200, description = "The provider"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn get_provider(
     State(state): State<AppState>,
     _auth: AuthUser,
@@ -266,7 +270,7 @@ pub(crate) async fn get_provider(
     Ok(Json(provider_json(&p)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct NewUserConfig {
     user_id: Uuid,
     provider_id: Uuid,
@@ -275,6 +279,7 @@ pub(crate) struct NewUserConfig {
 
 /// `POST /chat/user-llm-configs` `{user_id, provider_id, api_key}` → 201 config with a masked
 /// hint; posting again replaces the key.
+#[utoipa::path(post, path = "/chat/user-llm-configs", tag = "seed-002", security(("bearer" = []), ("cookie" = [])), request_body = NewUserConfig, responses((status = 201, description = "{user_id, provider_id, api_key_hint, created_at, updated_at}; the key itself is never returned"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 403, description = "user_id is not the caller's", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn set_user_config(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -321,6 +326,7 @@ pub(crate) async fn set_user_config(
 }
 
 /// `GET /chat/user-llm-configs/{user_id}/{provider_id}`.
+#[utoipa::path(get, path = "/chat/user-llm-configs/{user_id}/{provider_id}", tag = "seed-002", security(("bearer" = []), ("cookie" = [])), params(("user_id" = Uuid, Path), ("provider_id" = Uuid, Path)), responses((status = 200, description = "The config, key hint only"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 403, description = "Not the caller's", body = ErrorBody), (status = 404, description = "Not found, or not the caller's", body = ErrorBody)))]
 pub(crate) async fn get_user_config(
     State(state): State<AppState>,
     auth: AuthUser,

@@ -3,6 +3,8 @@
 
 use crate::auth::{AuthUser, metadata, now};
 use crate::json::ApiJson;
+#[allow(unused_imports)]
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::State;
@@ -37,6 +39,7 @@ async fn current(state: &AppState, auth: &AuthUser) -> Result<Json<Value>, ApiEr
 }
 
 /// `GET /api/settings`.
+#[utoipa::path(get, path = "/api/settings", tag = "settings", security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "{settings: {model, theme, context, runtime, isPremium, responseStyle, alwaysShowCode, updatedAt}}"), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub(crate) async fn get_settings(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -45,7 +48,7 @@ pub(crate) async fn get_settings(
 }
 
 /// The fields a user may set; `isPremium` and `updatedAt` are read-only and ignored if sent back.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SettingsFields {
     model: Option<String>,
@@ -56,7 +59,7 @@ pub(crate) struct SettingsFields {
     always_show_code: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct SettingsBody {
     settings: SettingsFields,
 }
@@ -123,6 +126,7 @@ fn validate(f: SettingsFields) -> Result<SettingsChange, ApiError> {
 }
 
 /// `PUT /api/settings` `{settings: {...}}` (any subset) → the same shape as GET.
+#[utoipa::path(put, path = "/api/settings", tag = "settings", security(("bearer" = []), ("cookie" = [])), request_body = SettingsBody, responses((status = 200, description = "Same as GET"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub(crate) async fn put_settings(
     State(state): State<AppState>,
     headers: HeaderMap,
