@@ -6,7 +6,6 @@
 //! `account.session_started` event and the `sessions` read model.
 
 use crate::json::ApiJson;
-#[allow(unused_imports)]
 use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use argon2::Argon2;

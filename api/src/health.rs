@@ -1,6 +1,5 @@
 //! Operational routes: liveness, readiness, and the error bodies for unknown routes.
 
-#[allow(unused_imports)]
 use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::Json;

@@ -7,7 +7,6 @@
 
 use crate::auth::{AuthUser, metadata, now};
 use crate::extract::ApiPath;
-#[allow(unused_imports)]
 use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::Json;

@@ -16,8 +16,6 @@ use confab_eventstore::aggregate::execute;
 use confab_projections::accounts;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-#[allow(unused_imports)]
-use uuid::Uuid;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct ProfileBody {

@@ -11,7 +11,6 @@ use crate::auth::{AuthUser, metadata, now};
 use crate::conversations::may_act_for;
 use crate::extract::ApiPath;
 use crate::json::ApiJson;
-#[allow(unused_imports)]
 use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};

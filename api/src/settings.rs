@@ -3,7 +3,6 @@
 
 use crate::auth::{AuthUser, metadata, now};
 use crate::json::ApiJson;
-#[allow(unused_imports)]
 use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::Json;
