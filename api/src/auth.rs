@@ -182,19 +182,6 @@ fn store_error<E: std::error::Error + 'static>(e: ExecuteError<E>) -> ApiError {
     }
 }
 
-/// Waits until the `accounts` read model shows position `pos`.
-async fn visible(state: &AppState, pos: Option<u64>) -> Result<(), ApiError> {
-    if let Some(pos) = pos {
-        state
-            .engine
-            .positions()
-            .wait_for(accounts::NAME, pos, state.write_timeout)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-    }
-    Ok(())
-}
-
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct SignUpBody {
     email: String,
@@ -354,7 +341,7 @@ pub(crate) async fn signup(
     )
     .await?;
     let (token, pos) = start_session(&state, &headers, user_id).await?;
-    visible(&state, pos).await?;
+    state.visible(accounts::NAME, pos).await?;
     let user = accounts::user_by_id(&state.db, user_id)
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
@@ -389,7 +376,7 @@ pub(crate) async fn signin(
         return Err(refused());
     };
     let (token, pos) = start_session(&state, &headers, user.id).await?;
-    visible(&state, pos).await?;
+    state.visible(accounts::NAME, pos).await?;
     Ok((
         [(SET_COOKIE, session_cookie(&state, &token))],
         Json(json!({ "user": user_json(&user), "token": token })),
@@ -414,7 +401,9 @@ pub(crate) async fn signout(
     )
     .await
     .map_err(store_error)?;
-    visible(&state, done.appended.map(|a| a.last_position)).await?;
+    state
+        .visible(accounts::NAME, done.appended.map(|a| a.last_position))
+        .await?;
     let clear = HeaderValue::from_static(
         "confab_session=; HttpOnly; Secure; SameSite=Lax; Path=/; Max-Age=0",
     );

@@ -86,14 +86,9 @@ async fn run(
     )
     .await
     .map_err(chat_error)?;
-    if let Some(a) = &done.appended {
-        state
-            .engine
-            .positions()
-            .wait_for(chats::NAME, a.last_position, state.write_timeout)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-    }
+    state
+        .visible(chats::NAME, done.appended.map(|a| a.last_position))
+        .await?;
     Ok(done)
 }
 

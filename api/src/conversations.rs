@@ -60,18 +60,6 @@ fn chat_error(e: ExecuteError<ChatError>) -> ApiError {
     }
 }
 
-async fn wait(state: &AppState, pos: Option<u64>) -> Result<(), ApiError> {
-    if let Some(p) = pos {
-        state
-            .engine
-            .positions()
-            .wait_for(chats::NAME, p, state.write_timeout)
-            .await
-            .map_err(internal)?;
-    }
-    Ok(())
-}
-
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct NewConversation {
     user_id: Uuid,
@@ -103,7 +91,9 @@ pub(crate) async fn create_conversation(
     )
     .await
     .map_err(chat_error)?;
-    wait(&state, done.appended.map(|a| a.last_position)).await?;
+    state
+        .visible(chats::NAME, done.appended.map(|a| a.last_position))
+        .await?;
     let chat = chats::get_chat(&state.db, chat_id, body.user_id)
         .await
         .map_err(internal)?
@@ -165,7 +155,9 @@ pub(crate) async fn create_message(
     )
     .await
     .map_err(chat_error)?;
-    wait(&state, done.appended.map(|a| a.last_position)).await?;
+    state
+        .visible(chats::NAME, done.appended.map(|a| a.last_position))
+        .await?;
     let m = chats::get_message(&state.db, body.conversation_id, message_id)
         .await
         .map_err(internal)?
@@ -280,7 +272,9 @@ pub(crate) async fn create_attachment(
         }
         other => chat_error(other),
     })?;
-    wait(&state, done.appended.map(|a| a.last_position)).await?;
+    state
+        .visible(chats::NAME, done.appended.map(|a| a.last_position))
+        .await?;
     let a = chats::get_attachment(&state.db, attachment_id)
         .await
         .map_err(internal)?

@@ -118,14 +118,9 @@ pub(crate) async fn upload(
     )
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?;
-    if let Some(a) = done.appended {
-        state
-            .engine
-            .positions()
-            .wait_for(accounts::NAME, a.last_position, state.write_timeout)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-    }
+    state
+        .visible(accounts::NAME, done.appended.map(|a| a.last_position))
+        .await?;
     let user = accounts::user_by_id(&state.db, user_id)
         .await
         .map_err(|e| ApiError::Internal(e.into()))?

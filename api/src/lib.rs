@@ -48,6 +48,21 @@ pub struct AppState {
     pub objects: std::sync::Arc<dyn object_store::ObjectStore>,
 }
 
+impl AppState {
+    /// Read-your-writes: waits until `projection` has applied position `pos` (nothing to wait
+    /// for when the command appended nothing), so the caller's next read sees the write.
+    pub async fn visible(&self, projection: &str, pos: Option<u64>) -> Result<(), ApiError> {
+        let Some(pos) = pos else {
+            return Ok(());
+        };
+        self.engine
+            .positions()
+            .wait_for(projection, pos, self.write_timeout)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))
+    }
+}
+
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");

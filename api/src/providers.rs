@@ -188,18 +188,6 @@ fn config_json(c: &UserConfigRow) -> Value {
     })
 }
 
-async fn wait(state: &AppState, pos: Option<u64>) -> Result<(), ApiError> {
-    if let Some(p) = pos {
-        state
-            .engine
-            .positions()
-            .wait_for(providers::NAME, p, state.write_timeout)
-            .await
-            .map_err(internal)?;
-    }
-    Ok(())
-}
-
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct NewProvider {
     name: String,
@@ -247,7 +235,9 @@ pub(crate) async fn create_provider(
     )
     .await
     .map_err(|e| internal(anyhow::anyhow!("{e}")))?;
-    wait(&state, done.appended.map(|a| a.last_position)).await?;
+    state
+        .visible(providers::NAME, done.appended.map(|a| a.last_position))
+        .await?;
     let p = providers::get_provider(&state.db, provider_id)
         .await
         .map_err(internal)?
@@ -316,7 +306,9 @@ pub(crate) async fn set_user_config(
     )
     .await
     .map_err(|e| internal(anyhow::anyhow!("{e}")))?;
-    wait(&state, done.appended.map(|a| a.last_position)).await?;
+    state
+        .visible(providers::NAME, done.appended.map(|a| a.last_position))
+        .await?;
     let c = providers::get_user_config(&state.db, body.user_id, body.provider_id)
         .await
         .map_err(internal)?

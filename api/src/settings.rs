@@ -145,13 +145,8 @@ pub(crate) async fn put_settings(
     )
     .await
     .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?;
-    if let Some(a) = done.appended {
-        state
-            .engine
-            .positions()
-            .wait_for(settings::NAME, a.last_position, state.write_timeout)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-    }
+    state
+        .visible(settings::NAME, done.appended.map(|a| a.last_position))
+        .await?;
     current(&state, &auth).await
 }
