@@ -55,6 +55,7 @@ impl Application {
         }
         let state = AppState {
             store: backend.store.clone(),
+            commands: confab_eventstore::aggregate::CommandExecutor::new(backend.store.clone()),
             db: backend.db.clone(),
             engine: engine.clone(),
             readiness_max_lag: config.readiness_max_lag,

@@ -203,19 +203,20 @@ async fn start_session(
 ) -> Result<(String, Option<u64>), ApiError> {
     let token = new_token();
     let at = now();
-    let done = execute::<Account>(
-        &*state.store,
-        &user_id,
-        AccountCommand::StartSession {
-            session_id: Uuid::now_v7(),
-            token_hash: token_hash(&token),
-            expires_at: at + state.session_ttl,
-            at,
-        },
-        metadata(headers, Some(user_id)),
-    )
-    .await
-    .map_err(store_error)?;
+    let done = state
+        .commands
+        .execute::<Account>(
+            &user_id,
+            AccountCommand::StartSession {
+                session_id: Uuid::now_v7(),
+                token_hash: token_hash(&token),
+                expires_at: at + state.session_ttl,
+                at,
+            },
+            metadata(headers, Some(user_id)),
+        )
+        .await
+        .map_err(store_error)?;
     Ok((token, done.appended.map(|a| a.last_position)))
 }
 
@@ -390,17 +391,18 @@ pub(crate) async fn signout(
     headers: HeaderMap,
     auth: AuthUser,
 ) -> Result<(StatusCode, [(axum::http::HeaderName, HeaderValue); 1]), ApiError> {
-    let done = execute::<Account>(
-        &*state.store,
-        &auth.user.id,
-        AccountCommand::RevokeSession {
-            session_id: auth.session_id,
-            at: now(),
-        },
-        metadata(&headers, Some(auth.user.id)),
-    )
-    .await
-    .map_err(store_error)?;
+    let done = state
+        .commands
+        .execute::<Account>(
+            &auth.user.id,
+            AccountCommand::RevokeSession {
+                session_id: auth.session_id,
+                at: now(),
+            },
+            metadata(&headers, Some(auth.user.id)),
+        )
+        .await
+        .map_err(store_error)?;
     state
         .visible(accounts::NAME, done.appended.map(|a| a.last_position))
         .await?;

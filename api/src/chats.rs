@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use confab_domain::chat::{Chat, ChatCommand, ChatError};
 use confab_domain::{ChatTitle, MessageContent, MessageKind, Role};
-use confab_eventstore::aggregate::{ExecuteError, Executed, execute};
+use confab_eventstore::aggregate::{ExecuteError, Executed};
 use confab_projections::chats::{self, ChatRow, MessageFilter, MessageRow};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -78,14 +78,11 @@ async fn run(
     chat_id: Uuid,
     command: ChatCommand,
 ) -> Result<Executed<Chat>, ApiError> {
-    let done = execute::<Chat>(
-        &*state.store,
-        &chat_id,
-        command,
-        metadata(headers, Some(auth.user.id)),
-    )
-    .await
-    .map_err(chat_error)?;
+    let done = state
+        .commands
+        .execute::<Chat>(&chat_id, command, metadata(headers, Some(auth.user.id)))
+        .await
+        .map_err(chat_error)?;
     state
         .visible(chats::NAME, done.appended.map(|a| a.last_position))
         .await?;

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use confab_domain::chat::{Chat, ChatCommand, ChatError};
 use confab_domain::{ChatTitle, MessageContent, MessageKind, Role};
-use confab_eventstore::aggregate::{ExecuteError, execute};
+use confab_eventstore::aggregate::ExecuteError;
 use confab_projections::chats::{self, ChatRow, MessageFilter, MessageRow};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -83,14 +83,11 @@ pub(crate) async fn create_conversation(
         title,
         at: now(),
     };
-    let done = execute::<Chat>(
-        &*state.store,
-        &chat_id,
-        command,
-        metadata(&headers, Some(auth.user.id)),
-    )
-    .await
-    .map_err(chat_error)?;
+    let done = state
+        .commands
+        .execute::<Chat>(&chat_id, command, metadata(&headers, Some(auth.user.id)))
+        .await
+        .map_err(chat_error)?;
     state
         .visible(chats::NAME, done.appended.map(|a| a.last_position))
         .await?;
@@ -147,14 +144,15 @@ pub(crate) async fn create_message(
         kind: MessageKind::Text,
         at: now(),
     };
-    let done = execute::<Chat>(
-        &*state.store,
-        &body.conversation_id,
-        command,
-        metadata(&headers, Some(auth.user.id)),
-    )
-    .await
-    .map_err(chat_error)?;
+    let done = state
+        .commands
+        .execute::<Chat>(
+            &body.conversation_id,
+            command,
+            metadata(&headers, Some(auth.user.id)),
+        )
+        .await
+        .map_err(chat_error)?;
     state
         .visible(chats::NAME, done.appended.map(|a| a.last_position))
         .await?;
@@ -256,22 +254,19 @@ pub(crate) async fn create_attachment(
         file_path: body.file_path,
         at: now(),
     };
-    let done = execute::<Chat>(
-        &*state.store,
-        &chat_id,
-        command,
-        metadata(&headers, Some(auth.user.id)),
-    )
-    .await
-    .map_err(|e| match e {
-        ExecuteError::Domain(ChatError::MessageNotFound | ChatError::ChatNotFound) => {
-            ApiError::NotFound("message not found".into())
-        }
-        ExecuteError::Domain(ChatError::NotMessageAuthor) => {
-            ApiError::Forbidden("only the author may attach files to this message".into())
-        }
-        other => chat_error(other),
-    })?;
+    let done = state
+        .commands
+        .execute::<Chat>(&chat_id, command, metadata(&headers, Some(auth.user.id)))
+        .await
+        .map_err(|e| match e {
+            ExecuteError::Domain(ChatError::MessageNotFound | ChatError::ChatNotFound) => {
+                ApiError::NotFound("message not found".into())
+            }
+            ExecuteError::Domain(ChatError::NotMessageAuthor) => {
+                ApiError::Forbidden("only the author may attach files to this message".into())
+            }
+            other => chat_error(other),
+        })?;
     state
         .visible(chats::NAME, done.appended.map(|a| a.last_position))
         .await?;

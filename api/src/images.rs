@@ -16,7 +16,6 @@ use axum::http::HeaderMap;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::Response;
 use confab_domain::account::{Account, AccountCommand};
-use confab_eventstore::aggregate::execute;
 use confab_projections::accounts;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
@@ -107,17 +106,18 @@ pub(crate) async fn upload(
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
     let image_url = format!("/api/profile/image/{user_id}/{file}");
-    let done = execute::<Account>(
-        &*state.store,
-        &user_id,
-        AccountCommand::ChangeImage {
-            image_url: image_url.clone(),
-            at: now(),
-        },
-        metadata(&headers, Some(user_id)),
-    )
-    .await
-    .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?;
+    let done = state
+        .commands
+        .execute::<Account>(
+            &user_id,
+            AccountCommand::ChangeImage {
+                image_url: image_url.clone(),
+                at: now(),
+            },
+            metadata(&headers, Some(user_id)),
+        )
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?;
     state
         .visible(accounts::NAME, done.appended.map(|a| a.last_position))
         .await?;

@@ -30,6 +30,8 @@ use tower_http::trace::TraceLayer;
 pub struct AppState {
     /// The event log.
     pub store: Arc<dyn EventStore>,
+    /// Runs commands against the event log, one line per aggregate.
+    pub commands: Arc<confab_eventstore::aggregate::CommandExecutor>,
     /// The read models.
     pub db: ReadDb,
     /// The projections (status and read-your-writes).

@@ -12,7 +12,6 @@ use axum::http::HeaderMap;
 use confab_domain::account::{
     Account, AccountCommand, DisplayName, Email, EmailClaim, EmailClaimCommand,
 };
-use confab_eventstore::aggregate::execute;
 use confab_projections::accounts;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -61,7 +60,11 @@ pub(crate) async fn update_profile(
         email: new_email.clone(),
         at: now(),
     };
-    let done = match execute::<Account>(&*state.store, &user_id, command, meta.clone()).await {
+    let done = match state
+        .commands
+        .execute::<Account>(&user_id, command, meta.clone())
+        .await
+    {
         Ok(done) => done,
         Err(e) => {
             if let Some(claimed) = &new_email {
@@ -95,13 +98,10 @@ async fn release(
     user_id: uuid::Uuid,
 ) {
     let command = EmailClaimCommand::Release { user_id, at: now() };
-    if let Err(e) = execute::<EmailClaim>(
-        &*state.store,
-        &EmailClaim::id_for(email),
-        command,
-        meta.clone(),
-    )
-    .await
+    if let Err(e) = state
+        .commands
+        .execute::<EmailClaim>(&EmailClaim::id_for(email), command, meta.clone())
+        .await
     {
         tracing::warn!(error = %e, "could not release an email claim; the address stays reserved");
     }

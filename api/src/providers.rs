@@ -20,7 +20,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use confab_domain::provider::{Provider, RegisterProvider, SetUserKey, UserLlmConfig};
-use confab_eventstore::aggregate::execute;
 use confab_projections::providers::{self, ProviderRow, UserConfigRow};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -227,14 +226,15 @@ pub(crate) async fn create_provider(
         api_endpoint,
         at: now(),
     };
-    let done = execute::<Provider>(
-        &*state.store,
-        &provider_id,
-        command,
-        metadata(&headers, Some(auth.user.id)),
-    )
-    .await
-    .map_err(|e| internal(anyhow::anyhow!("{e}")))?;
+    let done = state
+        .commands
+        .execute::<Provider>(
+            &provider_id,
+            command,
+            metadata(&headers, Some(auth.user.id)),
+        )
+        .await
+        .map_err(|e| internal(anyhow::anyhow!("{e}")))?;
     state
         .visible(providers::NAME, done.appended.map(|a| a.last_position))
         .await?;
@@ -298,14 +298,11 @@ pub(crate) async fn set_user_config(
         at: now(),
     };
     let id = UserLlmConfig::id_for(body.user_id, body.provider_id);
-    let done = execute::<UserLlmConfig>(
-        &*state.store,
-        &id,
-        command,
-        metadata(&headers, Some(auth.user.id)),
-    )
-    .await
-    .map_err(|e| internal(anyhow::anyhow!("{e}")))?;
+    let done = state
+        .commands
+        .execute::<UserLlmConfig>(&id, command, metadata(&headers, Some(auth.user.id)))
+        .await
+        .map_err(|e| internal(anyhow::anyhow!("{e}")))?;
     state
         .visible(providers::NAME, done.appended.map(|a| a.last_position))
         .await?;

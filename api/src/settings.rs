@@ -11,7 +11,6 @@ use axum::http::HeaderMap;
 use confab_domain::settings::{
     ResponseStyle, Settings, SettingsChange, Theme, UpdateSettings, bounded_text,
 };
-use confab_eventstore::aggregate::execute;
 use confab_projections::settings::{self, DEFAULTS};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -133,18 +132,19 @@ pub(crate) async fn put_settings(
     ApiJson(body): ApiJson<SettingsBody>,
 ) -> Result<Json<Value>, ApiError> {
     let change = validate(body.settings)?;
-    let done = execute::<Settings>(
-        &*state.store,
-        &auth.user.id,
-        UpdateSettings {
-            user_id: auth.user.id,
-            change,
-            at: now(),
-        },
-        metadata(&headers, Some(auth.user.id)),
-    )
-    .await
-    .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?;
+    let done = state
+        .commands
+        .execute::<Settings>(
+            &auth.user.id,
+            UpdateSettings {
+                user_id: auth.user.id,
+                change,
+                at: now(),
+            },
+            metadata(&headers, Some(auth.user.id)),
+        )
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?;
     state
         .visible(settings::NAME, done.appended.map(|a| a.last_position))
         .await?;

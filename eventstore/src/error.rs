@@ -3,7 +3,7 @@
 use crate::ExpectedVersion;
 
 /// What can go wrong in the event store. Input errors are detected before anything is written.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The stream was not at the expected version; nothing was appended.
     #[error("stream {stream:?} is at version {actual}, expected {expected}")]
@@ -31,7 +31,7 @@ pub enum StoreError {
     InvalidInput(String),
     /// The database failed or is unreachable.
     #[error("event store database error: {0}")]
-    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Database(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
     /// A stored event could not be decoded.
     #[error("event store serialization error: {0}")]
     Serialization(String),
@@ -43,7 +43,7 @@ pub enum StoreError {
 impl StoreError {
     /// Wraps any database error.
     pub fn database(e: impl std::error::Error + Send + Sync + 'static) -> Self {
-        StoreError::Database(Box::new(e))
+        StoreError::Database(std::sync::Arc::new(e))
     }
 
     /// Whether a retry from fresh state could succeed.

@@ -64,8 +64,11 @@ impl KurrentStore {
     pub fn connect(url: &str, limits: Limits) -> StoreResult<Self> {
         let settings: ClientSettings = url.parse().map_err(StoreError::database)?;
         let handle = tokio::runtime::Handle::try_current().map_err(StoreError::database)?;
-        let client = Client::with_runtime_handle(handle, settings)
-            .map_err(|e| StoreError::Database(e.into()))?;
+        let client = Client::with_runtime_handle(handle, settings).map_err(|e| {
+            StoreError::Database(std::sync::Arc::from(Box::<
+                dyn std::error::Error + Send + Sync,
+            >::from(e)))
+        })?;
         Ok(Self::from_client(client, limits))
     }
 
