@@ -11,7 +11,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
-use confab_domain::chat::{Chat, ChatCommand, ChatError};
+use confab_domain::chat::{Chat, ChatCommand, ChatError, ChatEvent};
 use confab_domain::{ChatTitle, MessageContent, MessageKind, Role};
 use confab_eventstore::aggregate::{ExecuteError, Executed};
 use confab_projections::chats::{self, ChatRow, MessageFilter, MessageRow};
@@ -380,12 +380,21 @@ pub(crate) async fn send_message(
         kind,
         at: now(),
     };
-    run(&state, &headers, &auth, chat_id, command).await?;
-    let m = chats::get_message(&state.db, chat_id, message_id)
-        .await
-        .map_err(db_error)?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("sent message not in read model")))?;
-    Ok((StatusCode::CREATED, Json(message_json(&m))))
+    let done = run(&state, &headers, &auth, chat_id, command).await?;
+    // The event holds the whole new row, and the read model holds it too by now: answer from
+    // the event rather than reading it back.
+    let sent = done
+        .events
+        .iter()
+        .find_map(|e| match e {
+            ChatEvent::MessageSent(m) if m.message_id == message_id => Some(m),
+            _ => None,
+        })
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("send produced no MessageSent")))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(message_json(&chats::MessageRow::from(sent))),
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -431,10 +440,42 @@ pub(crate) async fn edit_message(
         kind,
         at: now(),
     };
-    match run(&state, &headers, &auth, chat_id, command).await {
+    // The answer is the message as this edit left it, even if a concurrent edit follows at once.
+    let edited = state
+        .commands
+        .execute_then::<Chat, _>(
+            &chat_id,
+            command,
+            metadata(&headers, Some(auth.user.id)),
+            move |chat: &Chat| {
+                chat.messages
+                    .get(&message_id)
+                    .map(|m| (m.content.clone(), m.kind))
+            },
+        )
+        .await;
+    match edited {
+        Ok((done, Some((content, kind)))) => {
+            state
+                .visible(chats::NAME, done.appended.map(|a| a.last_position))
+                .await?;
+            let at = done.events.iter().find_map(|e| match e {
+                ChatEvent::MessageEdited(m) => Some(m.at),
+                _ => None,
+            });
+            if let Some(at) = at {
+                return Ok(Json(json!({
+                    "id": message_id,
+                    "content": content.as_str(),
+                    "type": kind.as_str(),
+                    "updatedAt": at,
+                })));
+            }
+        }
+        Ok((_, None)) => return Err(ApiError::NotFound("message not found".into())),
         // Asking for what is already there changes nothing and is not an error.
-        Ok(_) | Err(ApiError::Validation { .. }) => {}
-        Err(e) => return Err(e),
+        Err(ExecuteError::Domain(ChatError::NothingToChange)) => {}
+        Err(e) => return Err(chat_error(e)),
     }
     let m = chats::get_message(&state.db, chat_id, message_id)
         .await

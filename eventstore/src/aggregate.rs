@@ -159,10 +159,17 @@ struct LineState<A: Aggregate> {
 /// The result of one command.
 pub type ExecuteResult<A> = Result<Executed<A>, ExecuteError<<A as Aggregate>::Error>>;
 
+/// What a caller wants to see of the state right after its own command.
+type View<A> = Arc<dyn Fn(&A) -> Box<dyn Any + Send> + Send + Sync>;
+
+/// A command's events and its view of the state after them.
+type Seen<A> = (Executed<A>, Option<Box<dyn Any + Send>>);
+
 struct Pending<A: Aggregate> {
     command: A::Command,
     metadata: EventMetadata,
-    reply: tokio::sync::oneshot::Sender<ExecuteResult<A>>,
+    view: Option<View<A>>,
+    reply: tokio::sync::oneshot::Sender<Result<Seen<A>, ExecuteError<A::Error>>>,
 }
 
 impl std::fmt::Debug for CommandExecutor {
@@ -209,6 +216,40 @@ impl CommandExecutor {
     where
         A::Command: Clone + Send,
     {
+        Ok(self.submit(id, command, metadata, None).await?.0)
+    }
+
+    /// Like [`Self::execute`], and also answers `view` of the aggregate's state right after this
+    /// command's events: later commands of the same batch do not show in it, as they would in a
+    /// read that comes after.
+    pub async fn execute_then<A: Aggregate, R: Send + 'static>(
+        self: &Arc<Self>,
+        id: &Uuid,
+        command: A::Command,
+        metadata: EventMetadata,
+        view: impl Fn(&A) -> R + Send + Sync + 'static,
+    ) -> Result<(Executed<A>, R), ExecuteError<A::Error>>
+    where
+        A::Command: Clone + Send,
+    {
+        let view: View<A> = Arc::new(move |state: &A| Box::new(view(state)) as Box<dyn Any + Send>);
+        let (done, seen) = self.submit(id, command, metadata, Some(view)).await?;
+        let seen = seen
+            .and_then(|s| s.downcast::<R>().ok())
+            .expect("a view answers its own type");
+        Ok((done, *seen))
+    }
+
+    async fn submit<A: Aggregate>(
+        self: &Arc<Self>,
+        id: &Uuid,
+        command: A::Command,
+        metadata: EventMetadata,
+        view: Option<View<A>>,
+    ) -> Result<Seen<A>, ExecuteError<A::Error>>
+    where
+        A::Command: Clone + Send,
+    {
         let id = *id;
         let stream = A::stream_name(&id);
         let line = self.line::<A>(&stream);
@@ -218,6 +259,7 @@ impl CommandExecutor {
             state.queue.push_back(Pending {
                 command,
                 metadata,
+                view,
                 reply,
             });
             !std::mem::replace(&mut state.working, true)
@@ -357,7 +399,10 @@ impl CommandExecutor {
 }
 
 /// One command's events, or why it was refused.
-type Outcome<A> = Result<Vec<<A as Aggregate>::Event>, ExecuteError<<A as Aggregate>::Error>>;
+type Outcome<A> = Result<
+    (Vec<<A as Aggregate>::Event>, Option<Box<dyn Any + Send>>),
+    ExecuteError<<A as Aggregate>::Error>,
+>;
 
 /// At most this many commands share one append.
 const MAX_BATCH_COMMANDS: usize = 64;
@@ -416,7 +461,8 @@ where
             state = state.evolve(e);
         }
         events.extend(new);
-        outcomes.push(Ok(decided));
+        let seen = pending.view.as_ref().map(|view| view(&state));
+        outcomes.push(Ok((decided, seen)));
     }
     Decided {
         state,
@@ -431,9 +477,12 @@ fn answer<A: Aggregate>(
     appended: Option<AppendResult>,
 ) {
     for (pending, outcome) in batch.into_iter().zip(outcomes) {
-        let result = outcome.map(|events| Executed {
-            appended: if events.is_empty() { None } else { appended },
-            events,
+        let result = outcome.map(|(events, seen)| {
+            let done = Executed {
+                appended: if events.is_empty() { None } else { appended },
+                events,
+            };
+            (done, seen)
         });
         // The caller may have stopped waiting; the command is done either way.
         let _ = pending.reply.send(result);

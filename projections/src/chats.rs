@@ -284,6 +284,22 @@ pub struct MessageRow {
     pub updated_at: DateTime<Utc>,
 }
 
+impl From<&MessageSent> for MessageRow {
+    /// The row this projection writes for a sent message, as a just-sent message reads.
+    fn from(m: &MessageSent) -> Self {
+        MessageRow {
+            id: m.message_id,
+            chat_id: m.chat_id,
+            user_id: m.author,
+            role: m.role.as_str().to_owned(),
+            content: m.content.as_str().to_owned(),
+            kind: m.kind.as_str().to_owned(),
+            created_at: m.at,
+            updated_at: m.at,
+        }
+    }
+}
+
 /// The chat `id` if `owner` owns it (another user's chat reads as missing).
 pub async fn get_chat(db: &ReadDb, id: Uuid, owner: Uuid) -> Result<Option<ChatRow>, sqlx::Error> {
     query_as!(
