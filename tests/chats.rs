@@ -300,6 +300,15 @@ async fn search_ignores_case_order_and_accents(db: Db) {
         .get("/api/messages/search?q=creme&type=code", Some(&token))
         .await;
     assert_eq!(code["total"], 1);
+    // Past the last page: no messages, and still the total.
+    let (_, all) = app.get("/api/messages/search?q=creme", Some(&token)).await;
+    let (status, past) = app
+        .get("/api/messages/search?q=creme&page=9&limit=1", Some(&token))
+        .await;
+    assert_eq!(status, 200, "{past}");
+    assert_eq!(past["messages"], json!([]));
+    assert_eq!(past["total"], all["total"]);
+    assert!(all["total"].as_u64().unwrap() >= 2, "{all}");
     let (_, none) = app
         .get("/api/messages/search?q=tiramisu", Some(&token))
         .await;
@@ -323,7 +332,7 @@ async fn search_ignores_case_order_and_accents(db: Db) {
 async fn another_users_chats_and_messages_read_as_missing(db: Db) {
     let app = spawn_app(db).await;
     let (owner, _) = app.sign_up("owner@example.com").await;
-    let (intruder, _) = app.sign_up("intruder@example.com").await;
+    let (intruder, intruder_id) = app.sign_up("intruder@example.com").await;
     let chat = new_chat(&app, &owner, "Private").await;
     let msg = send(&app, &owner, &chat, "secret", "text").await;
     let msg = msg["id"].as_str().expect("id");
@@ -355,6 +364,21 @@ async fn another_users_chats_and_messages_read_as_missing(db: Db) {
         .get("/api/messages/search?q=secret", Some(&intruder))
         .await;
     assert_eq!(found["total"], 0);
+    // Search is scoped by an owner key inside the index: a message that spells out the
+    // intruder's key as a word still belongs to its owner's search only.
+    let intruder_id = intruder_id["id"].as_str().expect("id").to_owned();
+    let key = format!("u{}", intruder_id.replace('-', ""));
+    send(&app, &owner, &chat, &format!("{key} classified"), "text").await;
+    for q in ["classified", key.as_str()] {
+        let (_, found) = app
+            .get(&format!("/api/messages/search?q={q}"), Some(&intruder))
+            .await;
+        assert_eq!(found["total"], 0, "{q}: {found}");
+    }
+    let (_, found) = app
+        .get("/api/messages/search?q=classified", Some(&owner))
+        .await;
+    assert_eq!(found["total"], 1, "{found}");
     // Nothing changed for the owner.
     let (_, mine) = app.get(&msgs_path, Some(&owner)).await;
     assert_eq!(mine["messages"][0]["content"], "secret");

@@ -94,9 +94,11 @@ async fn insert_messages(tx: &mut Tx, run: &[MessageSent]) -> Result<(), Project
             let rows = serde_json::Value::Array(rows).to_string();
             sqlx::query(
                 "INSERT INTO messages (id, chat_id, user_id, role, content, type, created_at, \
-                 updated_at, search_text) SELECT unhex(value->>'id'), unhex(value->>'chat'), \
-                 unhex(value->>'user'), value->>'role', value->>'content', value->>'type', \
-                 value->>'at', value->>'at', value->>'search' FROM jsonb_each(jsonb($1)) \
+                 updated_at, search_text, owner_key) SELECT unhex(value->>'id'), \
+                 unhex(value->>'chat'), unhex(value->>'user'), value->>'role', \
+                 value->>'content', value->>'type', value->>'at', value->>'at', \
+                 value->>'search', COALESCE((SELECT 'u' || lower(hex(c.owner_id)) FROM chats c \
+                 WHERE c.id = unhex(value->>'chat')), '') FROM jsonb_each(jsonb($1)) \
                  WHERE TRUE ON CONFLICT (id) DO NOTHING",
             )
             .bind(&rows)
@@ -133,7 +135,10 @@ async fn insert_messages(tx: &mut Tx, run: &[MessageSent]) -> Result<(), Project
             sqlx::query(
                 "INSERT INTO messages (id, chat_id, user_id, role, content, type, created_at, \
                  updated_at, search) SELECT r.id, r.chat, r.usr, r.role, r.content, r.type, \
-                 r.at, r.at, to_tsvector('simple', r.search) FROM jsonb_to_recordset($1) AS \
+                 r.at, r.at, to_tsvector('simple', r.search) || COALESCE((SELECT \
+                 array_to_tsvector(ARRAY['u' || replace(c.owner_id::TEXT, '-', '')]) \
+                 FROM chats c WHERE c.id = r.chat), ''::TSVECTOR) \
+                 FROM jsonb_to_recordset($1) AS \
                  r(id UUID, chat UUID, usr UUID, role TEXT, content TEXT, type TEXT, \
                  at TIMESTAMPTZ, search TEXT) ON CONFLICT (id) DO NOTHING",
             )
@@ -207,7 +212,10 @@ async fn apply_one(tx: &mut Tx, e: ChatEvent) -> Result<(), ProjectionError> {
                         sqlx::query(
                             "UPDATE messages SET content = COALESCE($2, content), \
                              type = COALESCE($3, type), updated_at = $4, \
-                             search = COALESCE(to_tsvector('simple', $5), search) WHERE id = $1",
+                             search = COALESCE(to_tsvector('simple', $5) || \
+                             array_to_tsvector(ARRAY['u' || replace(c.owner_id::TEXT, '-', '')]), \
+                             search) FROM chats c WHERE messages.id = $1 \
+                             AND c.id = messages.chat_id",
                         )
                         .bind(m.message_id)
                         .bind(content)
@@ -423,21 +431,26 @@ pub async fn find_messages(
     };
     match db {
         ReadDb::Sqlite(p) => {
-            let Some(q) = search::fts5_query(search) else {
+            let Some(q) = search::fts5_query(search, owner) else {
                 return Ok((Vec::new(), 0));
             };
+            // The index is scoped by owner (see migration 0008), so it is the only place to
+            // start from; the owner is checked again on the row itself.
             const FROM: &str = "FROM messages_fts f JOIN messages m ON m.rowid = f.rowid \
-                 JOIN chats c ON c.id = m.chat_id WHERE messages_fts MATCH $1 \
-                 AND c.owner_id = $2 AND ($3 IS NULL OR m.chat_id = $3) \
+                 WHERE messages_fts MATCH $1 \
+                 AND m.owner_key = $2 AND ($3 IS NULL OR m.chat_id = $3) \
                  AND ($4 IS NULL OR m.type = $4) AND ($5 IS NULL OR m.created_at >= $5) \
                  AND ($6 IS NULL OR m.created_at <= $6)";
-            let rows = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-                "SELECT m.id, m.chat_id, m.user_id, m.role, m.content, m.type, m.created_at, \
-                 m.updated_at {FROM} ORDER BY bm25(messages_fts), m.created_at DESC \
-                 LIMIT $7 OFFSET $8"
+            // The page and the total in one pass over the matches.
+            let rows = sqlx::query_as::<_, Counted>(sqlx::AssertSqlSafe(format!(
+                "WITH hits AS MATERIALIZED (SELECT m.id, m.chat_id, m.user_id, m.role, m.content, \
+                 m.type, m.created_at, m.updated_at, bm25(messages_fts, 1.0, 0.0) AS rank \
+                 {FROM}) SELECT id, chat_id, user_id, role, content, type, created_at, \
+                 updated_at, COUNT(*) OVER () AS total FROM hits \
+                 ORDER BY rank, created_at DESC LIMIT $7 OFFSET $8"
             )))
             .bind(&q)
-            .bind(owner)
+            .bind(search::owner_key(owner))
             .bind(f.chat_id)
             .bind(f.kind.clone())
             .bind(f.start)
@@ -446,30 +459,38 @@ pub async fn find_messages(
             .bind(offset)
             .fetch_all(p)
             .await?;
+            if let Some(first) = rows.first() {
+                let total = first.total as u64;
+                return Ok((rows.into_iter().map(|r| r.row).collect(), total));
+            }
+            // A page past the end: count alone.
             let total: i64 =
                 sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {FROM}")))
                     .bind(&q)
-                    .bind(owner)
+                    .bind(search::owner_key(owner))
                     .bind(f.chat_id)
                     .bind(f.kind.clone())
                     .bind(f.start)
                     .bind(f.end)
                     .fetch_one(p)
                     .await?;
-            Ok((rows, total as u64))
+            Ok((Vec::new(), total as u64))
         }
         ReadDb::Postgres(p) => {
             let folded = search::fold(search);
+            // The owner's key lexeme (see migration 0008) makes GIN intersect the words'
+            // postings with the owner's; the join checks the owner on the row itself.
             const FROM: &str = "FROM messages m JOIN chats c ON c.id = m.chat_id, \
-                 plainto_tsquery('simple', $1) q WHERE m.search @@ q \
+                 plainto_tsquery('simple', $1) q \
+                 WHERE m.search @@ (q && ('u' || replace($2::TEXT, '-', ''))::TSQUERY) \
                  AND c.owner_id = $2 AND ($3::UUID IS NULL OR m.chat_id = $3) \
                  AND ($4::TEXT IS NULL OR m.type = $4) \
                  AND ($5::TIMESTAMPTZ IS NULL OR m.created_at >= $5) \
                  AND ($6::TIMESTAMPTZ IS NULL OR m.created_at <= $6)";
-            let rows = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+            let rows = sqlx::query_as::<_, Counted>(sqlx::AssertSqlSafe(format!(
                 "SELECT m.id, m.chat_id, m.user_id, m.role, m.content, m.type, m.created_at, \
-                 m.updated_at {FROM} ORDER BY ts_rank(m.search, q) DESC, m.created_at DESC \
-                 LIMIT $7 OFFSET $8"
+                 m.updated_at, COUNT(*) OVER () AS total {FROM} \
+                 ORDER BY ts_rank(m.search, q) DESC, m.created_at DESC LIMIT $7 OFFSET $8"
             )))
             .bind(&folded)
             .bind(owner)
@@ -481,6 +502,10 @@ pub async fn find_messages(
             .bind(offset)
             .fetch_all(p)
             .await?;
+            if let Some(first) = rows.first() {
+                let total = first.total as u64;
+                return Ok((rows.into_iter().map(|r| r.row).collect(), total));
+            }
             let total: i64 =
                 sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {FROM}")))
                     .bind(&folded)
@@ -491,9 +516,17 @@ pub async fn find_messages(
                     .bind(f.end)
                     .fetch_one(p)
                     .await?;
-            Ok((rows, total as u64))
+            Ok((Vec::new(), total as u64))
         }
     }
+}
+
+/// A search hit with the number of all hits.
+#[derive(sqlx::FromRow)]
+struct Counted {
+    #[sqlx(flatten)]
+    row: MessageRow,
+    total: i64,
 }
 
 /// One page of a chat's messages, oldest first (no ownership check: for internal use).

@@ -22,21 +22,31 @@ pub fn words(folded: &str) -> Vec<&str> {
         .collect()
 }
 
-/// An FTS5 `MATCH` expression requiring every word of `query`, in any order; each word is a
+/// The key that scopes a user's messages in the full-text index: `u` and the owner id's 32
+/// lower-case hex digits, one token for either database's tokenizer.
+pub fn owner_key(owner: uuid::Uuid) -> String {
+    format!("u{}", owner.simple())
+}
+
+/// An FTS5 `MATCH` expression requiring every word of `query`, in any order, in the
+/// `search_text` column, of a message whose `owner_key` column is `owner`'s; each word is a
 /// quoted string, so nothing the user types is read as query syntax. `None` when the query has
 /// no words.
-pub fn fts5_query(query: &str) -> Option<String> {
+pub fn fts5_query(query: &str, owner: uuid::Uuid) -> Option<String> {
     let folded = fold(query);
     let ws = words(&folded);
     if ws.is_empty() {
         return None;
     }
-    Some(
-        ws.iter()
-            .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
-            .collect::<Vec<_>>()
-            .join(" "),
-    )
+    let words = ws
+        .iter()
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some(format!(
+        "owner_key : \"{}\" AND search_text : ({words})",
+        owner_key(owner)
+    ))
 }
 
 #[cfg(test)]
@@ -51,19 +61,23 @@ mod tests {
     }
 
     #[test]
-    fn queries_are_quoted_words_only() {
+    fn queries_are_quoted_words_only_scoped_to_the_owner() {
+        let owner = uuid::Uuid::from_u128(0xabc);
+        let scoped = |words: &str| {
+            format!("owner_key : \"u00000000000000000000000000000abc\" AND search_text : ({words})")
+        };
         assert_eq!(
-            fts5_query("Hello, WORLD!").as_deref(),
-            Some("\"hello\" \"world\"")
+            fts5_query("Hello, WORLD!", owner),
+            Some(scoped("\"hello\" \"world\""))
         );
         assert_eq!(
-            fts5_query("a\" OR b*").as_deref(),
-            Some("\"a\" \"or\" \"b\"")
+            fts5_query("a\" OR b*", owner),
+            Some(scoped("\"a\" \"or\" \"b\""))
         );
-        assert_eq!(fts5_query("  ?! "), None);
+        assert_eq!(fts5_query("  ?! ", owner), None);
         assert_eq!(
-            fts5_query("naïve café").as_deref(),
-            Some("\"naive\" \"cafe\"")
+            fts5_query("naïve café", owner),
+            Some(scoped("\"naive\" \"cafe\""))
         );
     }
 }
