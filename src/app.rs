@@ -131,10 +131,59 @@ pub async fn shutdown_signal() {
 fn object_store_for(
     config: &Config,
 ) -> anyhow::Result<std::sync::Arc<dyn object_store::ObjectStore>> {
-    let dir = config.data_dir.join("objects");
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create the upload directory {}", dir.display()))?;
-    let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-        .with_context(|| format!("cannot use {} as the object store", dir.display()))?;
-    Ok(std::sync::Arc::new(store))
+    use object_store::path::Path as ObjectPath;
+    use object_store::prefix::PrefixStore;
+    let local =
+        |dir: std::path::PathBuf| -> anyhow::Result<std::sync::Arc<dyn object_store::ObjectStore>> {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create the upload directory {}", dir.display()))?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .with_context(|| format!("cannot use {} as the object store", dir.display()))?;
+            Ok(std::sync::Arc::new(store))
+        };
+    let Some(raw) = config
+        .object_store_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    else {
+        return local(config.data_dir.join("objects"));
+    };
+    let url = url::Url::parse(raw).with_context(|| {
+        format!("CONFAB_OBJECT_STORE_URL is not a URL (expected file:///dir or s3://bucket/prefix): {raw:?}")
+    })?;
+    match url.scheme() {
+        "file" => {
+            let dir = url.to_file_path().map_err(|()| {
+                anyhow::anyhow!("CONFAB_OBJECT_STORE_URL: {raw:?} names no local directory")
+            })?;
+            local(dir)
+        }
+        "s3" | "s3a" => {
+            let bucket = url.host_str().filter(|b| !b.is_empty()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "CONFAB_OBJECT_STORE_URL: {raw:?} names no bucket (s3://bucket/prefix)"
+                )
+            })?;
+            let store = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .context(
+                    "cannot configure the S3 object store: set AWS_ACCESS_KEY_ID, \
+                     AWS_SECRET_ACCESS_KEY and AWS_REGION (and AWS_ENDPOINT for an \
+                     S3-compatible service)",
+                )?;
+            let prefix = url.path().trim_matches('/');
+            if prefix.is_empty() {
+                Ok(std::sync::Arc::new(store))
+            } else {
+                Ok(std::sync::Arc::new(PrefixStore::new(
+                    store,
+                    ObjectPath::from(prefix),
+                )))
+            }
+        }
+        other => anyhow::bail!(
+            "CONFAB_OBJECT_STORE_URL scheme {other:?} is not supported: use file:///dir or s3://bucket/prefix"
+        ),
+    }
 }

@@ -57,6 +57,13 @@ pub struct Config {
     /// How long a write waits for its effect to be readable before answering, in milliseconds
     /// (`CONFAB_WRITE_TIMEOUT_MS`).
     pub write_timeout_ms: u64,
+    /// Where uploads (profile images) are kept (`CONFAB_OBJECT_STORE_URL`): unset for the
+    /// `objects` directory in the data directory, `file:///path` for another directory, or
+    /// `s3://bucket/optional/prefix` for S3 or an S3-compatible service (MinIO, R2, ...), with
+    /// credentials, region and endpoint from the standard `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT` (and `AWS_ALLOW_HTTP=true` for a
+    /// plain-http endpoint).
+    pub object_store_url: Option<String>,
 }
 
 fn expose_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -84,6 +91,7 @@ impl Default for Config {
             admin_password: None,
             session_ttl_hours: 24 * 30,
             write_timeout_ms: 5_000,
+            object_store_url: None,
         }
     }
 }
