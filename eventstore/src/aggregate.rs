@@ -46,6 +46,21 @@ pub struct Executed<A: Aggregate> {
     pub appended: Option<AppendResult>,
 }
 
+/// Domain events as events to append, each with `metadata`.
+fn to_new_events<E: EventSchema>(events: &[E], metadata: &EventMetadata) -> Vec<NewEvent> {
+    events
+        .iter()
+        .map(|e| {
+            NewEvent::new(
+                e.event_type(),
+                e.schema_version(),
+                e.to_payload(),
+                metadata.clone(),
+            )
+        })
+        .collect()
+}
+
 /// Loads aggregate `id` and its version from its stream.
 pub async fn load<A: Aggregate>(
     store: &dyn EventStore,
@@ -88,17 +103,7 @@ where
                 appended: None,
             });
         }
-        let new: Vec<NewEvent> = events
-            .iter()
-            .map(|e| {
-                NewEvent::new(
-                    e.event_type(),
-                    e.schema_version(),
-                    e.to_payload(),
-                    metadata.clone(),
-                )
-            })
-            .collect();
+        let new = to_new_events(&events, &metadata);
         match store
             .append(&stream, ExpectedVersion::Exact(version), new)
             .await
@@ -436,17 +441,7 @@ where
                 continue;
             }
         };
-        let new: Vec<NewEvent> = decided
-            .iter()
-            .map(|e| {
-                NewEvent::new(
-                    e.event_type(),
-                    e.schema_version(),
-                    e.to_payload(),
-                    pending.metadata.clone(),
-                )
-            })
-            .collect();
+        let new = to_new_events(&decided, &pending.metadata);
         if !new.is_empty()
             && let Err(e) = crate::validate_append(limits, stream, &new)
         {
