@@ -5,7 +5,8 @@
 # with the same domain commands the API runs, and the projections build the read models when
 # the server restarts (that catch-up is timed too). Run by hand: `bash bench/search.sh`
 # (needs wrk). DB=postgres runs it on PostgreSQL (a fresh database on 127.0.0.1) instead of the
-# embedded SQLite default. USERS, CHATS (per user), PER_CHAT and DUR scale it down.
+# embedded SQLite default. USERS, CHATS (per user), PER_CHAT and DUR scale it down. KEEP=1
+# keeps the data directory; REUSE=<that directory> measures again on it without seeding (SQLite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 USERS=${USERS:-1000}
@@ -14,7 +15,7 @@ PER_CHAT=${PER_CHAT:-100}
 DUR=${DUR:-15s}
 DB=${DB:-sqlite}
 cargo build --release --bin confab --example seed_messages >/dev/null
-DIR=$(mktemp -d)
+DIR=${REUSE:-$(mktemp -d)}
 PORT=18183
 export CONFAB_DATA_DIR="$DIR"
 if [ "$DB" = postgres ]; then
@@ -25,7 +26,7 @@ fi
 cleanup() {
   kill ${SERVER:-} 2>/dev/null || true
   wait ${SERVER:-} 2>/dev/null || true
-  [ -n "${KEEP:-}" ] && echo "kept $DIR" || rm -rf "$DIR"
+  [ -n "${KEEP:-}${REUSE:-}" ] && echo "kept $DIR" || rm -rf "$DIR"
   if [ "$DB" = postgres ]; then
     psql -h 127.0.0.1 -U postgres -d test -qc "DROP DATABASE IF EXISTS $NAME" >/dev/null || true
   fi
@@ -39,6 +40,7 @@ serve() {
 }
 stop() { kill $SERVER; wait $SERVER 2>/dev/null || true; }
 
+if [ -z "${REUSE:-}" ]; then
 serve
 echo "signing up $USERS users through the API..."
 seq 1 "$USERS" | xargs -P 4 -I{} curl -sf -X POST localhost:$PORT/api/auth/signup \
@@ -55,7 +57,9 @@ open(f"{d}/tokens.lua", "w").write(
 PY
 stop
 echo "seeding $USERS x $CHATS chats x $PER_CHAT messages into the event log..."
-WORDS=$(./target/release/examples/seed_messages "$DIR/users.txt" "$CHATS" "$PER_CHAT")
+./target/release/examples/seed_messages "$DIR/users.txt" "$CHATS" "$PER_CHAT" >"$DIR/words.txt"
+fi
+WORDS=$(cat "$DIR/words.txt")
 echo "$WORDS"
 read -r COMMON MIDDLE1 MIDDLE2 RARE <<<"$(echo "$WORDS" | sed 's/[a-z]*=//g')"
 echo "restarting: the projections build the read models from the log before serving..."

@@ -441,13 +441,12 @@ pub async fn find_messages(
                  AND m.owner_key = $2 AND ($3 IS NULL OR m.chat_id = $3) \
                  AND ($4 IS NULL OR m.type = $4) AND ($5 IS NULL OR m.created_at >= $5) \
                  AND ($6 IS NULL OR m.created_at <= $6)";
-            // The page and the total in one pass over the matches.
-            let rows = sqlx::query_as::<_, Counted>(sqlx::AssertSqlSafe(format!(
-                "WITH hits AS MATERIALIZED (SELECT m.id, m.chat_id, m.user_id, m.role, m.content, \
-                 m.type, m.created_at, m.updated_at, bm25(messages_fts, 1.0, 0.0) AS rank \
-                 {FROM}) SELECT id, chat_id, user_id, role, content, type, created_at, \
-                 updated_at, COUNT(*) OVER () AS total FROM hits \
-                 ORDER BY rank, created_at DESC LIMIT $7 OFFSET $8"
+            // FTS5's bm25() counts each word's matches across the whole table on every query
+            // (its IDF), which for a common word is most of the table, whoever searches. So
+            // the index only finds the owner's hits, and they are ranked here: BM25 over the
+            // owner's own matches (see `search::Ranker`), newest first among equals.
+            let hits: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT m.rowid, m.search_text {FROM}"
             )))
             .bind(&q)
             .bind(search::owner_key(owner))
@@ -455,26 +454,30 @@ pub async fn find_messages(
             .bind(f.kind.clone())
             .bind(f.start)
             .bind(f.end)
-            .bind(limit)
-            .bind(offset)
             .fetch_all(p)
             .await?;
-            if let Some(first) = rows.first() {
-                let total = first.total as u64;
-                return Ok((rows.into_iter().map(|r| r.row).collect(), total));
+            let total = hits.len() as u64;
+            let page = search::Ranker::new(search).page(
+                hits.iter().map(|(rowid, text)| (*rowid, text.as_str())),
+                offset as usize,
+                limit as usize,
+            );
+            if page.is_empty() {
+                return Ok((Vec::new(), total));
             }
-            // A page past the end: count alone.
-            let total: i64 =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) {FROM}")))
-                    .bind(&q)
-                    .bind(search::owner_key(owner))
-                    .bind(f.chat_id)
-                    .bind(f.kind.clone())
-                    .bind(f.start)
-                    .bind(f.end)
-                    .fetch_one(p)
-                    .await?;
-            Ok((Vec::new(), total as u64))
+            let ids = serde_json::to_string(&page).expect("integers serialise");
+            let mut rows: Vec<(i64, MessageRow)> = sqlx::query_as::<_, Ranked>(
+                "SELECT rowid, id, chat_id, user_id, role, content, type, created_at, updated_at \
+                 FROM messages WHERE rowid IN (SELECT value FROM json_each($1))",
+            )
+            .bind(ids)
+            .fetch_all(p)
+            .await?
+            .into_iter()
+            .map(|r| (r.rowid, r.row))
+            .collect();
+            rows.sort_by_key(|(rowid, _)| page.iter().position(|p| p == rowid));
+            Ok((rows.into_iter().map(|(_, r)| r).collect(), total))
         }
         ReadDb::Postgres(p) => {
             let folded = search::fold(search);
@@ -519,6 +522,14 @@ pub async fn find_messages(
             Ok((Vec::new(), total as u64))
         }
     }
+}
+
+/// A page row with its SQLite rowid, to put it back in rank order.
+#[derive(sqlx::FromRow)]
+struct Ranked {
+    rowid: i64,
+    #[sqlx(flatten)]
+    row: MessageRow,
 }
 
 /// A search hit with the number of all hits.
