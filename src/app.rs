@@ -14,6 +14,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     workers: Option<Workers>,
+    jobs: apalis::prelude::Monitor,
     port: u16,
 }
 
@@ -53,17 +54,64 @@ impl Application {
                 tracing::debug!(projection = name, position = at, "caught up at start-up");
             }
         }
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+        let opened = confab_workers::queue::ReplyQueue::open(&config.data_dir.join("jobs.db"))
+            .await
+            .context("the job queue (jobs.db in CONFAB_DATA_DIR)")?;
+        config
+            .catalogue
+            .validate()
+            .context("the model catalogue ([catalogue] in the config file)")?;
+        let key_cipher = confab_api::providers::KeyCipher::new(&config.encryption_key()?);
+        let decrypt_cipher = key_cipher.clone();
+        let commands = confab_eventstore::aggregate::CommandExecutor::new(backend.store.clone());
+        let ai = confab_workers::ai::Ai {
+            commands: commands.clone(),
+            db: backend.db.clone(),
+            positions: engine.positions(),
+            hub: confab_workers::replies::ReplyHub::new(),
+            catalogue: std::sync::Arc::new(config.catalogue.clone()),
+            providers: std::sync::Arc::new(config.llm_providers()),
+            policy: confab_workers::llm::CallPolicy {
+                first_token_timeout: std::time::Duration::from_millis(
+                    config.llm_first_token_timeout_ms,
+                ),
+                idle_timeout: std::time::Duration::from_millis(config.llm_idle_timeout_ms),
+                retries: config.llm_retries,
+                backoff: std::time::Duration::from_millis(config.llm_backoff_ms),
+            },
+            decrypt: std::sync::Arc::new(move |sealed: &str| decrypt_cipher.decrypt(sealed).ok()),
+            write_timeout: std::time::Duration::from_millis(config.write_timeout_ms),
+        };
+        let replies = opened.queue.clone();
+        let jobs = confab_workers::queue::monitor(
+            opened,
+            ai.clone(),
+            config.worker_concurrency.max(1),
+            &config.credit_reset_schedule,
+        )?;
         let state = AppState {
             store: backend.store.clone(),
-            commands: confab_eventstore::aggregate::CommandExecutor::new(backend.store.clone()),
+            commands,
             db: backend.db.clone(),
             engine: engine.clone(),
             readiness_max_lag: config.readiness_max_lag,
             session_ttl: chrono::Duration::hours(i64::from(config.session_ttl_hours)),
             write_timeout: std::time::Duration::from_millis(config.write_timeout_ms),
-            key_cipher: confab_api::providers::KeyCipher::new(&config.encryption_key()?),
+            key_cipher,
             provider_hosts_allowlist: config.provider_hosts(),
             objects: object_store_for(&config)?,
+            ai,
+            replies,
+            cron_secret: config
+                .cron_secret
+                .as_ref()
+                .map(|s| std::sync::Arc::from(secrecy::ExposeSecret::expose_secret(s))),
         };
         let listener = TcpListener::bind(config.bind)
             .await
@@ -73,6 +121,7 @@ impl Application {
             listener,
             router: confab_api::router(state),
             workers: config.run_projections.then(|| Workers::new(engine)),
+            jobs,
             port,
         })
     }
@@ -89,6 +138,11 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let workers = self.workers.map(|w| tokio::spawn(w.run(stopped.clone())));
+        let mut jobs_stop = stopped.clone();
+        let jobs = tokio::spawn(self.jobs.run_with_signal(async move {
+            let _ = jobs_stop.wait_for(|s| *s).await;
+            Ok(())
+        }));
         let mut server_stop = stopped;
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             let _ = server_stop.wait_for(|s| *s).await;
@@ -98,6 +152,9 @@ impl Application {
         tracing::info!("shutting down");
         let _ = stop.send(true);
         server.await??;
+        if let Err(e) = jobs.await? {
+            tracing::warn!(error = %e, "the job workers stopped with an error");
+        }
         if let Some(w) = workers {
             w.await?;
         }

@@ -1,6 +1,8 @@
 //! Configuration: one typed struct from defaults, an optional TOML file, `CONFAB_*` environment
 //! variables and command-line flags, in that order of precedence (last wins).
 
+use confab_domain::catalogue::Catalogue;
+use confab_workers::llm::ProviderSpec;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
@@ -64,6 +66,44 @@ pub struct Config {
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT` (and `AWS_ALLOW_HTTP=true` for a
     /// plain-http endpoint).
     pub object_store_url: Option<String>,
+    /// The default OpenAI provider's key (`OPENAI_API_KEY`).
+    #[serde(serialize_with = "expose_opt")]
+    pub openai_api_key: Option<SecretString>,
+    /// The default OpenAI provider's base URL (`OPENAI_BASE_URL`, default
+    /// `https://api.openai.com/v1`); set it alone for a keyless OpenAI-compatible server
+    /// (Ollama, vLLM, llama.cpp).
+    pub openai_base_url: Option<String>,
+    /// The Anthropic provider's key (`ANTHROPIC_API_KEY`), used through Anthropic's
+    /// OpenAI-compatible endpoint.
+    #[serde(serialize_with = "expose_opt")]
+    pub anthropic_api_key: Option<SecretString>,
+    /// The Anthropic provider's base URL (`ANTHROPIC_BASE_URL`, default
+    /// `https://api.anthropic.com/v1`).
+    pub anthropic_base_url: Option<String>,
+    /// More OpenAI-compatible providers (config file: `[[providers]]` with `name`, `base_url`
+    /// and optionally `api_key`).
+    pub providers: Vec<ProviderSpec>,
+    /// Models and tiers (config file: `[catalogue]`, `[[catalogue.tiers]]`,
+    /// `[[catalogue.models]]`); the default holds the seed's five models and the free and pro
+    /// tiers.
+    pub catalogue: Catalogue,
+    /// The secret `GET /api/cron/reset-credits` must present as a Bearer token (`CRON_SECRET`);
+    /// the route refuses every call while it is unset.
+    #[serde(serialize_with = "expose_opt")]
+    pub cron_secret: Option<SecretString>,
+    /// When the workers run the monthly credit reset, as a cron expression with seconds
+    /// (`CONFAB_CREDIT_RESET_SCHEDULE`, default `0 0 0 1 * *`: midnight UTC on the 1st).
+    pub credit_reset_schedule: String,
+    /// Longest wait for a provider's first token, per attempt (`CONFAB_LLM_FIRST_TOKEN_TIMEOUT_MS`).
+    pub llm_first_token_timeout_ms: u64,
+    /// Longest silence between two chunks of a reply (`CONFAB_LLM_IDLE_TIMEOUT_MS`).
+    pub llm_idle_timeout_ms: u64,
+    /// Retries of a provider call that failed before its first token (`CONFAB_LLM_RETRIES`).
+    pub llm_retries: u32,
+    /// Delay before the first retry, doubled after each (`CONFAB_LLM_BACKOFF_MS`).
+    pub llm_backoff_ms: u64,
+    /// Replies one process generates at once (`CONFAB_WORKER_CONCURRENCY`).
+    pub worker_concurrency: usize,
 }
 
 fn expose_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -92,6 +132,19 @@ impl Default for Config {
             session_ttl_hours: 24 * 30,
             write_timeout_ms: 5_000,
             object_store_url: None,
+            openai_api_key: None,
+            openai_base_url: None,
+            anthropic_api_key: None,
+            anthropic_base_url: None,
+            providers: Vec::new(),
+            catalogue: Catalogue::default(),
+            cron_secret: None,
+            credit_reset_schedule: "0 0 0 1 * *".into(),
+            llm_first_token_timeout_ms: 60_000,
+            llm_idle_timeout_ms: 60_000,
+            llm_retries: 2,
+            llm_backoff_ms: 500,
+            worker_concurrency: 8,
         }
     }
 }
@@ -168,7 +221,46 @@ impl Config {
         if let Some(path) = file {
             f = f.merge(Toml::file_exact(path));
         }
-        f.merge(Env::prefixed("CONFAB_").ignore(&["config"]))
+        f.merge(Env::raw().only(&[
+            "OPENAI_API_KEY",
+            "OPENAI_BASE_URL",
+            "ANTHROPIC_API_KEY",
+            "ANTHROPIC_BASE_URL",
+            "CRON_SECRET",
+        ]))
+        .merge(Env::prefixed("CONFAB_").ignore(&["config"]))
+    }
+
+    /// The providers in force: `openai` when its key or base URL is set, `anthropic` when its
+    /// key is set, then those of the config file (which win over a default of the same name).
+    pub fn llm_providers(&self) -> Vec<ProviderSpec> {
+        let mut out: Vec<ProviderSpec> = Vec::new();
+        let key = |k: &Option<SecretString>| k.as_ref().map(|k| k.expose_secret().to_owned());
+        if self.openai_api_key.is_some() || self.openai_base_url.is_some() {
+            out.push(ProviderSpec {
+                name: "openai".into(),
+                base_url: self
+                    .openai_base_url
+                    .clone()
+                    .unwrap_or_else(|| "https://api.openai.com/v1".into()),
+                api_key: key(&self.openai_api_key),
+            });
+        }
+        if self.anthropic_api_key.is_some() {
+            out.push(ProviderSpec {
+                name: "anthropic".into(),
+                base_url: self
+                    .anthropic_base_url
+                    .clone()
+                    .unwrap_or_else(|| "https://api.anthropic.com/v1".into()),
+                api_key: key(&self.anthropic_api_key),
+            });
+        }
+        for p in &self.providers {
+            out.retain(|d| d.name != p.name);
+            out.push(p.clone());
+        }
+        out
     }
 
     /// The database URL in force: the configured one, or the SQLite file in the data directory.
@@ -234,15 +326,22 @@ mod tests {
                 "bind = \"0.0.0.0:9000\"\nreadiness_max_lag = 5\n",
             )?;
             jail.set_env("CONFAB_READINESS_MAX_LAG", "7");
-            jail.set_env("CONFAB_DATABASE_URL", "postgres://u:secret@db/confab");
+            jail.set_env("CONFAB_DATABASE_URL", "postgres://u:hunter2@db/confab");
+            jail.set_env("OPENAI_API_KEY", "sk-hunter3");
+            jail.set_env("CRON_SECRET", "hunter4");
             let c = Config::load(Some(Path::new("confab.toml"))).expect("load");
             assert_eq!(c.bind.port(), 9000);
             assert_eq!(c.readiness_max_lag, 7);
             assert_eq!(c.database_kind().expect("kind"), DatabaseKind::Postgres);
-            assert!(
-                !format!("{c:?}").contains("secret"),
-                "secrets must not print"
-            );
+            for secret in ["hunter2", "hunter3", "hunter4"] {
+                assert!(!format!("{c:?}").contains(secret), "secrets must not print");
+            }
+            let providers = c.llm_providers();
+            assert_eq!(providers.len(), 1);
+            assert_eq!(providers[0].name, "openai");
+            assert_eq!(providers[0].base_url, "https://api.openai.com/v1");
+            assert_eq!(providers[0].api_key.as_deref(), Some("sk-hunter3"));
+            assert!(!format!("{providers:?}").contains("hunter3"));
             Ok(())
         });
     }

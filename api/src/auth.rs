@@ -151,8 +151,16 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
+/// `u`'s credit balance: the ledger's, or their tier's starting credits before its first use.
+async fn credits(state: &AppState, u: &UserRow) -> Result<i64, ApiError> {
+    let balance = confab_projections::credits::balance(&state.db, u.id)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(balance.unwrap_or_else(|| state.ai.catalogue.tier(&u.tier).starting_credits))
+}
+
 /// The `user` object of API.md.
-pub fn user_json(u: &UserRow) -> Value {
+pub fn user_json(u: &UserRow, credits: i64) -> Value {
     json!({
         "id": u.id,
         "email": u.email,
@@ -160,8 +168,7 @@ pub fn user_json(u: &UserRow) -> Value {
         "imageUrl": u.image_url,
         "role": u.role,
         "tier": u.tier,
-        // The credit ledger does not exist yet: nobody has been granted any credits.
-        "credits": 0,
+        "credits": credits,
     })
 }
 
@@ -350,7 +357,7 @@ pub(crate) async fn signup(
     Ok((
         StatusCode::CREATED,
         [(SET_COOKIE, session_cookie(&state, &token))],
-        Json(json!({ "user": user_json(&user), "token": token })),
+        Json(json!({ "user": user_json(&user, credits(&state, &user).await?), "token": token })),
     ))
 }
 
@@ -380,7 +387,7 @@ pub(crate) async fn signin(
     state.visible(accounts::NAME, pos).await?;
     Ok((
         [(SET_COOKIE, session_cookie(&state, &token))],
-        Json(json!({ "user": user_json(&user), "token": token })),
+        Json(json!({ "user": user_json(&user, credits(&state, &user).await?), "token": token })),
     ))
 }
 
@@ -414,8 +421,13 @@ pub(crate) async fn signout(
 
 /// `GET /api/me` → `{user}`.
 #[utoipa::path(get, path = "/api/me", tag = "auth", security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "{user: {id, email, name, imageUrl, role, tier, credits}}"), (status = 401, description = "Not signed in", body = ErrorBody)))]
-pub(crate) async fn me(auth: AuthUser) -> Json<Value> {
-    Json(json!({ "user": user_json(&auth.user) }))
+pub(crate) async fn me(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        json!({ "user": user_json(&auth.user, credits(&state, &auth.user).await?) }),
+    ))
 }
 
 #[cfg(test)]

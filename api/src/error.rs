@@ -25,6 +25,22 @@ pub enum ApiError {
         /// Field name to reason.
         details: Value,
     },
+    /// 422 `validation_error`: `POST /api/chat`'s invalid body (seed 003).
+    #[error("{message}")]
+    Unprocessable {
+        /// Summary.
+        message: String,
+        /// Field name to reason.
+        details: Value,
+    },
+    /// 402 `insufficient_credits`.
+    #[error("{message}")]
+    InsufficientCredits {
+        /// What was needed and what is available.
+        message: String,
+        /// `needed` and `available`.
+        details: Value,
+    },
     /// 409 `conflict`.
     #[error("{0}")]
     Conflict(String),
@@ -75,6 +91,12 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Validation { .. } => (StatusCode::BAD_REQUEST, "validation_error"),
+            ApiError::Unprocessable { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "validation_error")
+            }
+            ApiError::InsufficientCredits { .. } => {
+                (StatusCode::PAYMENT_REQUIRED, "insufficient_credits")
+            }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType(_) => {
@@ -95,7 +117,11 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = ?e, "request failed");
                 ("internal server error".to_owned(), json!({}))
             }
-            ApiError::Validation { message, details } => (message.clone(), details.clone()),
+            ApiError::Validation { message, details }
+            | ApiError::Unprocessable { message, details }
+            | ApiError::InsufficientCredits { message, details } => {
+                (message.clone(), details.clone())
+            }
             ApiError::Unavailable { message, details } => (message.clone(), details.clone()),
             other => (other.to_string(), json!({})),
         };

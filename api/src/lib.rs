@@ -1,5 +1,6 @@
 //! Confab's HTTP API: the axum router, its state, errors and the operational routes.
 
+pub mod ai;
 pub mod auth;
 pub mod chats;
 pub mod conversations;
@@ -48,6 +49,12 @@ pub struct AppState {
     pub provider_hosts_allowlist: Vec<String>,
     /// Where uploaded files (profile images) are kept.
     pub objects: std::sync::Arc<dyn object_store::ObjectStore>,
+    /// AI chat: models, providers, live replies.
+    pub ai: confab_workers::ai::Ai,
+    /// Where reply jobs go.
+    pub replies: confab_workers::queue::ReplyQueue,
+    /// The secret of the cron route; the route refuses everything while unset.
+    pub cron_secret: Option<std::sync::Arc<str>>,
 }
 
 impl AppState {
@@ -101,6 +108,11 @@ pub fn router(state: AppState) -> Router {
             put(chats::edit_message).delete(chats::delete_message),
         )
         .route("/api/messages/search", get(chats::search_messages))
+        .route("/api/chat", get(ai::health).post(ai::post_chat))
+        .route("/api/chat/{chat_id}/stream", get(ai::resume))
+        .route("/api/models", get(ai::models))
+        .route("/api/billing/credit-history", get(ai::credit_history))
+        .route("/api/cron/reset-credits", get(ai::reset_credits))
         .route("/chat/conversations", post(conversations::create_conversation))
         .route("/chat/conversations/{id}", get(conversations::get_conversation))
         .route(

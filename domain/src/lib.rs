@@ -6,7 +6,9 @@
 //! with plain `#[test]`s in the given/when/then form of [`testing`].
 
 pub mod account;
+pub mod catalogue;
 pub mod chat;
+pub mod credits;
 pub mod provider;
 mod schema;
 pub mod settings;

@@ -183,3 +183,25 @@ pub async fn session_user(
         user: r.user,
     }))
 }
+
+/// Every account's id and tier, in sign-up order.
+pub async fn all_tiers(db: &ReadDb) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
+    query_as!(
+        db,
+        fetch_all,
+        (Uuid, String),
+        "SELECT id, tier FROM users ORDER BY created_at, id"
+    )
+}
+
+/// The tier of `user`, if the account exists.
+pub async fn tier(db: &ReadDb, user: Uuid) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(String,)> = query_as!(
+        db,
+        fetch_optional,
+        (String,),
+        "SELECT tier FROM users WHERE id = $1",
+        user
+    )?;
+    Ok(row.map(|(t,)| t))
+}

@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod chats;
+pub mod credits;
 pub mod db;
 pub mod engine;
 pub mod providers;
@@ -23,5 +24,6 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(chats::ChatsProjection),
         Arc::new(settings::SettingsProjection),
         Arc::new(providers::ProvidersProjection),
+        Arc::new(credits::CreditsProjection),
     ]
 }

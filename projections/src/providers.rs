@@ -125,3 +125,23 @@ pub async fn get_user_config(
         provider
     )
 }
+
+/// `user`'s own key for the provider named `provider_name` (case-insensitive), with that
+/// provider's endpoint: the newest if several providers share the name.
+pub async fn user_key_by_provider_name(
+    db: &ReadDb,
+    user: Uuid,
+    provider_name: &str,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    query_as!(
+        db,
+        fetch_optional,
+        (String, String),
+        "SELECT p.api_endpoint, c.encrypted_key FROM user_llm_configs c \
+         JOIN llm_providers p ON p.id = c.provider_id \
+         WHERE c.user_id = $1 AND lower(p.name) = lower($2) \
+         ORDER BY c.updated_at DESC LIMIT 1",
+        user,
+        provider_name
+    )
+}

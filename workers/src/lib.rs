@@ -1,6 +1,11 @@
 //! Confab's background work, run by `confab work` and, on the embedded default, inside
-//! `confab serve`: the projection runners that keep the read models at the head of the log.
-//! (Job queues for LLM replies, embeddings and credit resets join them here.)
+//! `confab serve`: the projection runners that keep the read models at the head of the log,
+//! and the job workers (LLM replies, the monthly credit reset).
+
+pub mod ai;
+pub mod llm;
+pub mod queue;
+pub mod replies;
 
 use confab_projections::Engine;
 use std::time::Duration;

@@ -1,0 +1,204 @@
+//! The `credits` projection: each user's balance and the credit history (usage, resets, top-ups
+//! and subscription grants) that `GET /api/billing/credit-history` pages through.
+
+use crate::db::{ReadDb, Tx};
+use crate::engine::{Projection, ProjectionError};
+use crate::{execute, query_as};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use confab_domain::EventSchema;
+use confab_domain::credits::{CreditEvent, GrantKind, event_types};
+use confab_eventstore::RecordedEvent;
+use uuid::Uuid;
+
+/// Builds `credit_balances` and `credit_transactions`.
+pub struct CreditsProjection;
+
+/// The projection's name.
+pub const NAME: &str = "credits";
+
+/// The kinds of transaction, as API.md names them.
+pub const TYPES: &[&str] = &["usage", "reset", "topup", "subscription"];
+
+/// One history row to write.
+struct Entry<'a> {
+    user: Uuid,
+    kind: &'a str,
+    amount: i64,
+    balance_after: i64,
+    chat_id: Option<Uuid>,
+    model: Option<&'a str>,
+    reference: Option<&'a str>,
+    tokens: Option<(u64, u64)>,
+    at: DateTime<Utc>,
+}
+
+#[async_trait]
+impl Projection for CreditsProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn handles(&self, event_type: &str) -> bool {
+        matches!(
+            event_type,
+            event_types::RESET | event_types::CONSUMED | event_types::GRANTED
+        )
+    }
+
+    async fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        let e = CreditEvent::from_stored(
+            &event.event_type,
+            event.schema_version,
+            event.payload.clone(),
+        )?;
+        let entry = match &e {
+            CreditEvent::Reset(r) => Entry {
+                user: r.user,
+                kind: "reset",
+                amount: r.amount,
+                balance_after: r.balance_after,
+                chat_id: None,
+                model: None,
+                reference: Some(&r.period),
+                tokens: None,
+                at: r.at,
+            },
+            CreditEvent::Consumed(c) => Entry {
+                user: c.user,
+                kind: "usage",
+                amount: -c.amount,
+                balance_after: c.balance_after,
+                chat_id: Some(c.chat_id),
+                model: Some(&c.model),
+                reference: None,
+                tokens: Some((c.input_tokens, c.output_tokens)),
+                at: c.at,
+            },
+            CreditEvent::Granted(g) => Entry {
+                user: g.user,
+                kind: match g.kind {
+                    GrantKind::Topup => "topup",
+                    GrantKind::Subscription => "subscription",
+                },
+                amount: g.amount,
+                balance_after: g.balance_after,
+                chat_id: None,
+                model: None,
+                reference: Some(&g.grant_id),
+                tokens: None,
+                at: g.at,
+            },
+            CreditEvent::Reserved(_) | CreditEvent::Released(_) => return Ok(()),
+        };
+        let (input, output) = match entry.tokens {
+            Some((i, o)) => (Some(i as i64), Some(o as i64)),
+            None => (None, None),
+        };
+        execute!(
+            tx,
+            "INSERT INTO credit_transactions (id, user_id, position, type, amount, \
+             balance_after, chat_id, model, reference, input_tokens, output_tokens, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (id) DO NOTHING",
+            event.event_id,
+            entry.user,
+            event.position as i64,
+            entry.kind,
+            entry.amount,
+            entry.balance_after,
+            entry.chat_id,
+            entry.model,
+            entry.reference,
+            input,
+            output,
+            entry.at
+        )?;
+        execute!(
+            tx,
+            "INSERT INTO credit_balances (user_id, balance, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id) DO UPDATE SET balance = $2, updated_at = $3",
+            entry.user,
+            entry.balance_after,
+            entry.at
+        )?;
+        Ok(())
+    }
+
+    async fn reset(&self, tx: &mut Tx) -> Result<(), ProjectionError> {
+        execute!(tx, "DELETE FROM credit_transactions")?;
+        execute!(tx, "DELETE FROM credit_balances")?;
+        Ok(())
+    }
+}
+
+/// One credit transaction as read.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct TransactionRow {
+    /// The event's id.
+    pub id: Uuid,
+    /// usage, reset, topup or subscription.
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    /// Credits added (negative when charged).
+    pub amount: i64,
+    /// The balance after.
+    pub balance_after: i64,
+    /// The chat a usage was for.
+    pub chat_id: Option<Uuid>,
+    /// The model a usage was for.
+    pub model: Option<String>,
+    /// The month of a reset, or the payment of a grant.
+    pub reference: Option<String>,
+    /// Input tokens of a usage.
+    pub input_tokens: Option<i64>,
+    /// Output tokens of a usage.
+    pub output_tokens: Option<i64>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A page of `user`'s credit history, newest first, optionally of one `kind`, and how many
+/// there are in all.
+pub async fn history(
+    db: &ReadDb,
+    user: Uuid,
+    kind: Option<&str>,
+    limit: u32,
+    offset: u64,
+) -> Result<(Vec<TransactionRow>, u64), sqlx::Error> {
+    let rows = query_as!(
+        db,
+        fetch_all,
+        TransactionRow,
+        "SELECT id, type, amount, balance_after, chat_id, model, reference, input_tokens, \
+         output_tokens, created_at FROM credit_transactions \
+         WHERE user_id = $1 AND ($2 IS NULL OR type = $2) \
+         ORDER BY position DESC LIMIT $3 OFFSET $4",
+        user,
+        kind,
+        i64::from(limit),
+        offset as i64
+    )?;
+    let (total,): (i64,) = query_as!(
+        db,
+        fetch_one,
+        (i64,),
+        "SELECT COUNT(*) FROM credit_transactions WHERE user_id = $1 AND ($2 IS NULL OR type = $2)",
+        user,
+        kind
+    )?;
+    Ok((rows, total as u64))
+}
+
+/// `user`'s balance, if their account has opened.
+pub async fn balance(db: &ReadDb, user: Uuid) -> Result<Option<i64>, sqlx::Error> {
+    let row: Option<(i64,)> = query_as!(
+        db,
+        fetch_optional,
+        (i64,),
+        "SELECT balance FROM credit_balances WHERE user_id = $1",
+        user
+    )?;
+    Ok(row.map(|(b,)| b))
+}

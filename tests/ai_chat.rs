@@ -1,0 +1,698 @@
+//! AI chat over HTTP against a local server that speaks OpenAI's chat-completions wire format
+//! (server-sent events, usage in the last chunk, error statuses, hangs): replies streamed by the
+//! worker, stored and charged; retries; timeouts; disconnects and resumes; the credit ledger
+//! under concurrency; tiers; users' own keys; the monthly reset.
+
+mod common;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use common::{Db, TestApp, assert_error, spawn_app_with};
+use confab::Config;
+use confab_domain::catalogue::{Catalogue, Model, Tier};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+on_both!(
+    a_reply_is_streamed_stored_and_charged_by_its_usage,
+    concurrent_requests_never_overdraw,
+);
+
+/// What the fake provider does with the next request.
+#[derive(Clone)]
+enum Act {
+    /// Streams these pieces, `gap` apart, then the usage and `[DONE]`.
+    Reply {
+        pieces: Vec<&'static str>,
+        usage: (u64, u64),
+        gap: Duration,
+    },
+    /// Answers this status with an OpenAI error body.
+    Status(u16),
+    /// Never answers.
+    Hang,
+    /// Streams these pieces, then breaks the connection.
+    Break(Vec<&'static str>),
+}
+
+#[derive(Clone, Default)]
+struct Upstream {
+    script: Arc<Mutex<VecDeque<Act>>>,
+    /// What to do when the script is empty.
+    fallback: Arc<Mutex<Option<Act>>>,
+    /// Each request's Authorization header and body.
+    seen: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+fn chunk(content: Option<&str>, usage: Option<(u64, u64)>) -> String {
+    let choices = match content {
+        Some(c) => json!([{ "index": 0, "delta": { "content": c }, "finish_reason": null }]),
+        None => json!([]),
+    };
+    let mut v = json!({
+        "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1_700_000_000,
+        "model": "test-model", "choices": choices,
+    });
+    if let Some((i, o)) = usage {
+        v["usage"] = json!({ "prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o });
+    }
+    format!("data: {v}\n\n")
+}
+
+async fn completions(State(up): State<Upstream>, headers: HeaderMap, body: String) -> Response {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    up.seen.lock().unwrap().push((auth, body));
+    let next = up.script.lock().unwrap().pop_front();
+    let act = next
+        .or_else(|| up.fallback.lock().unwrap().clone())
+        .expect("a scripted act");
+    let sse = |s: futures::stream::BoxStream<'static, Result<String, std::io::Error>>| {
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from_stream(s))
+            .unwrap()
+    };
+    match act {
+        Act::Status(code) => (
+            StatusCode::from_u16(code).unwrap(),
+            axum::Json(json!({ "error": { "message": "scripted failure", "type": "server_error", "param": null, "code": null } })),
+        )
+            .into_response(),
+        Act::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            StatusCode::OK.into_response()
+        }
+        Act::Reply { pieces, usage, gap } => {
+            let s = async_stream::stream! {
+                yield Ok(chunk(Some(""), None));
+                for p in pieces {
+                    tokio::time::sleep(gap).await;
+                    yield Ok(chunk(Some(p), None));
+                }
+                yield Ok(chunk(None, Some(usage)));
+                yield Ok("data: [DONE]\n\n".to_owned());
+            };
+            sse(Box::pin(s))
+        }
+        Act::Break(pieces) => {
+            let s = async_stream::stream! {
+                for p in pieces {
+                    yield Ok(chunk(Some(p), None));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                yield Err(std::io::Error::other("connection broken"));
+            };
+            sse(Box::pin(s))
+        }
+    }
+}
+
+async fn start_upstream() -> (Upstream, String) {
+    let up = Upstream::default();
+    let app = Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .with_state(up.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (up, base)
+}
+
+impl Upstream {
+    fn then(&self, act: Act) -> &Self {
+        self.script.lock().unwrap().push_back(act);
+        self
+    }
+    fn always(&self, act: Act) {
+        *self.fallback.lock().unwrap() = Some(act);
+    }
+    fn requests(&self) -> Vec<(String, Value)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn hello() -> Act {
+    Act::Reply {
+        pieces: vec!["Hel", "lo, ", "world!"],
+        usage: (1000, 2000),
+        gap: Duration::from_millis(5),
+    }
+}
+
+/// The app with the fake provider as `openai` and short time limits.
+async fn app_with(db: Db, base: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let base = base.to_owned();
+    spawn_app_with(db, move |c| {
+        c.openai_base_url = Some(base);
+        c.openai_api_key = Some("server-key".to_owned().into());
+        c.llm_first_token_timeout_ms = 700;
+        c.llm_retries = 1;
+        c.llm_backoff_ms = 20;
+        c.cron_secret = Some("cron-secret".to_owned().into());
+        tweak(c);
+    })
+    .await
+}
+
+async fn chat(app: &TestApp, token: &str, body: &Value) -> (u16, HeaderMap, String) {
+    let r = app
+        .request(Method::POST, "/api/chat", Some(token))
+        .json(body)
+        .send()
+        .await
+        .expect("post");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let mut h = HeaderMap::new();
+    for (k, v) in headers.iter() {
+        h.insert(k.clone(), v.clone());
+    }
+    (status, h, r.text().await.expect("text"))
+}
+
+fn ask(text: &str) -> Value {
+    json!({ "messages": [{ "role": "user", "content": text }] })
+}
+
+/// Jobs in the queue not yet finished.
+async fn unfinished_jobs(app: &TestApp) -> i64 {
+    let path = app.dir.path().join("data").join("jobs.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("jobs.db");
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM Jobs WHERE status IN ('Pending', 'Queued', 'Running') \
+         OR (status = 'Failed' AND attempts < max_attempts)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    pool.close().await;
+    n
+}
+
+/// Waits until the queue is drained (the worker marks a job done just after the reply ends).
+async fn drained(app: &TestApp) {
+    for _ in 0..200 {
+        if unfinished_jobs(app).await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the job queue did not drain");
+}
+
+async fn balance(app: &TestApp, token: &str) -> i64 {
+    let (s, me) = app.get("/api/me", Some(token)).await;
+    assert_eq!(s, 200, "{me}");
+    me["user"]["credits"].as_i64().expect("credits")
+}
+
+async fn history(app: &TestApp, token: &str, query: &str) -> Value {
+    let (s, h) = app
+        .get(&format!("/api/billing/credit-history{query}"), Some(token))
+        .await;
+    assert_eq!(s, 200, "{h}");
+    h
+}
+
+async fn messages(app: &TestApp, token: &str, chat: &str) -> Vec<Value> {
+    let (s, m) = app
+        .get(&format!("/api/chats/{chat}/messages"), Some(token))
+        .await;
+    assert_eq!(s, 200, "{m}");
+    m["messages"].as_array().expect("messages").clone()
+}
+
+async fn a_reply_is_streamed_stored_and_charged_by_its_usage(db: Db) {
+    let (up, base) = start_upstream().await;
+    up.then(hello());
+    let app = app_with(db, &base, |_| {}).await;
+    let (token, _) = app.sign_up("ai@example.com").await;
+    assert_eq!(
+        balance(&app, &token).await,
+        1000,
+        "the free tier's starting credits"
+    );
+
+    let (status, headers, text) = chat(&app, &token, &ask("Say hello")).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(text, "Hello, world!");
+    let chat_id = headers["x-chat-id"].to_str().unwrap().to_owned();
+    drained(&app).await;
+
+    let ms = messages(&app, &token, &chat_id).await;
+    assert_eq!(ms.len(), 2, "{ms:?}");
+    assert_eq!(ms[0]["role"], "user");
+    assert_eq!(ms[0]["content"], "Say hello");
+    assert_eq!(ms[1]["role"], "assistant");
+    assert_eq!(ms[1]["content"], "Hello, world!");
+
+    // gpt-4o-mini: 1 credit per 1k input, 4 per 1k output → 1 + 8.
+    assert_eq!(balance(&app, &token).await, 1000 - 9);
+    let h = history(&app, &token, "?type=usage").await;
+    assert_eq!(h["total"], 1, "{h}");
+    let t = &h["transactions"][0];
+    assert_eq!(t["amount"], -9);
+    assert_eq!(t["balanceAfter"], 991);
+    assert_eq!(t["reference"]["chatId"], chat_id.as_str());
+    assert_eq!(t["reference"]["model"], "gpt-4o-mini");
+    let all = history(&app, &token, "").await;
+    assert_eq!(all["total"], 2, "the opening and the usage: {all}");
+
+    // The provider got the conversation, the server's key, the model and the output limit.
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0, "Bearer server-key");
+    assert_eq!(seen[0].1["model"], "gpt-4o-mini");
+    assert_eq!(seen[0].1["stream"], true);
+    assert_eq!(seen[0].1["messages"][0]["content"], "Say hello");
+
+    // A follow-up in the same chat.
+    up.then(hello());
+    let (status, headers, _) = chat(
+        &app,
+        &token,
+        &json!({ "chatId": chat_id, "messages": [
+            { "role": "user", "content": "Say hello" },
+            { "role": "assistant", "content": "Hello, world!" },
+            { "role": "user", "content": "Again" },
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-chat-id"].to_str().unwrap(), chat_id);
+    drained(&app).await;
+    assert_eq!(messages(&app, &token, &chat_id).await.len(), 4);
+    app.shutdown().await;
+}
+
+async fn concurrent_requests_never_overdraw(db: Db) {
+    let (up, base) = start_upstream().await;
+    up.always(Act::Reply {
+        pieces: vec!["ok"],
+        usage: (5, 10),
+        gap: Duration::from_millis(1),
+    });
+    // One credit per output token, input free, at most 10 tokens a reply: each request
+    // reserves exactly 10 and uses 10; 370 credits cover exactly 37 of them.
+    let app = app_with(db, &base, |c| {
+        c.catalogue = Catalogue {
+            tiers: vec![Tier {
+                name: "free".into(),
+                starting_credits: 370,
+                monthly_credits: 370,
+            }],
+            models: vec![Model {
+                id: "tiny".into(),
+                provider: "openai".into(),
+                upstream_model: "tiny-upstream".into(),
+                min_tier: "free".into(),
+                input_price_per_1k: 0,
+                output_price_per_1k: 1000,
+                max_output_tokens: 10,
+            }],
+            default_model: "tiny".into(),
+        };
+    })
+    .await;
+    let (token, _) = app.sign_up("many@example.com").await;
+    let app = Arc::new(app);
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let (app, token) = (app.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            chat(&app, &token, &ask(&format!("question {i}"))).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let (status, _, body) = t.await.expect("join");
+        match status {
+            200 => {
+                assert_eq!(body, "ok");
+                ok += 1;
+            }
+            402 => {
+                let v: Value = serde_json::from_str(&body).expect("json");
+                assert_error(&v, "insufficient_credits");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(ok, 37);
+    let app = Arc::try_unwrap(app).ok().expect("sole owner");
+    drained(&app).await;
+    assert_eq!(balance(&app, &token).await, 0);
+    let h = history(&app, &token, "?type=usage&limit=100").await;
+    assert_eq!(h["total"], 37, "{h}");
+    let spent: i64 = h["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["amount"].as_i64().unwrap())
+        .sum();
+    assert_eq!(spent, -370);
+    assert_eq!(
+        up.requests().len(),
+        37,
+        "refused requests never reach the provider"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_provider_is_retried_before_the_first_token() {
+    let (up, base) = start_upstream().await;
+    up.then(Act::Status(500)).then(hello());
+    let app = app_with(Db::Sqlite, &base, |_| {}).await;
+    let (token, _) = app.sign_up("retry@example.com").await;
+    let (status, _, text) = chat(&app, &token, &ask("hi")).await;
+    assert_eq!(status, 200);
+    assert_eq!(text, "Hello, world!");
+    assert_eq!(up.requests().len(), 2);
+    drained(&app).await;
+    assert_eq!(balance(&app, &token).await, 991);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_provider_times_out_and_costs_nothing() {
+    let (up, base) = start_upstream().await;
+    up.always(Act::Hang);
+    let app = app_with(Db::Sqlite, &base, |_| {}).await;
+    let (token, _) = app.sign_up("hang@example.com").await;
+    let (status, headers, text) = chat(&app, &token, &ask("hi")).await;
+    assert_eq!(status, 200);
+    assert!(text.starts_with("\n\n[reply interrupted: "), "{text:?}");
+    assert!(text.contains("nothing within 700 ms"), "{text:?}");
+    assert_eq!(up.requests().len(), 2, "one try and one retry");
+    drained(&app).await;
+    assert_eq!(balance(&app, &token).await, 1000, "nothing consumed");
+    assert_eq!(history(&app, &token, "?type=usage").await["total"], 0);
+    let chat_id = headers["x-chat-id"].to_str().unwrap();
+    let ms = messages(&app, &token, chat_id).await;
+    assert_eq!(ms.len(), 1, "only the user's message: {ms:?}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_broken_midway_keeps_the_partial_reply_marked() {
+    let (up, base) = start_upstream().await;
+    up.then(Act::Break(vec!["Part", "ial"]));
+    let app = app_with(Db::Sqlite, &base, |_| {}).await;
+    let (token, _) = app.sign_up("break@example.com").await;
+    let (status, headers, text) = chat(&app, &token, &ask("hi")).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.starts_with("Partial\n\n[reply interrupted: "),
+        "{text:?}"
+    );
+    assert_eq!(up.requests().len(), 1, "no retry after the first token");
+    drained(&app).await;
+    let ms = messages(&app, &token, headers["x-chat-id"].to_str().unwrap()).await;
+    assert_eq!(ms.len(), 2);
+    let stored = ms[1]["content"].as_str().unwrap();
+    assert!(
+        stored.starts_with("Partial\n\n[reply interrupted"),
+        "{stored}"
+    );
+    assert!(
+        balance(&app, &token).await < 1000,
+        "what was produced is charged"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_can_resume_and_the_reply_is_stored() {
+    let (up, base) = start_upstream().await;
+    let pieces = vec!["one ", "two ", "three ", "four ", "five ", "six"];
+    up.then(Act::Reply {
+        pieces: pieces.clone(),
+        usage: (10, 6),
+        gap: Duration::from_millis(150),
+    });
+    let app = app_with(Db::Sqlite, &base, |_| {}).await;
+    let (token, _) = app.sign_up("resume@example.com").await;
+    let mut r = app
+        .request(Method::POST, "/api/chat", Some(&token))
+        .json(&ask("count"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    let chat_id = r.headers()["x-chat-id"].to_str().unwrap().to_owned();
+    let first = r.chunk().await.expect("chunk").expect("some text");
+    let got = String::from_utf8(first.to_vec()).unwrap();
+    drop(r); // the client goes away mid-reply
+
+    let resumed = app
+        .request(
+            Method::GET,
+            &format!("/api/chat/{chat_id}/stream?offset={}", got.len()),
+            Some(&token),
+        )
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(resumed.status(), 200);
+    let rest = resumed.text().await.expect("rest");
+    assert_eq!(format!("{got}{rest}"), pieces.concat());
+
+    // Someone else cannot listen in.
+    let (other, _) = app.sign_up("nosy@example.com").await;
+    let (s, b) = app
+        .get(&format!("/api/chat/{chat_id}/stream"), Some(&other))
+        .await;
+    assert_eq!(s, 404, "{b}");
+
+    drained(&app).await;
+    let ms = messages(&app, &token, &chat_id).await;
+    assert_eq!(ms[1]["content"], pieces.concat());
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_of_the_route_are_enforced() {
+    let (up, base) = start_upstream().await;
+    up.always(hello());
+    let app = app_with(Db::Sqlite, &base, |_| {}).await;
+    let (token, _) = app.sign_up("rules@example.com").await;
+
+    let (s, b) = app.get("/api/chat", None).await;
+    assert_eq!((s, b), (200, json!({ "message": "Chat API is working" })));
+    let (s, _, _) = {
+        let r = app
+            .request(Method::POST, "/api/chat", None)
+            .json(&ask("hi"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), (), ())
+    };
+    assert_eq!(s, 401);
+
+    for bad in [
+        json!({ "messages": [] }),
+        json!({ "messages": [{ "role": "robot", "content": "hi" }] }),
+        json!({ "messages": [{ "role": "user", "content": "  " }] }),
+        json!({ "messages": [{ "role": "assistant", "content": "last is not the user's" }] }),
+        json!({ "messages": [{ "role": "user", "content": "hi" }], "modelId": "gpt-99" }),
+        json!({ "messages": "not a list" }),
+        json!({ "nothing": true }),
+    ] {
+        let (s, _, body) = chat(&app, &token, &bad).await;
+        assert_eq!(s, 422, "{bad} → {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_error(&v, "validation_error");
+    }
+    // Above the free tier.
+    let (s, _, body) = chat(
+        &app,
+        &token,
+        &json!({ "messages": [{ "role": "user", "content": "hi" }], "modelId": "gpt-4o" }),
+    )
+    .await;
+    assert_eq!(s, 403, "{body}");
+    assert_error(&serde_json::from_str(&body).unwrap(), "forbidden");
+    // Someone else's chat.
+    let (other, _) = app.sign_up("other@example.com").await;
+    let (_, headers, _) = chat(&app, &other, &ask("mine")).await;
+    let theirs = headers["x-chat-id"].to_str().unwrap();
+    let (s, _, body) = chat(
+        &app,
+        &token,
+        &json!({ "chatId": theirs, "messages": [{ "role": "user", "content": "hi" }] }),
+    )
+    .await;
+    assert_eq!(s, 404, "{body}");
+    // The models the free tier may use.
+    let (s, m) = app.get("/api/models", Some(&token)).await;
+    assert_eq!(s, 200);
+    let ids: Vec<&str> = m["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["gpt-4o-mini"]);
+    assert_eq!(m["models"][0]["outputPricePer1k"], 4);
+    // Credit history paging is validated.
+    let (s, b) = app
+        .get("/api/billing/credit-history?limit=101", Some(&token))
+        .await;
+    assert_eq!(s, 400);
+    assert_error(&b, "validation_error");
+    let (s, _) = app
+        .get("/api/billing/credit-history?type=gift", Some(&token))
+        .await;
+    assert_eq!(s, 400);
+    drained(&app).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_provider_the_route_says_which_setting_to_set() {
+    let app = spawn_app_with(Db::Sqlite, |_| {}).await;
+    let (token, _) = app.sign_up("noprov@example.com").await;
+    let (s, _, body) = chat(&app, &token, &ask("hi")).await;
+    assert_eq!(s, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("OPENAI_API_KEY"),
+        "{v}"
+    );
+    assert_eq!(balance(&app, &token).await, 1000);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_own_key_is_used_for_their_provider() {
+    let (up, base) = start_upstream().await;
+    up.always(hello());
+    let app = app_with(Db::Sqlite, &base, |c| {
+        c.admin_email = Some("admin@example.com".into());
+        c.admin_password = Some("operator password".to_owned().into());
+        c.provider_hosts_allowlist = "127.0.0.1".into();
+    })
+    .await;
+    let (s, admin) = app
+        .post(
+            "/api/auth/signin",
+            None,
+            &json!({ "email": "admin@example.com", "password": "operator password" }),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let admin = admin["token"].as_str().unwrap().to_owned();
+    let (s, provider) = app
+        .post(
+            "/chat/llm-providers",
+            Some(&admin),
+            &json!({ "name": "OpenAI", "api_endpoint": base }),
+        )
+        .await;
+    assert_eq!(s, 201, "{provider}");
+    let (token, user) = app.sign_up("own@example.com").await;
+    let (s, cfg) = app
+        .post(
+            "/chat/user-llm-configs",
+            Some(&token),
+            &json!({ "user_id": user["id"], "provider_id": provider["id"], "api_key": "sk-user-own-key-1234" }),
+        )
+        .await;
+    assert_eq!(s, 201, "{cfg}");
+    let (s, _, text) = chat(&app, &token, &ask("hi")).await;
+    assert_eq!((s, text.as_str()), (200, "Hello, world!"));
+    // Someone without a key of their own goes through the server's.
+    let (plain, _) = app.sign_up("plain@example.com").await;
+    let (s, _, _) = chat(&app, &plain, &ask("hi")).await;
+    assert_eq!(s, 200);
+    let seen = up.requests();
+    assert_eq!(seen[0].0, "Bearer sk-user-own-key-1234");
+    assert_eq!(seen[1].0, "Bearer server-key");
+    drained(&app).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_is_reset_once_by_the_schedule_or_the_route() {
+    let (_up, base) = start_upstream().await;
+    // The schedule fires every second.
+    let app = app_with(Db::Sqlite, &base, |c| {
+        c.credit_reset_schedule = "* * * * * *".into();
+    })
+    .await;
+    let (a, _) = app.sign_up("a@example.com").await;
+    let (b, _) = app.sign_up("b@example.com").await;
+    // Wait for the schedule to reset both accounts (opening them as this month's reset).
+    let mut resets = 0;
+    for _ in 0..100 {
+        resets = history(&app, &a, "?type=reset").await["total"]
+            .as_i64()
+            .unwrap()
+            + history(&app, &b, "?type=reset").await["total"]
+                .as_i64()
+                .unwrap();
+        if resets == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(resets, 2, "the schedule reset both accounts");
+    let call = |secret: &'static str| {
+        app.request(Method::GET, "/api/cron/reset-credits", None)
+            .bearer_auth(secret)
+            .send()
+    };
+    let r = call("cron-secret").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({ "message": "Credit reset completed", "resetCount": 0 })
+    );
+    let r = call("wrong").await.unwrap();
+    assert_eq!(r.status(), 401);
+    let (s, body) = app.get("/api/cron/reset-credits", None).await;
+    assert_eq!(s, 401);
+    assert_error(&body, "unauthorized");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(history(&app, &a, "?type=reset").await["total"], 1);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_resets_accounts_the_schedule_has_not() {
+    let (_up, base) = start_upstream().await;
+    let app = app_with(Db::Sqlite, &base, |_| {}).await;
+    let (a, _) = app.sign_up("r1@example.com").await;
+    app.sign_up("r2@example.com").await;
+    let get = || {
+        app.request(Method::GET, "/api/cron/reset-credits", None)
+            .bearer_auth("cron-secret")
+            .send()
+    };
+    let v: Value = get().await.unwrap().json().await.unwrap();
+    assert_eq!(v["resetCount"], 2);
+    let v: Value = get().await.unwrap().json().await.unwrap();
+    assert_eq!(v["resetCount"], 0, "never twice in one month");
+    assert_eq!(history(&app, &a, "?type=reset").await["total"], 1);
+    app.shutdown().await;
+}
