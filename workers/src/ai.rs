@@ -195,37 +195,27 @@ impl Ai {
             correlation_id: job.correlation_id,
             causation_id: Some(job.reply_id),
         };
-        let Some(model) = self.catalogue.model(&job.model).cloned() else {
+        // Nothing produced: the whole reservation goes back and the reply ends with why.
+        let give_up = |why: String| async {
             self.credits(
                 job.user,
                 CreditAction::Release {
                     reservation_id: job.reply_id,
                 },
-                meta,
+                meta.clone(),
             )
             .await?;
-            reply.finish(Ending::Failed(format!(
-                "model {:?} is no longer in the catalogue",
-                job.model
-            )));
+            reply.finish(Ending::Failed(why));
             self.hub.retire(job.reply_id);
-            return Ok(());
+            Ok(())
+        };
+        let Some(model) = self.catalogue.model(&job.model).cloned() else {
+            let why = format!("model {:?} is no longer in the catalogue", job.model);
+            return give_up(why).await;
         };
         let endpoint = match self.endpoint(job.user, &model).await {
             Ok(e) => e,
-            Err(e) => {
-                self.credits(
-                    job.user,
-                    CreditAction::Release {
-                        reservation_id: job.reply_id,
-                    },
-                    meta,
-                )
-                .await?;
-                reply.finish(Ending::Failed(e.to_string()));
-                self.hub.retire(job.reply_id);
-                return Ok(());
-            }
+            Err(e) => return give_up(e.to_string()).await,
         };
         // A re-run job (after a crash) starts the reply over.
         self.hub.restart(job.reply_id);
@@ -243,17 +233,7 @@ impl Ai {
             Ok(usage) => (Ending::Done, text.clone(), usage),
             Err(CallError::BeforeFirstToken(why)) => {
                 tracing::warn!(reply = %job.reply_id, %why, "reply failed before its first token");
-                self.credits(
-                    job.user,
-                    CreditAction::Release {
-                        reservation_id: job.reply_id,
-                    },
-                    meta,
-                )
-                .await?;
-                reply.finish(Ending::Failed(why));
-                self.hub.retire(job.reply_id);
-                return Ok(());
+                return give_up(why).await;
             }
             Err(CallError::AfterFirstToken(why)) => {
                 tracing::warn!(reply = %job.reply_id, %why, "reply cut short");
