@@ -155,6 +155,7 @@ impl Ai {
     pub async fn reset_all(&self) -> anyhow::Result<(u64, u64)> {
         let accounts = confab_projections::accounts::all_tiers(&self.db).await?;
         let mut reset = 0;
+        let mut last = 0;
         let meta = EventMetadata {
             actor: None,
             correlation_id: Some(Uuid::now_v7()),
@@ -177,9 +178,17 @@ impl Ai {
                     meta.clone(),
                 )
                 .await?;
-            if done.appended.is_some() {
+            if let Some(a) = done.appended {
                 reset += 1;
+                last = last.max(a.last_position);
             }
+        }
+        // Whoever asked for the reset reads its effect next.
+        if last > 0 {
+            let _ = self
+                .positions
+                .wait_for(confab_projections::credits::NAME, last, self.write_timeout)
+                .await;
         }
         tracing::info!(reset, accounts = accounts.len(), "monthly credit reset");
         Ok((reset, accounts.len() as u64))
