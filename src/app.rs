@@ -14,7 +14,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     workers: Option<Workers>,
-    jobs: apalis::prelude::Monitor,
+    jobs: Option<apalis::prelude::Monitor>,
     port: u16,
 }
 
@@ -54,47 +54,25 @@ impl Application {
                 tracing::debug!(projection = name, position = at, "caught up at start-up");
             }
         }
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!(
-                "cannot create the data directory {}",
-                config.data_dir.display()
-            )
-        })?;
-        let opened = confab_workers::queue::ReplyQueue::open(&config.data_dir.join("jobs.db"))
-            .await
-            .context("the job queue (jobs.db in CONFAB_DATA_DIR)")?;
-        config
-            .catalogue
-            .validate()
-            .context("the model catalogue ([catalogue] in the config file)")?;
-        let key_cipher = confab_api::providers::KeyCipher::new(&config.encryption_key()?);
-        let decrypt_cipher = key_cipher.clone();
-        let commands = confab_eventstore::aggregate::CommandExecutor::new(backend.store.clone());
-        let ai = confab_workers::ai::Ai {
-            commands: commands.clone(),
-            db: backend.db.clone(),
-            positions: engine.positions(),
-            hub: confab_workers::replies::ReplyHub::new(),
-            catalogue: std::sync::Arc::new(config.catalogue.clone()),
-            providers: std::sync::Arc::new(config.llm_providers()),
-            policy: confab_workers::llm::CallPolicy {
-                first_token_timeout: std::time::Duration::from_millis(
-                    config.llm_first_token_timeout_ms,
-                ),
-                idle_timeout: std::time::Duration::from_millis(config.llm_idle_timeout_ms),
-                retries: config.llm_retries,
-                backoff: std::time::Duration::from_millis(config.llm_backoff_ms),
-            },
-            decrypt: std::sync::Arc::new(move |sealed: &str| decrypt_cipher.decrypt(sealed).ok()),
-            write_timeout: std::time::Duration::from_millis(config.write_timeout_ms),
+        let jobs = Jobs::open(&config, &backend, &engine).await?;
+        if !config.run_jobs && matches!(jobs.queue, confab_workers::queue::ReplyQueue::Sqlite(_)) {
+            anyhow::bail!(
+                "CONFAB_RUN_JOBS=false needs PostgreSQL: on the embedded SQLite default, `serve` \
+                 runs the job workers itself (replies are relayed in memory); set \
+                 CONFAB_DATABASE_URL to PostgreSQL to run them in `confab work` processes"
+            );
+        }
+        let (ai, commands, key_cipher) = (
+            jobs.ai.clone(),
+            jobs.ai.commands.clone(),
+            jobs.key_cipher.clone(),
+        );
+        let replies = jobs.queue.clone();
+        let monitor = if config.run_jobs {
+            Some(jobs.monitor(&config)?)
+        } else {
+            None
         };
-        let replies = opened.queue.clone();
-        let jobs = confab_workers::queue::monitor(
-            opened,
-            ai.clone(),
-            config.worker_concurrency.max(1),
-            &config.credit_reset_schedule,
-        )?;
         let state = AppState {
             store: backend.store.clone(),
             commands,
@@ -121,7 +99,7 @@ impl Application {
             listener,
             router: confab_api::router(state),
             workers: config.run_projections.then(|| Workers::new(engine)),
-            jobs,
+            jobs: monitor,
             port,
         })
     }
@@ -138,11 +116,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let workers = self.workers.map(|w| tokio::spawn(w.run(stopped.clone())));
-        let mut jobs_stop = stopped.clone();
-        let jobs = tokio::spawn(self.jobs.run_with_signal(async move {
-            let _ = jobs_stop.wait_for(|s| *s).await;
-            Ok(())
-        }));
+        let jobs = self.jobs.map(|m| spawn_monitor(m, stopped.clone()));
         let mut server_stop = stopped;
         let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             let _ = server_stop.wait_for(|s| *s).await;
@@ -152,14 +126,150 @@ impl Application {
         tracing::info!("shutting down");
         let _ = stop.send(true);
         server.await??;
-        if let Err(e) = jobs.await? {
-            tracing::warn!(error = %e, "the job workers stopped with an error");
+        if let Some(jobs) = jobs {
+            jobs.await?;
         }
         if let Some(w) = workers {
             w.await?;
         }
         Ok(())
     }
+}
+
+/// The job side of a process: what reply jobs need, and the queue they come from.
+pub(crate) struct Jobs {
+    pub(crate) ai: confab_workers::ai::Ai,
+    pub(crate) queue: confab_workers::queue::ReplyQueue,
+    pub(crate) key_cipher: confab_api::providers::KeyCipher,
+    opened: confab_workers::queue::OpenedQueue,
+}
+
+impl Jobs {
+    /// Opens the queue and the reply relay for `backend`'s database: on SQLite, `jobs.db` in
+    /// the data directory and the in-memory relay; on PostgreSQL, the shared `apalis` queue and
+    /// the relay through `reply_chunks` and notifications.
+    pub(crate) async fn open(
+        config: &Config,
+        backend: &Backend,
+        engine: &confab_projections::Engine,
+    ) -> anyhow::Result<Jobs> {
+        use confab_workers::queue::ReplyQueue;
+        use confab_workers::relay::{PgRelay, Relay};
+        use confab_workers::replies::ReplyHub;
+        let (opened, relay) = match &backend.db {
+            confab_projections::ReadDb::Sqlite(_) => {
+                std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                    format!(
+                        "cannot create the data directory {}",
+                        config.data_dir.display()
+                    )
+                })?;
+                let opened = ReplyQueue::open(&config.data_dir.join("jobs.db"))
+                    .await
+                    .context("the job queue (jobs.db in CONFAB_DATA_DIR)")?;
+                (opened, Relay::Local(ReplyHub::new()))
+            }
+            confab_projections::ReadDb::Postgres(pool) => {
+                let opened = ReplyQueue::open_postgres(pool, config.worker_concurrency.max(1))
+                    .await
+                    .context("the job queue (schema apalis in CONFAB_DATABASE_URL)")?;
+                let relay = PgRelay::start(pool.clone(), ReplyHub::new())
+                    .await
+                    .context("the reply relay (LISTEN confab_replies in CONFAB_DATABASE_URL)")?;
+                (opened, Relay::Postgres(relay))
+            }
+        };
+        config
+            .catalogue
+            .validate()
+            .context("the model catalogue ([catalogue] in the config file)")?;
+        let key_cipher = confab_api::providers::KeyCipher::new(&config.encryption_key()?);
+        let decrypt_cipher = key_cipher.clone();
+        let ai = confab_workers::ai::Ai {
+            commands: confab_eventstore::aggregate::CommandExecutor::new(backend.store.clone()),
+            db: backend.db.clone(),
+            positions: engine.positions(),
+            relay,
+            catalogue: std::sync::Arc::new(config.catalogue.clone()),
+            providers: std::sync::Arc::new(config.llm_providers()),
+            policy: confab_workers::llm::CallPolicy {
+                first_token_timeout: std::time::Duration::from_millis(
+                    config.llm_first_token_timeout_ms,
+                ),
+                idle_timeout: std::time::Duration::from_millis(config.llm_idle_timeout_ms),
+                retries: config.llm_retries,
+                backoff: std::time::Duration::from_millis(config.llm_backoff_ms),
+            },
+            decrypt: std::sync::Arc::new(move |sealed: &str| decrypt_cipher.decrypt(sealed).ok()),
+            write_timeout: std::time::Duration::from_millis(config.write_timeout_ms),
+        };
+        Ok(Jobs {
+            ai,
+            queue: opened.queue.clone(),
+            key_cipher,
+            opened,
+        })
+    }
+
+    /// The job workers: replies and the credit reset.
+    pub(crate) fn monitor(self, config: &Config) -> anyhow::Result<apalis::prelude::Monitor> {
+        confab_workers::queue::monitor(
+            self.opened,
+            self.ai,
+            config.worker_concurrency.max(1),
+            &config.credit_reset_schedule,
+        )
+    }
+}
+
+/// Runs `monitor` until `stop` turns true.
+pub(crate) fn spawn_monitor(
+    monitor: apalis::prelude::Monitor,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let stopped = monitor.run_with_signal(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            Ok(())
+        });
+        if let Err(e) = stopped.await {
+            tracing::warn!(error = %e, "the job workers stopped with an error");
+        }
+    })
+}
+
+/// Runs the background work of a `confab work` process until `shutdown` resolves: the
+/// projections, and on PostgreSQL the job workers on the shared queue.
+pub async fn work(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let backend = Backend::open(&config, Migrations::Require).await?;
+    let engine = backend.engine();
+    let jobs = Jobs::open(&config, &backend, &engine).await?;
+    let (stop, stopped) = watch::channel(false);
+    let monitor = match jobs.queue {
+        confab_workers::queue::ReplyQueue::Postgres(_) => {
+            tracing::info!("confab work: projections and job workers running");
+            Some(spawn_monitor(jobs.monitor(&config)?, stopped.clone()))
+        }
+        confab_workers::queue::ReplyQueue::Sqlite(_) => {
+            tracing::info!(
+                "confab work: projections running; on the embedded SQLite default the job \
+                 workers run in `serve`"
+            );
+            None
+        }
+    };
+    let workers = tokio::spawn(Workers::new(engine).run(stopped));
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    workers.await?;
+    if let Some(m) = monitor {
+        m.await?;
+    }
+    Ok(())
 }
 
 /// Resolves on ctrl-c or SIGTERM.

@@ -37,7 +37,8 @@ pub enum Command {
         #[arg(long)]
         bind: Option<SocketAddr>,
     },
-    /// Run the background work (projection runners) without the HTTP API.
+    /// Run the background work without the HTTP API: the projections, and on PostgreSQL the
+    /// job workers (LLM replies, the credit reset) on the queue shared with `serve`.
     Work,
     /// Apply pending database migrations.
     Migrate,
@@ -136,16 +137,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(port = app.port(), "confab listening");
             app.run_until(shutdown_signal()).await
         }
-        Command::Work => {
-            let backend = Backend::open(&config, Migrations::Require).await?;
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let workers = tokio::spawn(confab_workers::Workers::new(backend.engine()).run(stopped));
-            tracing::info!("confab workers running");
-            shutdown_signal().await;
-            let _ = stop.send(true);
-            workers.await?;
-            Ok(())
-        }
+        Command::Work => crate::app::work(config, shutdown_signal()).await,
         Command::Migrate => {
             let n = backend::migrate(&config).await?;
             println!("{n} migration(s) applied; the schema is up to date");

@@ -104,6 +104,10 @@ pub struct Config {
     pub llm_backoff_ms: u64,
     /// Replies one process generates at once (`CONFAB_WORKER_CONCURRENCY`).
     pub worker_concurrency: usize,
+    /// Whether `serve` runs the job workers (LLM replies, the credit reset) itself
+    /// (`CONFAB_RUN_JOBS`); on PostgreSQL, turn off when dedicated `confab work` processes run
+    /// them. The embedded SQLite default always runs them in `serve`.
+    pub run_jobs: bool,
 }
 
 fn expose_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -145,6 +149,7 @@ impl Default for Config {
             llm_retries: 2,
             llm_backoff_ms: 500,
             worker_concurrency: 8,
+            run_jobs: true,
         }
     }
 }

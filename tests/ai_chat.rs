@@ -186,21 +186,35 @@ fn ask(text: &str) -> Value {
     json!({ "messages": [{ "role": "user", "content": text }] })
 }
 
-/// Jobs in the queue not yet finished.
+/// Jobs in the queue not yet finished: `jobs.db` on the embedded default, the `apalis` schema
+/// on PostgreSQL.
 async fn unfinished_jobs(app: &TestApp) -> i64 {
-    let path = app.dir.path().join("data").join("jobs.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .expect("jobs.db");
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM Jobs WHERE status IN ('Pending', 'Queued', 'Running') \
-         OR (status = 'Failed' AND attempts < max_attempts)",
-    )
-    .fetch_one(&pool)
-    .await
-    .expect("count");
-    pool.close().await;
-    n
+    const UNFINISHED: &str = "SELECT COUNT(*) FROM {} WHERE status IN ('Pending', 'Queued', \
+         'Running') OR (status = 'Failed' AND attempts < max_attempts)";
+    match &app.database_url {
+        None => {
+            let path = app.dir.path().join("data").join("jobs.db");
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .expect("jobs.db");
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(UNFINISHED.replace("{}", "Jobs")))
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+            pool.close().await;
+            n
+        }
+        Some(url) => {
+            let pool = sqlx::PgPool::connect(url).await.expect("postgres");
+            let n: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(UNFINISHED.replace("{}", "apalis.jobs")))
+                    .fetch_one(&pool)
+                    .await
+                    .expect("count");
+            pool.close().await;
+            n
+        }
+    }
 }
 
 /// Waits until the queue is drained (the worker marks a job done just after the reply ends).
@@ -695,4 +709,135 @@ async fn the_route_resets_accounts_the_schedule_has_not() {
     assert_eq!(v["resetCount"], 0, "never twice in one month");
     assert_eq!(history(&app, &a, "?type=reset").await["total"], 1);
     app.shutdown().await;
+}
+
+/// Starts `confab work` (projections and job workers, no HTTP) on `database_url`.
+fn spawn_work(
+    database_url: &str,
+    base: &str,
+    dir: &std::path::Path,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let mut config = common::test_config(Some(database_url.to_owned()), dir);
+    config.openai_base_url = Some(base.to_owned());
+    config.openai_api_key = Some("server-key".to_owned().into());
+    config.llm_first_token_timeout_ms = 700;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(confab::app::work(config, async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_run_in_a_work_process_and_reach_clients_of_any_instance() {
+    let (up, base) = start_upstream().await;
+    let pieces = vec!["one ", "two ", "three ", "four ", "five"];
+    up.then(Act::Reply {
+        pieces: pieces.clone(),
+        usage: (10, 5),
+        gap: Duration::from_millis(120),
+    });
+    let url = confab_eventstore::testing::fresh_postgres_database().await;
+    // Two API instances that run no jobs, on one PostgreSQL database.
+    let api_only = |c: &mut Config| c.run_jobs = false;
+    let a = common::spawn_app_on(Some(url.clone()), |c| {
+        c.openai_base_url = Some(base.clone());
+        c.openai_api_key = Some("server-key".to_owned().into());
+        api_only(c);
+    })
+    .await;
+    let b = common::spawn_app_on(Some(url.clone()), |c| {
+        c.openai_base_url = Some(base.clone());
+        c.openai_api_key = Some("server-key".to_owned().into());
+        api_only(c);
+    })
+    .await;
+    let (token, _) = a.sign_up("split@example.com").await;
+    let before = balance(&a, &token).await;
+
+    // The request is taken while no worker runs: the job waits in the shared queue.
+    let mut r = a
+        .request(Method::POST, "/api/chat", Some(&token))
+        .json(&ask("count to five"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    let chat_id = r.headers()["x-chat-id"].to_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.requests().len(), 0, "no process has taken the job yet");
+    assert_eq!(unfinished_jobs(&a).await, 1);
+
+    // A `work` process takes it; its text reaches the client on instance A ...
+    let work_dir = tempfile::tempdir().expect("tempdir");
+    let (stop_work, work) = spawn_work(&url, &base, work_dir.path());
+    let first = tokio::time::timeout(Duration::from_secs(10), r.chunk())
+        .await
+        .expect("the first piece arrives")
+        .expect("chunk")
+        .expect("some text");
+    let got = String::from_utf8(first.to_vec()).unwrap();
+    assert!(pieces.concat().starts_with(&got), "{got:?}");
+    drop(r);
+
+    // ... and a client that reconnects to instance B resumes where it left off.
+    let resumed = b
+        .request(
+            Method::GET,
+            &format!("/api/chat/{chat_id}/stream?offset={}", got.len()),
+            Some(&token),
+        )
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(resumed.status(), 200);
+    let rest = resumed.text().await.expect("rest");
+    assert_eq!(format!("{got}{rest}"), pieces.concat());
+    // Someone else cannot listen in on either instance.
+    let (other, _) = b.sign_up("nosy-split@example.com").await;
+    for app in [&a, &b] {
+        let (s, body) = app
+            .get(&format!("/api/chat/{chat_id}/stream"), Some(&other))
+            .await;
+        assert_eq!(s, 404, "{body}");
+    }
+
+    drained(&a).await;
+    assert_eq!(up.requests().len(), 1);
+    for app in [&a, &b] {
+        let ms = messages(app, &token, &chat_id).await;
+        assert_eq!(ms.len(), 2);
+        assert_eq!(ms[1]["content"], pieces.concat());
+        let h = history(app, &token, "?type=usage").await;
+        assert_eq!(h["total"], 1, "{h}");
+    }
+    assert!(balance(&b, &token).await < before);
+
+    let _ = stop_work.send(());
+    tokio::time::timeout(Duration::from_secs(15), work)
+        .await
+        .expect("work stops")
+        .expect("join")
+        .expect("work ran cleanly");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_without_jobs_needs_postgresql() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::test_config(None, dir.path());
+    config.run_jobs = false;
+    let err = confab::Application::build(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("CONFAB_RUN_JOBS=false needs PostgreSQL"),
+        "{err:#}"
+    );
 }

@@ -257,7 +257,11 @@ pub(crate) async fn post_chat(
                 ExecuteError::Domain(_) => ApiError::NotFound("chat not found".into()),
                 other => ApiError::Internal(other.into()),
             })?;
-        let reply = ai.hub.open(reply_id, chat_id, user);
+        let reply = ai
+            .relay
+            .open(reply_id, chat_id, user)
+            .await
+            .map_err(ApiError::Internal)?;
         state
             .replies
             .push(GenerateReply {
@@ -287,6 +291,11 @@ pub(crate) async fn post_chat(
         Ok(r) => r,
         Err(e) => {
             release().await;
+            // Whoever finds the reply (a resumed stream) learns it will not come.
+            ai.relay
+                .writer(reply_id, chat_id, user)
+                .finish(Ending::Failed("the reply could not be queued".into()))
+                .await;
             return Err(e);
         }
     };
@@ -342,7 +351,13 @@ pub(crate) async fn resume(
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .ok_or_else(|| ApiError::NotFound("chat not found".into()))?;
-    match state.ai.hub.latest_in_chat(chat_id, auth.user.id) {
+    let latest = state
+        .ai
+        .relay
+        .latest_in_chat(chat_id, auth.user.id)
+        .await
+        .map_err(ApiError::Internal)?;
+    match latest {
         Some(reply) => Ok(stream_response(reply, q.offset.unwrap_or(0), chat_id)),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }

@@ -27,22 +27,38 @@ pub struct TestApp {
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// The data directory (kept alive for the app's lifetime).
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL database it runs on, if not the embedded default.
+    pub database_url: Option<String>,
 }
 
 /// Starts the app on `db` with a config adjusted by `tweak`.
 pub async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let dir = tempfile::tempdir().expect("tempdir");
     let database_url = match db {
         Db::Sqlite => None,
-        Db::Postgres => Some(fresh_postgres_database().await.into()),
+        Db::Postgres => Some(fresh_postgres_database().await),
     };
-    let mut config = Config {
+    spawn_app_on(database_url, tweak).await
+}
+
+/// The test config on `database_url` (the embedded default if `None`) in `dir`.
+pub fn test_config(database_url: Option<String>, dir: &std::path::Path) -> Config {
+    Config {
         bind: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().join("data"),
-        database_url,
+        data_dir: dir.join("data"),
+        database_url: database_url.map(Into::into),
         auto_migrate: true,
         ..Config::default()
-    };
+    }
+}
+
+/// Starts an app on the PostgreSQL database `database_url` (another instance of the same
+/// deployment when several share it), or on a new embedded default if `None`.
+pub async fn spawn_app_on(
+    database_url: Option<String>,
+    tweak: impl FnOnce(&mut Config),
+) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(database_url.clone(), dir.path());
     tweak(&mut config);
     let app = Application::build(config).await.expect("build");
     let base = format!("http://127.0.0.1:{}", app.port());
@@ -56,6 +72,7 @@ pub async fn spawn_app_with(db: Db, tweak: impl FnOnce(&mut Config)) -> TestApp 
         stop: Some(stop),
         server: Some(server),
         dir,
+        database_url,
     }
 }
 

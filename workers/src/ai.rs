@@ -7,7 +7,8 @@
 //! second consumption or release).
 
 use crate::llm::{self, CallError, CallPolicy, Endpoint, ProviderSpec, Turn, Usage};
-use crate::replies::{Ending, ReplyHub};
+use crate::relay::{Relay, ReplyWriter};
+use crate::replies::Ending;
 use chrono::Utc;
 use confab_domain::catalogue::{Catalogue, Model, estimate_tokens};
 use confab_domain::chat::{Chat, ChatCommand, ChatError};
@@ -54,8 +55,8 @@ pub struct Ai {
     pub db: ReadDb,
     /// Projection positions, for read-your-writes.
     pub positions: Positions,
-    /// Live replies.
-    pub hub: ReplyHub,
+    /// Where live replies travel to their listeners.
+    pub relay: Relay,
     /// Models and tiers.
     pub catalogue: Arc<Catalogue>,
     /// Configured providers.
@@ -198,14 +199,14 @@ impl Ai {
     /// handled here (reported in the reply, credits released or charged for what was
     /// produced); an `Err` means the job should be retried (the store was unreachable).
     pub async fn generate(&self, job: &GenerateReply) -> anyhow::Result<()> {
-        let reply = self.hub.open(job.reply_id, job.chat_id, job.user);
+        let mut reply = self.relay.writer(job.reply_id, job.chat_id, job.user);
         let meta = EventMetadata {
             actor: Some(job.user),
             correlation_id: job.correlation_id,
             causation_id: Some(job.reply_id),
         };
         // Nothing produced: the whole reservation goes back and the reply ends with why.
-        let give_up = |why: String| async {
+        let give_up = |reply: ReplyWriter, why: String| async {
             self.credits(
                 job.user,
                 CreditAction::Release {
@@ -214,20 +215,19 @@ impl Ai {
                 meta.clone(),
             )
             .await?;
-            reply.finish(Ending::Failed(why));
-            self.hub.retire(job.reply_id);
+            reply.finish(Ending::Failed(why)).await;
             Ok(())
         };
         let Some(model) = self.catalogue.model(&job.model).cloned() else {
             let why = format!("model {:?} is no longer in the catalogue", job.model);
-            return give_up(why).await;
+            return give_up(reply, why).await;
         };
         let endpoint = match self.endpoint(job.user, &model).await {
             Ok(e) => e,
-            Err(e) => return give_up(e.to_string()).await,
+            Err(e) => return give_up(reply, e.to_string()).await,
         };
         // A re-run job (after a crash) starts the reply over.
-        self.hub.restart(job.reply_id);
+        reply.restart();
         let outcome = llm::stream_reply(
             &endpoint,
             &self.policy,
@@ -237,12 +237,12 @@ impl Ai {
             |t| reply.push(t),
         )
         .await;
-        let text = reply.text();
+        let text = reply.text().to_owned();
         let (ending, stored, usage) = match outcome {
             Ok(usage) => (Ending::Done, text.clone(), usage),
             Err(CallError::BeforeFirstToken(why)) => {
                 tracing::warn!(reply = %job.reply_id, %why, "reply failed before its first token");
-                return give_up(why).await;
+                return give_up(reply, why).await;
             }
             Err(CallError::AfterFirstToken(why)) => {
                 tracing::warn!(reply = %job.reply_id, %why, "reply cut short");
@@ -306,8 +306,7 @@ impl Ai {
                     .await;
             }
         }
-        reply.finish(ending);
-        self.hub.retire(job.reply_id);
+        reply.finish(ending).await;
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 pub mod ai;
 pub mod llm;
 pub mod queue;
+pub mod relay;
 pub mod replies;
 
 use confab_projections::Engine;

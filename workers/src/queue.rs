@@ -1,11 +1,15 @@
-//! The job queue: apalis on SQLite (a `jobs.db` file beside the embedded database), with the
-//! reply worker woken the moment a job is pushed (SQLite's update hook) and polling once a
-//! second for retries, and the monthly credit reset on an apalis-cron schedule.
+//! The job queue: apalis on SQLite (a `jobs.db` file beside the embedded database, for the one
+//! process of the embedded default) or on PostgreSQL (the `apalis` schema of Confab's database,
+//! shared by every `serve` and `work` process), with the reply worker woken the moment a job is
+//! pushed (SQLite's update hook, PostgreSQL's notification) and polling once a second for
+//! retries; and the monthly credit reset on an apalis-cron schedule.
 
 use crate::ai::{Ai, GenerateReply};
 use apalis::prelude::*;
 use apalis_cron::{CronScheduler, Tick};
+use apalis_postgres::{PostgresStorage, Pubsub};
 use apalis_sqlite::SqliteStorage;
+use sqlx::PgPool;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -19,17 +23,28 @@ pub const MAX_ATTEMPTS: usize = 3;
 
 /// The reply queue, as the API pushes to it.
 #[derive(Clone)]
-pub struct ReplyQueue {
-    storage: SqliteStorage<GenerateReply>,
+pub enum ReplyQueue {
+    /// `jobs.db` beside the embedded database: one process pushes and works.
+    Sqlite(SqliteStorage<GenerateReply>),
+    /// The `apalis` schema of the PostgreSQL database: any number of processes push and work.
+    Postgres(PostgresStorage<GenerateReply>),
 }
 
 /// The queue and the listener that wakes its worker.
 pub struct OpenedQueue {
     /// For pushing.
     pub queue: ReplyQueue,
-    /// How the worker learns of new jobs: at once from the update hook, and every second.
+    /// How the worker learns of new jobs: at once (SQLite's update hook, or PostgreSQL's
+    /// notification of an insert), and every second for retries.
     wakeups: Arc<dyn Fn() -> Strategy + Send + Sync>,
 }
+
+/// How often a PostgreSQL worker says it is alive, and how many beats it may miss before its
+/// jobs are handed to another worker (a crashed `work` process's replies resume within
+/// `HEARTBEAT * MISSED_HEARTBEATS`).
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// See [`HEARTBEAT`].
+pub const MISSED_HEARTBEATS: usize = 3;
 
 impl ReplyQueue {
     /// Opens (creating if needed) the queue database at `path` and applies apalis' migrations
@@ -45,7 +60,7 @@ impl ReplyQueue {
         let storage = SqliteStorage::new(&pool)
             .with_config(apalis_sqlite::Config::default().queue(REPLY_QUEUE));
         Ok(OpenedQueue {
-            queue: ReplyQueue { storage },
+            queue: ReplyQueue::Sqlite(storage),
             wakeups: Arc::new(move || {
                 Strategy::new()
                     .stream(listener.clone())
@@ -54,25 +69,73 @@ impl ReplyQueue {
         })
     }
 
+    /// Opens the queue in the PostgreSQL database of `pool` (schema `apalis`, migrated here,
+    /// its history kept apart from Confab's); a worker takes at most `batch` jobs at a time.
+    pub async fn open_postgres(pool: &PgPool, batch: usize) -> anyhow::Result<OpenedQueue> {
+        let mut migrator = PostgresStorage::migrations();
+        migrator.dangerous_set_table_name("_apalis_migrations");
+        migrator
+            .run(pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot prepare the job queue in PostgreSQL: {e}"))?;
+        let storage = PostgresStorage::new(pool).with_config(
+            apalis_postgres::Config::default()
+                .queue(REPLY_QUEUE)
+                .batch_size(batch.max(1))
+                .heartbeat_interval(HEARTBEAT)
+                .missed_heartbeats(MISSED_HEARTBEATS),
+        );
+        let pool = pool.clone();
+        Ok(OpenedQueue {
+            queue: ReplyQueue::Postgres(storage),
+            wakeups: Arc::new(move || {
+                Strategy::new()
+                    .stream(Pubsub::new(pool.clone(), REPLY_QUEUE.to_owned()))
+                    .interval(Duration::from_secs(1))
+            }),
+        })
+    }
+
     /// Enqueues a reply job.
     pub async fn push(&self, job: GenerateReply) -> anyhow::Result<()> {
-        let task = TaskBuilder::new(job).max_attempts(MAX_ATTEMPTS).build();
-        self.storage
-            .clone()
-            .push_task(task)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot enqueue the reply: {e}"))
+        let task = TaskBuilder::new(job).max_attempts(MAX_ATTEMPTS);
+        let pushed = match self {
+            ReplyQueue::Sqlite(s) => s
+                .clone()
+                .push_task(task.build())
+                .await
+                .map_err(|e| e.to_string()),
+            ReplyQueue::Postgres(s) => s
+                .clone()
+                .push_task(task.build())
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        pushed.map_err(|e| anyhow::anyhow!("cannot enqueue the reply: {e}"))
     }
 
     /// Jobs not yet finished: waiting, running, or failed with attempts left.
     pub async fn unfinished(&self) -> anyhow::Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM Jobs WHERE job_type = ?1 AND (status IN \
-             ('Pending', 'Queued', 'Running') OR (status = 'Failed' AND attempts < max_attempts))",
-        )
-        .bind(REPLY_QUEUE)
-        .fetch_one(self.storage.pool())
-        .await?)
+        const UNFINISHED: &str = "job_type = $1 AND (status IN ('Pending', 'Queued', 'Running') \
+             OR (status = 'Failed' AND attempts < max_attempts))";
+        Ok(match self {
+            ReplyQueue::Sqlite(s) => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*) FROM Jobs WHERE {UNFINISHED}"
+                )))
+                .bind(REPLY_QUEUE)
+                .fetch_one(s.pool())
+                .await?
+            }
+            ReplyQueue::Postgres(s) => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*) FROM apalis.jobs WHERE {UNFINISHED}"
+                )))
+                .bind(REPLY_QUEUE)
+                .fetch_one(s.pool())
+                .await?
+            }
+        })
     }
 }
 
@@ -110,19 +173,27 @@ pub fn monitor(
     let (reply_ai, reset_ai) = (ai.clone(), ai);
     let reply_name = format!("replies-{suffix}");
     let reset_name = format!("credit-reset-{suffix}");
-    Ok(Monitor::new()
-        .register(move |_| {
+    let monitor = Monitor::new().register(move |_| {
+        WorkerBuilder::new(reset_name.clone())
+            .backend(CronScheduler::new(schedule.clone()))
+            .data(reset_ai.clone())
+            .build(run_reset)
+    });
+    let monitor = match queue {
+        ReplyQueue::Sqlite(s) => monitor.register(move |_| {
             WorkerBuilder::new(reply_name.clone())
-                .backend(queue.storage.clone().poll_with_strategy(wakeups()))
+                .backend(s.clone().poll_with_strategy(wakeups()))
                 .data(reply_ai.clone())
                 .concurrency(concurrency)
                 .build(run_reply)
-        })
-        .register(move |_| {
-            WorkerBuilder::new(reset_name.clone())
-                .backend(CronScheduler::new(schedule.clone()))
-                .data(reset_ai.clone())
-                .build(run_reset)
-        })
-        .shutdown_timeout(Duration::from_secs(30)))
+        }),
+        ReplyQueue::Postgres(s) => monitor.register(move |_| {
+            WorkerBuilder::new(reply_name.clone())
+                .backend(s.clone().poll_with_strategy(wakeups()))
+                .data(reply_ai.clone())
+                .concurrency(concurrency)
+                .build(run_reply)
+        }),
+    };
+    Ok(monitor.shutdown_timeout(Duration::from_secs(30)))
 }

@@ -107,9 +107,17 @@ impl ReplyHub {
 
     /// The reply `id`, created if new (a retried job continues the same one).
     pub fn open(&self, id: Uuid, chat_id: Uuid, owner: Uuid) -> Arc<Reply> {
+        self.open_new(id, chat_id, owner).0
+    }
+
+    /// The reply `id`, and whether this call created it.
+    pub fn open_new(&self, id: Uuid, chat_id: Uuid, owner: Uuid) -> (Arc<Reply>, bool) {
         let mut map = self.inner.lock().expect("hub lock");
-        map.entry(id)
+        let mut new = false;
+        let reply = map
+            .entry(id)
             .or_insert_with(|| {
+                new = true;
                 Arc::new(Reply {
                     id,
                     chat_id,
@@ -118,7 +126,8 @@ impl ReplyHub {
                     changed: watch::channel(0).0,
                 })
             })
-            .clone()
+            .clone();
+        (reply, new)
     }
 
     /// Restarts reply `id` from nothing (a retry after a failure before any text was kept).
