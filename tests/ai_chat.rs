@@ -841,3 +841,96 @@ async fn serve_without_jobs_needs_postgresql() {
         "{err:#}"
     );
 }
+
+/// Starts the `confab work` binary on `database_url` as a child process.
+fn work_process(database_url: &str, base: &str, dir: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .arg("work")
+        .env("CONFAB_DATABASE_URL", database_url)
+        .env("CONFAB_DATA_DIR", dir)
+        .env("OPENAI_BASE_URL", base)
+        .env("OPENAI_API_KEY", "server-key")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start confab work")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_whose_worker_dies_is_taken_up_by_another_and_stored_once() {
+    let (up, base) = start_upstream().await;
+    // The first worker gets a slow reply and is killed in the middle of it; the job's second
+    // run (on the other worker) gets a quick one.
+    up.then(Act::Reply {
+        pieces: vec!["slow "; 40],
+        usage: (10, 40),
+        gap: Duration::from_millis(250),
+    });
+    up.then(Act::Reply {
+        pieces: vec!["second ", "run"],
+        usage: (10, 2),
+        gap: Duration::from_millis(5),
+    });
+    let url = confab_eventstore::testing::fresh_postgres_database().await;
+    let api = common::spawn_app_on(Some(url.clone()), |c| {
+        c.openai_base_url = Some(base.clone());
+        c.openai_api_key = Some("server-key".to_owned().into());
+        c.run_jobs = false;
+    })
+    .await;
+    let (token, _) = api.sign_up("crash@example.com").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut doomed = work_process(&url, &base, dir.path());
+
+    let mut r = api
+        .request(Method::POST, "/api/chat", Some(&token))
+        .json(&ask("take your time"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    let chat_id = r.headers()["x-chat-id"].to_str().unwrap().to_owned();
+    let first = tokio::time::timeout(Duration::from_secs(20), r.chunk())
+        .await
+        .expect("the doomed worker starts the reply")
+        .expect("chunk")
+        .expect("text");
+    assert!(first.starts_with(b"slow"), "{first:?}");
+    doomed.kill().expect("SIGKILL");
+    doomed.wait().expect("reaped");
+    drop(r);
+
+    let mut survivor = work_process(&url, &base, dir.path());
+    // Heartbeats every 5 s, dead after 3 missed: the job moves within about 20 s.
+    let mut stored = Vec::new();
+    for _ in 0..160 {
+        stored = messages(&api, &token, &chat_id).await;
+        if stored.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(stored.len(), 2, "the reply was stored: {stored:?}");
+    assert_eq!(stored[1]["content"], "second run");
+    drained(&api).await;
+    assert_eq!(up.requests().len(), 2);
+    let usage = history(&api, &token, "?type=usage").await;
+    assert_eq!(usage["total"], 1, "charged once: {usage}");
+    // The resumed stream serves the reply of the run that finished.
+    let resumed = api
+        .request(
+            Method::GET,
+            &format!("/api/chat/{chat_id}/stream"),
+            Some(&token),
+        )
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(resumed.status(), 200);
+    assert_eq!(resumed.text().await.expect("text"), "second run");
+
+    survivor.kill().expect("stop");
+    survivor.wait().expect("reaped");
+    api.shutdown().await;
+}
