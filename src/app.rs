@@ -3,6 +3,7 @@
 use crate::backend::{Backend, Migrations};
 use crate::config::Config;
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use confab_api::AppState;
 use confab_workers::Workers;
 use std::future::Future;
@@ -118,7 +119,17 @@ impl Application {
         let workers = self.workers.map(|w| tokio::spawn(w.run(stopped.clone())));
         let jobs = self.jobs.map(|m| spawn_monitor(m, stopped.clone()));
         let mut server_stop = stopped;
-        let server = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        // Replies stream in small writes: send each at once rather than waiting on the
+        // client's delayed ACK (Nagle's algorithm costs a streamed reply tens of milliseconds).
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let server = axum::serve(listener, service).with_graceful_shutdown(async move {
             let _ = server_stop.wait_for(|s| *s).await;
         });
         let server = tokio::spawn(async move { server.await });

@@ -10,6 +10,9 @@ use apalis_cron::{CronScheduler, Tick};
 use apalis_postgres::{PostgresStorage, Pubsub};
 use apalis_sqlite::SqliteStorage;
 use sqlx::PgPool;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqliteOperation, SqlitePoolOptions, SqliteSynchronous,
+};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -20,6 +23,22 @@ pub const REPLY_QUEUE: &str = "generate_reply";
 
 /// Most attempts of one job (a job fails only when the store is unreachable).
 pub const MAX_ATTEMPTS: usize = 3;
+
+/// Wakes the SQLite worker: one item per job inserted (by any connection of the pool).
+#[derive(Clone)]
+struct Inserts(Arc<std::sync::Mutex<futures_channel::mpsc::UnboundedReceiver<()>>>);
+
+impl futures_core::Stream for Inserts {
+    type Item = ();
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<()>> {
+        let mut rx = self.0.lock().expect("wake-up lock");
+        futures_core::Stream::poll_next(std::pin::Pin::new(&mut *rx), cx)
+    }
+}
 
 /// The reply queue, as the API pushes to it.
 #[derive(Clone)]
@@ -50,8 +69,33 @@ impl ReplyQueue {
     /// Opens (creating if needed) the queue database at `path` and applies apalis' migrations
     /// (kept in their own history table, apart from Confab's).
     pub async fn open(path: &Path) -> anyhow::Result<OpenedQueue> {
-        let url = format!("sqlite://{}?mode=rwc", path.display());
-        let (pool, listener) = SqliteStorage::connect_with_callback(&url)?;
+        // Our own pool rather than apalis' `connect_with_callback`, whose connections keep
+        // SQLite's rollback journal (several fsyncs per job): WAL, durable at each commit like
+        // the event store, and the same wake-up on insert through the update hook.
+        let (tx, rx) = futures_channel::mpsc::unbounded::<()>();
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .after_connect(move |conn, _| {
+                let tx = tx.clone();
+                Box::pin(async move {
+                    let mut handle = conn.lock_handle().await?;
+                    handle.set_update_hook(move |ev| {
+                        if ev.operation == SqliteOperation::Insert && ev.table == "Jobs" {
+                            let _ = tx.unbounded_send(());
+                        }
+                    });
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the job queue {}: {e}", path.display()))?;
         let mut migrator = SqliteStorage::migrations();
         migrator.dangerous_set_table_name("_apalis_migrations");
         migrator.run(&pool).await.map_err(|e| {
@@ -59,11 +103,12 @@ impl ReplyQueue {
         })?;
         let storage = SqliteStorage::new(&pool)
             .with_config(apalis_sqlite::Config::default().queue(REPLY_QUEUE));
+        let inserts = Inserts(Arc::new(std::sync::Mutex::new(rx)));
         Ok(OpenedQueue {
             queue: ReplyQueue::Sqlite(storage),
             wakeups: Arc::new(move || {
                 Strategy::new()
-                    .stream(listener.clone())
+                    .stream(inserts.clone())
                     .interval(Duration::from_secs(1))
             }),
         })
