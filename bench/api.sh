@@ -11,7 +11,7 @@ cargo build --release --bin confab --example bare_reference >/dev/null
 DIR=$(mktemp -d)
 PORT=18181
 REF_PORT=18182
-./target/release/confab --data-dir "$DIR" serve --bind 127.0.0.1:$PORT >"$DIR/serve.log" 2>&1 &
+CONFAB_RATE_LIMIT_ENABLED=false ./target/release/confab --data-dir "$DIR" serve --bind 127.0.0.1:$PORT >"$DIR/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER ${REF:-} 2>/dev/null || true; rm -rf "$DIR"' EXIT
 for _ in $(seq 1 100); do curl -sf localhost:$PORT/healthz >/dev/null && break; sleep 0.1; done

@@ -33,7 +33,7 @@ cleanup() {
 }
 trap cleanup EXIT
 serve() {
-  ./target/release/confab serve --bind 127.0.0.1:$PORT >>"$DIR/serve.log" 2>&1 &
+  CONFAB_RATE_LIMIT_ENABLED=false ./target/release/confab serve --bind 127.0.0.1:$PORT >>"$DIR/serve.log" 2>&1 &
   SERVER=$!
   for _ in $(seq 1 6000); do curl -sf localhost:$PORT/healthz >/dev/null && return; sleep 0.1; done
   echo "server did not start; see $DIR/serve.log" >&2; exit 1

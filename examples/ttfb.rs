@@ -139,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         data_dir: dir.path().join("data"),
         openai_base_url: Some(format!("{upstream}/v1")),
         openai_api_key: Some("bench".to_owned().into()),
+        rate_limit_enabled: false,
         ..Config::default()
     };
     for tier in &mut config.catalogue.tiers {

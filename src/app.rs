@@ -91,6 +91,7 @@ impl Application {
                 .cron_secret
                 .as_ref()
                 .map(|s| std::sync::Arc::from(secrecy::ExposeSecret::expose_secret(s))),
+            rate_limiter: config.rate_limiter()?,
         };
         let listener = TcpListener::bind(config.bind)
             .await

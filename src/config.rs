@@ -108,6 +108,36 @@ pub struct Config {
     /// (`CONFAB_RUN_JOBS`); on PostgreSQL, turn off when dedicated `confab work` processes run
     /// them. The embedded SQLite default always runs them in `serve`.
     pub run_jobs: bool,
+    /// Whether requests are rate-limited at all (`CONFAB_RATE_LIMIT_ENABLED`); the budgets
+    /// below apply only while it is on.
+    pub rate_limit_enabled: bool,
+    /// Requests per client IP per window, for every route group without its own
+    /// (`CONFAB_RATE_LIMIT_PER_IP`): `10/10s`, `600/1m`, ... or `off`.
+    pub rate_limit_per_ip: String,
+    /// Requests per signed-in user per window, likewise (`CONFAB_RATE_LIMIT_PER_USER`).
+    pub rate_limit_per_user: String,
+    /// Where budgets are counted (`CONFAB_RATE_LIMIT_BACKEND`): `memory` (this process) or
+    /// `redis` (shared by every instance using `CONFAB_REDIS_URL`).
+    pub rate_limit_backend: String,
+    /// With the Redis backend, whether requests go through while Redis is unreachable
+    /// (`CONFAB_RATE_LIMIT_FAIL_OPEN`); otherwise they get 503.
+    pub rate_limit_fail_open: bool,
+    /// Per route group (`auth`, `chat`, `webhooks`, `default`), budgets that replace the two
+    /// above (`[rate_limit_groups.auth]` with `per_ip` and `per_user` in the config file).
+    pub rate_limit_groups: std::collections::BTreeMap<String, GroupLimits>,
+    /// Proxies whose `X-Forwarded-For` gives the client IP: addresses or CIDR ranges,
+    /// comma-separated (`CONFAB_TRUSTED_PROXIES`).
+    pub trusted_proxies: String,
+}
+
+/// A route group's own budgets; an absent one falls back to the global setting.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct GroupLimits {
+    /// Per client IP, e.g. `5/1m`, or `off`.
+    pub per_ip: Option<String>,
+    /// Per signed-in user.
+    pub per_user: Option<String>,
 }
 
 fn expose_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -150,6 +180,36 @@ impl Default for Config {
             llm_backoff_ms: 500,
             worker_concurrency: 8,
             run_jobs: true,
+            rate_limit_enabled: true,
+            rate_limit_per_ip: "10/10s".into(),
+            rate_limit_per_user: "60/10s".into(),
+            rate_limit_backend: "memory".into(),
+            rate_limit_fail_open: true,
+            rate_limit_groups: [
+                (
+                    "auth".to_owned(),
+                    GroupLimits {
+                        per_ip: Some("10/1m".into()),
+                        per_user: None,
+                    },
+                ),
+                (
+                    "chat".to_owned(),
+                    GroupLimits {
+                        per_ip: None,
+                        per_user: Some("20/1m".into()),
+                    },
+                ),
+                (
+                    "webhooks".to_owned(),
+                    GroupLimits {
+                        per_ip: Some("off".into()),
+                        per_user: Some("off".into()),
+                    },
+                ),
+            ]
+            .into(),
+            trusted_proxies: String::new(),
         }
     }
 }
@@ -202,6 +262,68 @@ impl Config {
         let text = base64::engine::general_purpose::STANDARD.encode(key);
         write_private(&path, &text)?;
         Ok(key)
+    }
+
+    /// The rate-limit policy these settings describe; errors name the setting to fix.
+    pub fn rate_limit_policy(&self) -> anyhow::Result<confab_api::ratelimit::Policy> {
+        use confab_api::ratelimit::{Budgets, Group, Policy, Rate, parse_proxies};
+        if !self.rate_limit_enabled {
+            return Ok(Policy::off());
+        }
+        let parse =
+            |setting: &str, v: &str| Rate::parse(v).map_err(|e| anyhow::anyhow!("{setting}: {e}"));
+        let per_ip = parse("CONFAB_RATE_LIMIT_PER_IP", &self.rate_limit_per_ip)?;
+        let per_user = parse("CONFAB_RATE_LIMIT_PER_USER", &self.rate_limit_per_user)?;
+        if let Some(unknown) = self
+            .rate_limit_groups
+            .keys()
+            .find(|k| !Group::ALL.iter().any(|g| g.name() == k.as_str()))
+        {
+            anyhow::bail!(
+                "[rate_limit_groups.{unknown}]: no such route group (auth, chat, webhooks, default)"
+            );
+        }
+        let mut groups = std::collections::HashMap::new();
+        for g in Group::ALL {
+            let own = self.rate_limit_groups.get(g.name());
+            let pick = |own: Option<&String>, field: &str, global: Option<Rate>| match own {
+                Some(v) => parse(&format!("[rate_limit_groups.{}] {field}", g.name()), v),
+                None => Ok(global),
+            };
+            groups.insert(
+                g,
+                Budgets {
+                    per_ip: pick(own.and_then(|o| o.per_ip.as_ref()), "per_ip", per_ip)?,
+                    per_user: pick(own.and_then(|o| o.per_user.as_ref()), "per_user", per_user)?,
+                },
+            );
+        }
+        Ok(Policy {
+            groups,
+            trusted_proxies: parse_proxies(&self.trusted_proxies)
+                .map_err(|e| anyhow::anyhow!("CONFAB_TRUSTED_PROXIES: {e}"))?,
+            fail_open: self.rate_limit_fail_open,
+        })
+    }
+
+    /// The rate limiter these settings describe.
+    pub fn rate_limiter(&self) -> anyhow::Result<confab_api::ratelimit::RateLimiter> {
+        use confab_api::ratelimit::RateLimiter;
+        let policy = self.rate_limit_policy()?;
+        match self.rate_limit_backend.trim().to_ascii_lowercase().as_str() {
+            "memory" => Ok(RateLimiter::memory(policy)),
+            "redis" => {
+                let url = self.redis_url.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "CONFAB_RATE_LIMIT_BACKEND=redis needs CONFAB_REDIS_URL (redis://host:6379)"
+                    )
+                })?;
+                RateLimiter::redis(policy, url.expose_secret())
+            }
+            other => anyhow::bail!(
+                "CONFAB_RATE_LIMIT_BACKEND {other:?} is not a backend: use memory or redis"
+            ),
+        }
     }
 
     /// The allow-listed provider hosts.

@@ -93,6 +93,7 @@ async fn profile_images_are_kept_in_an_s3_compatible_bucket() {
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
         .env("CONFAB_DATA_DIR", dir.path())
         .env("CONFAB_OBJECT_STORE_URL", "s3://confab-test/uploads")
+        .env("CONFAB_RATE_LIMIT_ENABLED", "false")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")

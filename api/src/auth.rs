@@ -116,7 +116,8 @@ pub struct AuthUser {
     pub session_id: Uuid,
 }
 
-fn bearer_or_cookie(headers: &HeaderMap) -> Option<String> {
+/// The session token a request carries: `Authorization: Bearer <token>` or the session cookie.
+pub(crate) fn bearer_or_cookie(headers: &HeaderMap) -> Option<String> {
     if let Some(v) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let (scheme, token) = v.split_once(' ')?;
         return scheme
@@ -139,6 +140,10 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Already resolved for this request (by the per-user rate limit).
+        if let Some(found) = parts.extensions.get::<AuthUser>() {
+            return Ok(found.clone());
+        }
         let token = bearer_or_cookie(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let found = accounts::session_user(&state.db, &token_hash(&token), Utc::now())
             .await

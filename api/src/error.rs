@@ -53,6 +53,14 @@ pub enum ApiError {
     /// 405, reported as `not_found` of the method: the route exists, this method does not.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 429 `rate_limited`; `Retry-After` is set by the rate limiter.
+    #[error("{message}")]
+    RateLimited {
+        /// Which limit, and when to retry.
+        message: String,
+        /// `limit`, `windowSeconds`, `retryAfter`.
+        details: Value,
+    },
     /// 503 `unavailable`: not ready to serve.
     #[error("{message}")]
     Unavailable {
@@ -104,6 +112,7 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -122,7 +131,8 @@ impl IntoResponse for ApiError {
             | ApiError::InsufficientCredits { message, details } => {
                 (message.clone(), details.clone())
             }
-            ApiError::Unavailable { message, details } => (message.clone(), details.clone()),
+            ApiError::Unavailable { message, details }
+            | ApiError::RateLimited { message, details } => (message.clone(), details.clone()),
             other => (other.to_string(), json!({})),
         };
         let body = json!({ "error": { "message": message, "code": code, "details": details } });

@@ -51,3 +51,51 @@ pub async fn not_found() -> ApiError {
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
+
+/// The process's Prometheus recorder, installed on first use (one per process, however many
+/// apps it serves).
+pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may be installed already (an embedding program's); ours then only
+        // renders what it records through `handle`, which stays valid.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// `GET /metrics`: Prometheus text: the rate limiter's counters, and each projection's position
+/// and lag.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut text = prometheus().render();
+    if let Ok(statuses) = state.engine.status().await {
+        text.push_str("# TYPE confab_projection_position gauge\n");
+        for s in &statuses {
+            text.push_str(&format!(
+                "confab_projection_position{{projection=\"{}\"}} {}\n",
+                s.name, s.position
+            ));
+        }
+        text.push_str("# TYPE confab_projection_lag gauge\n");
+        for s in &statuses {
+            text.push_str(&format!(
+                "confab_projection_lag{{projection=\"{}\"}} {}\n",
+                s.name,
+                s.lag()
+            ));
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

@@ -13,6 +13,7 @@ pub mod json;
 pub mod openapi;
 pub mod profile;
 pub mod providers;
+pub mod ratelimit;
 pub mod settings;
 
 pub use error::ApiError;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub replies: confab_workers::queue::ReplyQueue,
     /// The secret of the cron route; the route refuses everything while unset.
     pub cron_secret: Option<std::sync::Arc<str>>,
+    /// Per-IP and per-user request budgets.
+    pub rate_limiter: ratelimit::RateLimiter,
 }
 
 impl AppState {
@@ -74,10 +77,13 @@ impl AppState {
 
 /// The application's routes.
 pub fn router(state: AppState) -> Router {
+    // Counters recorded before the recorder exists would be lost.
+    health::prometheus();
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/docs", get(openapi::docs))
         .route("/api/auth/signup", post(auth::signup))
@@ -141,6 +147,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             idempotency::layer,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::layer,
         ))
         .with_state(state)
         .layer(

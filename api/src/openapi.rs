@@ -49,6 +49,7 @@ impl Modify for Security {
     paths(
         crate::health::healthz,
         crate::health::readyz,
+        crate::health::metrics,
         crate::auth::signup,
         crate::auth::signin,
         crate::auth::signout,

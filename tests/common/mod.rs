@@ -47,6 +47,8 @@ pub fn test_config(database_url: Option<String>, dir: &std::path::Path) -> Confi
         data_dir: dir.join("data"),
         database_url: database_url.map(Into::into),
         auto_migrate: true,
+        // Tests send many requests from one address; the rate-limit tests turn limits on.
+        rate_limit_enabled: false,
         ..Config::default()
     }
 }
