@@ -281,13 +281,10 @@ pub(crate) async fn post_chat(
             })
             .await
             .map_err(ApiError::Internal)?;
-        state
-            .visible(chats::NAME, sent.appended.map(|a| a.last_position))
-            .await?;
-        Ok::<_, ApiError>(reply)
+        Ok::<_, ApiError>((reply, sent.appended.map(|a| a.last_position)))
     }
     .await;
-    let reply = match stored {
+    let (reply, sent_at) = match stored {
         Ok(r) => r,
         Err(e) => {
             release().await;
@@ -299,25 +296,45 @@ pub(crate) async fn post_chat(
             return Err(e);
         }
     };
-    Ok(stream_response(reply, 0, chat_id))
+    // Read-your-writes without delaying the first token: the reply streams at once, and the
+    // body ends only once the user's message is readable (the worker has also waited for the
+    // assistant's message and the charge before ending the reply).
+    let visible = async move {
+        if let Err(e) = state.visible(chats::NAME, sent_at).await {
+            tracing::warn!(error = %e, "the user's message was not readable when the reply ended");
+        }
+    };
+    Ok(stream_response(reply, 0, chat_id, Some(Box::pin(visible))))
 }
 
+/// What a reply's body waits for before it ends.
+type BeforeEnd = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// The reply as a streamed `text/plain` body from byte `offset`; a reply cut short ends with
-/// a bracketed note saying why.
+/// a bracketed note saying why. `before_end` runs after the last piece, before the body ends.
 fn stream_response(
     reply: std::sync::Arc<confab_workers::replies::Reply>,
     offset: usize,
     chat_id: Uuid,
+    before_end: Option<BeforeEnd>,
 ) -> Response {
-    let body = listen(reply, offset).map(|piece| {
-        Ok::<_, std::convert::Infallible>(match piece {
-            Piece::Text(t) => bytes::Bytes::from(t),
-            Piece::End(Ending::Done) => bytes::Bytes::new(),
-            Piece::End(Ending::Failed(why)) => {
-                bytes::Bytes::from(format!("\n\n[reply interrupted: {why}]"))
-            }
-        })
+    let pieces = listen(reply, offset).map(|piece| match piece {
+        Piece::Text(t) => bytes::Bytes::from(t),
+        Piece::End(Ending::Done) => bytes::Bytes::new(),
+        Piece::End(Ending::Failed(why)) => {
+            bytes::Bytes::from(format!("\n\n[reply interrupted: {why}]"))
+        }
     });
+    let tail = futures_util::stream::once(async move {
+        if let Some(wait) = before_end {
+            wait.await;
+        }
+        bytes::Bytes::new()
+    });
+    let body = pieces
+        .chain(tail)
+        .filter(|b| std::future::ready(!b.is_empty()))
+        .map(Ok::<_, std::convert::Infallible>);
     let mut r = Body::from_stream(body).into_response();
     let h = r.headers_mut();
     h.insert(
@@ -358,7 +375,7 @@ pub(crate) async fn resume(
         .await
         .map_err(ApiError::Internal)?;
     match latest {
-        Some(reply) => Ok(stream_response(reply, q.offset.unwrap_or(0), chat_id)),
+        Some(reply) => Ok(stream_response(reply, q.offset.unwrap_or(0), chat_id, None)),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
