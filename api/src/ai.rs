@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use confab_domain::catalogue::estimate_tokens;
 use confab_domain::chat::{Chat, ChatCommand};
-use confab_domain::credits::{CreditAccount, CreditAction, CreditCommand, CreditError};
+use confab_domain::credits::{CreditAction, CreditError};
 use confab_domain::{ChatTitle, MessageContent, MessageKind, Role};
 use confab_eventstore::aggregate::ExecuteError;
 use confab_projections::{chats, credits};
@@ -162,28 +162,22 @@ pub(crate) async fn post_chat(
     let reply_id = Uuid::now_v7();
     let meta = metadata(&headers, Some(user));
     let prompt = estimate_tokens(body.messages.iter().map(|m| m.content.as_str()));
-    let opening = ai.opening(user).await.map_err(ApiError::Internal)?;
-    let reserved = state
-        .commands
-        .execute::<CreditAccount>(
-            &user,
-            CreditCommand {
-                user,
-                opening,
-                at: Utc::now(),
-                action: CreditAction::Reserve {
-                    reservation_id: reply_id,
-                    amount: model.reservation(prompt).max(1),
-                    chat_id,
-                    model: model.id.clone(),
-                },
+    let reserved = ai
+        .run_credits(
+            user,
+            CreditAction::Reserve {
+                reservation_id: reply_id,
+                amount: model.reservation(prompt).max(1),
+                chat_id,
+                model: model.id.clone(),
             },
             meta.clone(),
         )
-        .await;
+        .await
+        .map_err(ApiError::Internal)?;
     match reserved {
         Ok(_) => {}
-        Err(ExecuteError::Domain(CreditError::InsufficientCredits { needed, available })) => {
+        Err(CreditError::InsufficientCredits { needed, available }) => {
             return Err(ApiError::InsufficientCredits {
                 message: format!(
                     "this request may cost up to {needed} credits and {available} are available"
@@ -191,24 +185,21 @@ pub(crate) async fn post_chat(
                 details: json!({ "needed": needed, "available": available }),
             });
         }
-        Err(e) => return Err(ApiError::Internal(e.into())),
+        Err(refused) => return Err(ApiError::Internal(refused.into())),
     }
     let release = || async {
-        let _ = state
-            .commands
-            .execute::<CreditAccount>(
-                &user,
-                CreditCommand {
-                    user,
-                    opening,
-                    at: Utc::now(),
-                    action: CreditAction::Release {
-                        reservation_id: reply_id,
-                    },
+        let released = ai
+            .run_credits(
+                user,
+                CreditAction::Release {
+                    reservation_id: reply_id,
                 },
                 meta.clone(),
             )
             .await;
+        if !matches!(released, Ok(Ok(_))) {
+            tracing::warn!(reply = %reply_id, "could not release a reservation after a failed request");
+        }
     };
 
     let stored = async {

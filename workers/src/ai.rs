@@ -12,7 +12,7 @@ use crate::replies::Ending;
 use chrono::Utc;
 use confab_domain::catalogue::{Catalogue, Model, estimate_tokens};
 use confab_domain::chat::{Chat, ChatCommand, ChatError};
-use confab_domain::credits::{CreditAccount, CreditAction, CreditCommand};
+use confab_domain::credits::{CreditAccount, CreditAction, CreditCommand, CreditError};
 use confab_domain::{MessageContent, MessageKind, Role};
 use confab_eventstore::EventMetadata;
 use confab_eventstore::aggregate::{CommandExecutor, ExecuteError};
@@ -133,6 +133,18 @@ impl Ai {
         action: CreditAction,
         meta: EventMetadata,
     ) -> anyhow::Result<Option<u64>> {
+        Ok(self.run_credits(user, action, meta).await??)
+    }
+
+    /// Runs a credit command on `user`'s ledger (opening it on first use): the position of
+    /// what it appended (none when it changed nothing), or the ledger's refusal. The outer
+    /// error is the store's.
+    pub async fn run_credits(
+        &self,
+        user: Uuid,
+        action: CreditAction,
+        meta: EventMetadata,
+    ) -> anyhow::Result<Result<Option<u64>, CreditError>> {
         let opening = self.opening(user).await?;
         let done = self
             .commands
@@ -146,8 +158,12 @@ impl Ai {
                 },
                 meta,
             )
-            .await?;
-        Ok(done.appended.map(|a| a.last_position))
+            .await;
+        match done {
+            Ok(done) => Ok(Ok(done.appended.map(|a| a.last_position))),
+            Err(ExecuteError::Domain(refused)) => Ok(Err(refused)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Runs the monthly reset for every account: `(accounts reset now, accounts seen)`. An
