@@ -234,7 +234,7 @@ impl Log {
             *w = window;
             while times
                 .front()
-                .is_some_and(|&t| t <= now_ms.saturating_sub(window))
+                .is_some_and(|&t| t.saturating_add(window) <= now_ms)
             {
                 times.pop_front();
             }
@@ -268,7 +268,7 @@ impl Log {
         self.keys.retain(|_, (window, times)| {
             times
                 .back()
-                .is_some_and(|&t| t > now_ms.saturating_sub(*window))
+                .is_some_and(|&t| t.saturating_add(*window) > now_ms)
         });
     }
 }
