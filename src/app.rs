@@ -95,6 +95,7 @@ impl Application {
             config.worker_concurrency.max(1),
             &config.credit_reset_schedule,
         )?;
+        let (jobs, billing) = billing_for(&config, &ai, jobs).await?;
         let state = AppState {
             store: backend.store.clone(),
             commands,
@@ -112,6 +113,7 @@ impl Application {
                 .cron_secret
                 .as_ref()
                 .map(|s| std::sync::Arc::from(secrecy::ExposeSecret::expose_secret(s))),
+            billing,
         };
         let listener = TcpListener::bind(config.bind)
             .await
@@ -160,6 +162,49 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// Billing: the Stripe client and webhook secret for the routes, and the Stripe job worker
+/// added to the `jobs` monitor.
+async fn billing_for(
+    config: &Config,
+    ai: &confab_workers::ai::Ai,
+    jobs: apalis::prelude::Monitor,
+) -> anyhow::Result<(apalis::prelude::Monitor, confab_api::billing::Billing)> {
+    confab_domain::billing::validate_prices(&config.billing.prices, &config.catalogue)
+        .context("the prices ([[billing.prices]] in the config file)")?;
+    let prices = std::sync::Arc::new(config.billing.prices.clone());
+    let opened = confab_workers::billing::StripeQueue::open(&config.data_dir.join("jobs.db"))
+        .await
+        .context("the Stripe job queue (jobs.db in CONFAB_DATA_DIR)")?;
+    let queue = opened.queue.clone();
+    let worker = confab_workers::billing::Billing {
+        commands: ai.commands.clone(),
+        db: ai.db.clone(),
+        positions: ai.positions.clone(),
+        catalogue: ai.catalogue.clone(),
+        prices: prices.clone(),
+        write_timeout: ai.write_timeout,
+    };
+    let jobs =
+        confab_workers::billing::register(jobs, opened, worker, config.billing.worker_concurrency);
+    let client = confab_api::billing::stripe_client(
+        config.stripe_secret_key.as_ref(),
+        &config.stripe_api_base,
+    )?;
+    let urls = confab_api::billing::ReturnUrls {
+        success: config.billing.success_url.clone(),
+        cancel: config.billing.cancel_url.clone(),
+        portal_return: config.billing.portal_return_url.clone(),
+    };
+    let billing = confab_api::billing::Billing::new(
+        client,
+        config.stripe_webhook_secret.clone(),
+        prices,
+        urls,
+        queue,
+    );
+    Ok((jobs, billing))
 }
 
 /// Resolves on ctrl-c or SIGTERM.
