@@ -174,9 +174,10 @@ async fn billing_for(
     confab_domain::billing::validate_prices(&config.billing.prices, &config.catalogue)
         .context("the prices ([[billing.prices]] in the config file)")?;
     let prices = std::sync::Arc::new(config.billing.prices.clone());
-    let opened = confab_workers::billing::StripeQueue::open(&config.data_dir.join("jobs.db"))
-        .await
-        .context("the Stripe job queue (jobs.db in CONFAB_DATA_DIR)")?;
+    let opened =
+        confab_workers::billing::StripeQueue::open(&config.data_dir.join("stripe-jobs.db"))
+            .await
+            .context("the Stripe job queue (stripe-jobs.db in CONFAB_DATA_DIR)")?;
     let queue = opened.queue.clone();
     let worker = confab_workers::billing::Billing {
         commands: ai.commands.clone(),
@@ -186,6 +187,11 @@ async fn billing_for(
         prices: prices.clone(),
         write_timeout: ai.write_timeout,
     };
+    // Events recorded whose job was lost (a crash between the two, a removed queue file).
+    worker
+        .requeue_unprocessed(&queue)
+        .await
+        .context("queuing unprocessed Stripe events again")?;
     let jobs =
         confab_workers::billing::register(jobs, opened, worker, config.billing.worker_concurrency);
     let client = confab_api::billing::stripe_client(

@@ -35,6 +35,7 @@ on_both!(
     invoices_are_the_callers_own,
     a_top_up_grants_its_credits_once_paid,
     unknown_event_types_are_acknowledged_and_recorded,
+    an_event_recorded_but_never_queued_is_applied_at_start_up,
 );
 
 const SECRET_KEY: &str = "sk_test_confab_4242";
@@ -232,12 +233,20 @@ struct Billing {
     app: TestApp,
     db: ReadDb,
     stripe: FakeStripe,
+    data_dir: std::path::PathBuf,
 }
 
 async fn billing_app(db: Db) -> Billing {
+    billing_app_with(db, |_| {}).await
+}
+
+async fn billing_app_with(db: Db, tweak: impl FnOnce(&mut confab::Config)) -> Billing {
     let (stripe, base) = start_stripe().await;
     let mut database_url = None;
+    let mut data_dir = None;
     let app = spawn_app_with(db, |c| {
+        tweak(c);
+        data_dir = Some(c.data_dir.clone());
         c.stripe_secret_key = Some(SECRET_KEY.to_owned().into());
         c.stripe_webhook_secret = Some(WEBHOOK_SECRET.to_owned().into());
         c.stripe_api_base = base;
@@ -259,10 +268,11 @@ async fn billing_app(db: Db) -> Billing {
             .map(|u| secrecy::ExposeSecret::expose_secret(u).to_owned());
     })
     .await;
+    let data_dir = data_dir.expect("data dir");
     let db = match database_url {
         Some(url) => ReadDb::Postgres(sqlx::PgPool::connect(&url).await.expect("postgres")),
         None => {
-            let path = app.dir.path().join("data").join("confab.db");
+            let path = data_dir.join("confab.db");
             ReadDb::Sqlite(
                 sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
                     .await
@@ -270,7 +280,12 @@ async fn billing_app(db: Db) -> Billing {
             )
         }
     };
-    Billing { app, db, stripe }
+    Billing {
+        app,
+        db,
+        stripe,
+        data_dir,
+    }
 }
 
 fn sign_with(secret: &str, t: i64, body: &str) -> String {
@@ -333,10 +348,10 @@ impl Billing {
 
     /// Waits until no Stripe job is left in the queue.
     async fn drained(&self) {
-        let path = self.app.dir.path().join("data").join("jobs.db");
+        let path = self.data_dir.join("stripe-jobs.db");
         let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
             .await
-            .expect("jobs.db");
+            .expect("stripe-jobs.db");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let n: i64 = sqlx::query_scalar(
@@ -1253,6 +1268,57 @@ async fn unknown_event_types_are_acknowledged_and_recorded(db: Db) {
     );
     b.apply(&stray).await;
     assert!(b.processed("evt_u2").await.contains("no Confab user"));
+    b.drained().await;
+    b.app.shutdown().await;
+}
+
+async fn an_event_recorded_but_never_queued_is_applied_at_start_up(db: Db) {
+    // A process recorded the event and died before queuing its job (or its queue file is
+    // gone): the event is in the log, unprocessed, and no job exists for it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let database_url = match db {
+        Db::Sqlite => None,
+        Db::Postgres => Some(confab_eventstore::testing::fresh_postgres_database().await),
+    };
+    let config = confab::Config {
+        data_dir: data_dir.clone(),
+        database_url: database_url.clone().map(Into::into),
+        auto_migrate: true,
+        ..confab::Config::default()
+    };
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let backend = confab::backend::Backend::open(&config, confab::backend::Migrations::Apply)
+        .await
+        .expect("backend");
+    let lost = event(
+        "evt_lost",
+        "customer.updated",
+        now(),
+        json!({ "id": "cus_x" }),
+    );
+    confab_eventstore::aggregate::execute::<confab_domain::billing::StripeEvent>(
+        backend.store.as_ref(),
+        &confab_domain::billing::StripeEvent::id_for("evt_lost"),
+        confab_domain::billing::StripeEventCommand::Receive {
+            event_id: "evt_lost".into(),
+            event_type: "customer.updated".into(),
+            created: chrono::Utc::now(),
+            payload: lost,
+            at: chrono::Utc::now(),
+        },
+        Default::default(),
+    )
+    .await
+    .expect("recorded");
+    drop(backend);
+    // The next start queues it again.
+    let b = billing_app_with(db, |c| {
+        c.data_dir = data_dir;
+        c.database_url = database_url.map(Into::into);
+    })
+    .await;
+    assert!(b.processed("evt_lost").await.contains("not acted on"));
     b.drained().await;
     b.app.shutdown().await;
 }

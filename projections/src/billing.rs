@@ -255,3 +255,15 @@ pub async fn stripe_event(
         event_id
     )
 }
+
+/// The ids of received Stripe events not yet processed, oldest first.
+pub async fn unprocessed_stripe_events(db: &ReadDb) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> = query_as!(
+        db,
+        fetch_all,
+        (String,),
+        "SELECT event_id FROM stripe_events WHERE processed_at IS NULL \
+         ORDER BY received_at, event_id"
+    )?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}

@@ -6,7 +6,7 @@
 //!    whole, to a stream of its own (`stripe-event-{uuid v5 of Stripe's event id}`, through the
 //!    command executor): the first delivery appends `stripe.event_received`; a redelivery finds
 //!    the stream and appends nothing. It then pushes a [`ProcessStripeEvent`] job (apalis, in
-//!    `jobs.db`, queue [`STRIPE_QUEUE`]) unless the event has already been processed, and
+//!    `stripe-jobs.db`, queue [`STRIPE_QUEUE`]) unless the event has already been processed, and
 //!    answers 200 without waiting for it.
 //! 2. The job ([`Billing::process`]) reads the event back from its stream, finds whose it is
 //!    (Stripe customer, then the user id Confab put in the checkout's and subscription's
@@ -22,8 +22,10 @@
 //! same state. A job is pushed again by a redelivery of an event still unprocessed, which
 //! covers a crash between the append and the push (Stripe redelivers when it got no 200).
 //!
-//! The queue is its own SQLite pool on `jobs.db`, registered on the same apalis monitor as the
-//! reply worker; it shares nothing with the reply queue but the file.
+//! The queue is its own SQLite file (`stripe-jobs.db` in the data directory, WAL, no fsync per
+//! push), registered on the same apalis monitor as the reply worker. Every event still
+//! unprocessed is queued again at start-up, so neither a crash between the append and the
+//! push nor a lost queue file loses an event.
 
 use apalis::prelude::*;
 use apalis_sqlite::SqliteStorage;
@@ -75,11 +77,23 @@ pub struct OpenedStripeQueue {
 }
 
 impl StripeQueue {
-    /// Opens the queue in the job database at `path` (created if needed; apalis' migrations
-    /// are applied, in their own history table, as the reply queue does).
+    /// Opens the queue in its own job database at `path` (created if needed; apalis'
+    /// migrations are applied, in their own history table, as the reply queue does).
+    ///
+    /// The file is in WAL mode with `synchronous = NORMAL`: a push costs no fsync, so the
+    /// webhook's answer does not wait for the disk. A push lost with the machine (power loss)
+    /// is not lost work: the event itself is in the event log, and
+    /// [`Billing::requeue_unprocessed`] queues every unprocessed event again at start-up.
     pub async fn open(path: &Path) -> anyhow::Result<OpenedStripeQueue> {
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let (pool, listener) = SqliteStorage::connect_with_callback(&url)?;
+        // The pool is lazy: every connection it opens gets these (and apalis' update hook).
+        let options = (*pool.connect_options())
+            .clone()
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        pool.set_connect_options(options);
         let mut migrator = SqliteStorage::migrations();
         migrator.dangerous_set_table_name("_apalis_migrations");
         migrator.run(&pool).await.map_err(|e| {
@@ -228,6 +242,24 @@ fn user_in(metadata: &Value) -> Option<Uuid> {
 }
 
 impl Billing {
+    /// Queues every received Stripe event the read model shows unprocessed (a job lost with
+    /// a crash, or a queue file that was removed); returns how many. Queuing one that is
+    /// queued already only costs a job that finds it processed.
+    pub async fn requeue_unprocessed(&self, queue: &StripeQueue) -> anyhow::Result<usize> {
+        let ids = confab_projections::billing::unprocessed_stripe_events(&self.db).await?;
+        for event_id in &ids {
+            queue
+                .push(ProcessStripeEvent {
+                    event_id: event_id.clone(),
+                })
+                .await?;
+        }
+        if !ids.is_empty() {
+            tracing::info!(events = ids.len(), "queued unprocessed stripe events again");
+        }
+        Ok(ids.len())
+    }
+
     fn tiers(&self) -> Vec<String> {
         self.catalogue
             .tiers
