@@ -144,7 +144,7 @@ impl Default for BillingConfig {
             success_url: "http://localhost:3000/billing?checkout=success".into(),
             cancel_url: "http://localhost:3000/billing?checkout=cancelled".into(),
             portal_return_url: "http://localhost:3000/billing".into(),
-            worker_concurrency: 4,
+            worker_concurrency: 8,
         }
     }
 }
