@@ -69,11 +69,14 @@ impl Application {
             jobs.key_cipher.clone(),
         );
         let replies = jobs.queue.clone();
+        // Stripe events are queued in this process's own file, so its worker runs here
+        // whether or not the other jobs do.
         let monitor = if config.run_jobs {
-            Some(jobs.monitor(&config)?)
+            jobs.monitor(&config)?
         } else {
-            None
+            apalis::prelude::Monitor::new()
         };
+        let (monitor, billing) = billing_for(&config, &ai, monitor).await?;
         let state = AppState {
             store: backend.store.clone(),
             commands,
@@ -92,6 +95,7 @@ impl Application {
                 .as_ref()
                 .map(|s| std::sync::Arc::from(secrecy::ExposeSecret::expose_secret(s))),
             rate_limiter: config.rate_limiter()?,
+            billing,
         };
         let listener = TcpListener::bind(config.bind)
             .await
@@ -101,7 +105,7 @@ impl Application {
             listener,
             router: confab_api::router(state),
             workers: config.run_projections.then(|| Workers::new(engine)),
-            jobs: monitor,
+            jobs: Some(monitor),
             port,
         })
     }
@@ -282,6 +286,61 @@ pub async fn work(
         m.await?;
     }
     Ok(())
+}
+
+/// Billing: the Stripe client and webhook secret for the routes, and the Stripe job worker
+/// added to the `jobs` monitor.
+async fn billing_for(
+    config: &Config,
+    ai: &confab_workers::ai::Ai,
+    jobs: apalis::prelude::Monitor,
+) -> anyhow::Result<(apalis::prelude::Monitor, confab_api::billing::Billing)> {
+    confab_domain::billing::validate_prices(&config.billing.prices, &config.catalogue)
+        .context("the prices ([[billing.prices]] in the config file)")?;
+    let prices = std::sync::Arc::new(config.billing.prices.clone());
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let opened =
+        confab_workers::billing::StripeQueue::open(&config.data_dir.join("stripe-jobs.db"))
+            .await
+            .context("the Stripe job queue (stripe-jobs.db in CONFAB_DATA_DIR)")?;
+    let queue = opened.queue.clone();
+    let worker = confab_workers::billing::Billing {
+        commands: ai.commands.clone(),
+        db: ai.db.clone(),
+        positions: ai.positions.clone(),
+        catalogue: ai.catalogue.clone(),
+        prices: prices.clone(),
+        write_timeout: ai.write_timeout,
+    };
+    // Events recorded whose job was lost (a crash between the two, a removed queue file).
+    worker
+        .requeue_unprocessed(&queue)
+        .await
+        .context("queuing unprocessed Stripe events again")?;
+    let jobs =
+        confab_workers::billing::register(jobs, opened, worker, config.billing.worker_concurrency);
+    let client = confab_api::billing::stripe_client(
+        config.stripe_secret_key.as_ref(),
+        &config.stripe_api_base,
+    )?;
+    let urls = confab_api::billing::ReturnUrls {
+        success: config.billing.success_url.clone(),
+        cancel: config.billing.cancel_url.clone(),
+        portal_return: config.billing.portal_return_url.clone(),
+    };
+    let billing = confab_api::billing::Billing::new(
+        client,
+        config.stripe_webhook_secret.clone(),
+        prices,
+        urls,
+        queue,
+    );
+    Ok((jobs, billing))
 }
 
 /// Resolves on ctrl-c or SIGTERM.

@@ -1,6 +1,7 @@
 //! Configuration: one typed struct from defaults, an optional TOML file, `CONFAB_*` environment
 //! variables and command-line flags, in that order of precedence (last wins).
 
+use confab_domain::billing::Price;
 use confab_domain::catalogue::Catalogue;
 use confab_workers::llm::ProviderSpec;
 use figment::Figment;
@@ -128,6 +129,19 @@ pub struct Config {
     /// Proxies whose `X-Forwarded-For` gives the client IP: addresses or CIDR ranges,
     /// comma-separated (`CONFAB_TRUSTED_PROXIES`).
     pub trusted_proxies: String,
+    /// Stripe's secret API key (`STRIPE_SECRET_KEY`); checkout and the billing portal answer
+    /// 503 while it is unset.
+    #[serde(serialize_with = "expose_opt")]
+    pub stripe_secret_key: Option<SecretString>,
+    /// The signing secret of the Stripe webhook endpoint (`STRIPE_WEBHOOK_SECRET`); the webhook
+    /// answers 503 while it is unset.
+    #[serde(serialize_with = "expose_opt")]
+    pub stripe_webhook_secret: Option<SecretString>,
+    /// Stripe's API base URL (`CONFAB_STRIPE_API_BASE`); tests point it at a local stand-in.
+    pub stripe_api_base: String,
+    /// What is sold and where Stripe sends buyers back (config file: `[billing]` and
+    /// `[[billing.prices]]`).
+    pub billing: BillingConfig,
 }
 
 /// A route group's own budgets; an absent one falls back to the global setting.
@@ -138,6 +152,35 @@ pub struct GroupLimits {
     pub per_ip: Option<String>,
     /// Per signed-in user.
     pub per_user: Option<String>,
+}
+
+/// The `[billing]` table of the config file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct BillingConfig {
+    /// The prices sold (`[[billing.prices]]`, each with `id` and either `tier` for a
+    /// subscription or `credits` for a one-time top-up).
+    pub prices: Vec<Price>,
+    /// Where Stripe Checkout sends the user after paying.
+    pub success_url: String,
+    /// Where Stripe Checkout sends the user who gives up.
+    pub cancel_url: String,
+    /// Where the billing portal's "return" link goes.
+    pub portal_return_url: String,
+    /// Stripe events one process applies at once.
+    pub worker_concurrency: usize,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        BillingConfig {
+            prices: Vec::new(),
+            success_url: "http://localhost:3000/billing?checkout=success".into(),
+            cancel_url: "http://localhost:3000/billing?checkout=cancelled".into(),
+            portal_return_url: "http://localhost:3000/billing".into(),
+            worker_concurrency: 8,
+        }
+    }
 }
 
 fn expose_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -210,6 +253,10 @@ impl Default for Config {
             ]
             .into(),
             trusted_proxies: String::new(),
+            stripe_secret_key: None,
+            stripe_webhook_secret: None,
+            stripe_api_base: "https://api.stripe.com".into(),
+            billing: BillingConfig::default(),
         }
     }
 }
@@ -354,6 +401,8 @@ impl Config {
             "ANTHROPIC_API_KEY",
             "ANTHROPIC_BASE_URL",
             "CRON_SECRET",
+            "STRIPE_SECRET_KEY",
+            "STRIPE_WEBHOOK_SECRET",
         ]))
         .merge(Env::prefixed("CONFAB_").ignore(&["config"]))
     }
@@ -456,11 +505,16 @@ mod tests {
             jail.set_env("CONFAB_DATABASE_URL", "postgres://u:hunter2@db/confab");
             jail.set_env("OPENAI_API_KEY", "sk-hunter3");
             jail.set_env("CRON_SECRET", "hunter4");
+            jail.set_env("STRIPE_SECRET_KEY", "sk_test_hunter5");
+            jail.set_env("STRIPE_WEBHOOK_SECRET", "whsec_hunter6");
+            jail.set_env("CONFAB_STRIPE_API_BASE", "http://127.0.0.1:12111");
             let c = Config::load(Some(Path::new("confab.toml"))).expect("load");
+            assert_eq!(c.stripe_api_base, "http://127.0.0.1:12111");
+            assert!(c.stripe_secret_key.is_some() && c.stripe_webhook_secret.is_some());
             assert_eq!(c.bind.port(), 9000);
             assert_eq!(c.readiness_max_lag, 7);
             assert_eq!(c.database_kind().expect("kind"), DatabaseKind::Postgres);
-            for secret in ["hunter2", "hunter3", "hunter4"] {
+            for secret in ["hunter2", "hunter3", "hunter4", "hunter5", "hunter6"] {
                 assert!(!format!("{c:?}").contains(secret), "secrets must not print");
             }
             let providers = c.llm_providers();
@@ -469,6 +523,36 @@ mod tests {
             assert_eq!(providers[0].base_url, "https://api.openai.com/v1");
             assert_eq!(providers[0].api_key.as_deref(), Some("sk-hunter3"));
             assert!(!format!("{providers:?}").contains("hunter3"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn prices_come_from_the_billing_table_of_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "confab.toml",
+                r#"
+[billing]
+success_url = "https://app.example.com/done"
+
+[[billing.prices]]
+id = "price_pro_monthly"
+tier = "pro"
+
+[[billing.prices]]
+id = "price_topup_5000"
+credits = 5000
+"#,
+            )?;
+            let c = Config::load(Some(Path::new("confab.toml"))).expect("load");
+            assert_eq!(c.billing.prices.len(), 2);
+            assert_eq!(c.billing.prices[0].tier.as_deref(), Some("pro"));
+            assert_eq!(c.billing.prices[1].credits, Some(5000));
+            assert_eq!(c.billing.success_url, "https://app.example.com/done");
+            assert_eq!(c.stripe_api_base, "https://api.stripe.com");
+            confab_domain::billing::validate_prices(&c.billing.prices, &c.catalogue)
+                .expect("valid");
             Ok(())
         });
     }

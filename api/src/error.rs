@@ -61,6 +61,15 @@ pub enum ApiError {
         /// `limit`, `windowSeconds`, `retryAfter`.
         details: Value,
     },
+    /// 502 `bad_gateway`: an upstream service (Stripe) refused the request or could not be
+    /// reached; `details` says which and why, never with secrets.
+    #[error("{message}")]
+    BadGateway {
+        /// What failed.
+        message: String,
+        /// The upstream's status and error type, when it answered.
+        details: Value,
+    },
     /// 503 `unavailable`: not ready to serve.
     #[error("{message}")]
     Unavailable {
@@ -111,6 +120,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::BadGateway { .. } => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -132,7 +142,8 @@ impl IntoResponse for ApiError {
                 (message.clone(), details.clone())
             }
             ApiError::Unavailable { message, details }
-            | ApiError::RateLimited { message, details } => (message.clone(), details.clone()),
+            | ApiError::RateLimited { message, details }
+            | ApiError::BadGateway { message, details } => (message.clone(), details.clone()),
             other => (other.to_string(), json!({})),
         };
         let body = json!({ "error": { "message": message, "code": code, "details": details } });

@@ -2,6 +2,7 @@
 
 pub mod ai;
 pub mod auth;
+pub mod billing;
 pub mod chats;
 pub mod conversations;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod profile;
 pub mod providers;
 pub mod ratelimit;
 pub mod settings;
+pub mod stripe_signature;
 
 pub use error::ApiError;
 
@@ -58,6 +60,8 @@ pub struct AppState {
     pub cron_secret: Option<std::sync::Arc<str>>,
     /// Per-IP and per-user request budgets.
     pub rate_limiter: ratelimit::RateLimiter,
+    /// Stripe: the client, the webhook secret, the prices sold, the Stripe job queue.
+    pub billing: billing::Billing,
 }
 
 impl AppState {
@@ -118,6 +122,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/chat/{chat_id}/stream", get(ai::resume))
         .route("/api/models", get(ai::models))
         .route("/api/billing/credit-history", get(ai::credit_history))
+        .route("/api/billing/checkout", post(billing::checkout))
+        .route("/api/billing/portal", post(billing::portal))
+        .route("/api/billing/invoices", get(billing::invoices))
+        .route("/api/webhooks/stripe", post(billing::webhook))
         .route("/api/cron/reset-credits", get(ai::reset_credits))
         .route("/chat/conversations", post(conversations::create_conversation))
         .route("/chat/conversations/{id}", get(conversations::get_conversation))

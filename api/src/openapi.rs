@@ -19,7 +19,8 @@ pub struct ErrorDetail {
     /// Human-readable; never internals.
     pub message: String,
     /// unauthorized, forbidden, not_found, validation_error, rate_limited,
-    /// insufficient_credits, conflict, payload_too_large, unsupported_media_type, internal_error.
+    /// insufficient_credits, conflict, payload_too_large, unsupported_media_type, bad_gateway,
+    /// unavailable, internal_error.
     pub code: String,
     /// For validation errors, each offending field and why.
     #[schema(value_type = Object)]
@@ -65,6 +66,10 @@ impl Modify for Security {
         crate::ai::models,
         crate::ai::credit_history,
         crate::ai::reset_credits,
+        crate::billing::checkout,
+        crate::billing::portal,
+        crate::billing::invoices,
+        crate::billing::webhook,
         crate::chats::create_chat,
         crate::chats::list_chats,
         crate::chats::get_chat,
@@ -95,6 +100,8 @@ impl Modify for Security {
         (name = "chats", description = "Chats, messages and search"),
         (name = "seed-002", description = "Conversations, attachments and LLM providers (snake_case)"),
         (name = "operations", description = "Health and readiness"),
+        (name = "ai", description = "AI chat and models"),
+        (name = "billing", description = "Stripe checkout and portal, invoices, credits, the Stripe webhook"),
     )
 )]
 pub struct ApiDoc;

@@ -32,7 +32,10 @@ async fn current(state: &AppState, auth: &AuthUser) -> Result<Json<Value>, ApiEr
         }),
     };
     let mut body = body;
-    body["isPremium"] = json!(auth.user.tier != "free");
+    // Premium is any tier above the catalogue's lowest (an unknown tier counts as the lowest).
+    let catalogue = &state.ai.catalogue;
+    let lowest = catalogue.tiers.first().map(|t| t.name.as_str());
+    body["isPremium"] = json!(Some(catalogue.tier(&auth.user.tier).name.as_str()) != lowest);
     Ok(Json(json!({ "settings": body })))
 }
 

@@ -1,10 +1,12 @@
-//! The account aggregate: a user's identity, credentials and sign-in sessions, and the email
-//! claim that keeps addresses unique.
+//! The account aggregate: a user's identity, credentials and sign-in sessions, their billing
+//! (Stripe customer, subscriptions, the tier they give, invoices), and the email claim that
+//! keeps addresses unique.
 //!
 //! Email uniqueness across accounts is decided by a separate, tiny aggregate per address
 //! ([`EmailClaim`]): appending its first event with "no stream" expected is what reserves the
 //! address, so two concurrent sign-ups cannot both get it.
 
+use crate::billing::{Invoice, SubscriptionReport, SubscriptionState, entitled_tier};
 use crate::schema::parse;
 use crate::{Aggregate, EventSchema, UpcastError, ValidationError};
 use chrono::{DateTime, Utc};
@@ -155,6 +157,29 @@ pub enum AccountCommand {
         /// Now.
         at: DateTime<Utc>,
     },
+    /// Record the Stripe customer created for this account (once).
+    LinkStripeCustomer {
+        /// Stripe's customer id (`cus_...`).
+        customer_id: String,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Merge what a Stripe event says about a subscription, and follow the tier it gives.
+    ApplySubscription {
+        /// The report.
+        report: SubscriptionReport,
+        /// The catalogue's tiers, lowest first: the order subscriptions' tiers are ranked by.
+        tiers: Vec<String>,
+        /// Now.
+        at: DateTime<Utc>,
+    },
+    /// Record (or update) an invoice.
+    RecordInvoice {
+        /// The invoice as the Stripe event shows it.
+        invoice: Invoice,
+        /// Now.
+        at: DateTime<Utc>,
+    },
 }
 
 /// Why an account command is refused.
@@ -169,6 +194,12 @@ pub enum AccountError {
     /// No such session on this account.
     #[error("session not found")]
     UnknownSession,
+    /// The account already has another Stripe customer.
+    #[error("account already linked to Stripe customer {existing}")]
+    CustomerAlreadyLinked {
+        /// The customer it has.
+        existing: String,
+    },
 }
 
 /// An account was created.
@@ -245,6 +276,62 @@ pub struct SessionRevoked {
     pub at: DateTime<Utc>,
 }
 
+/// The account's Stripe customer was created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StripeCustomerLinked {
+    /// The user.
+    pub user_id: Uuid,
+    /// Stripe's customer id.
+    pub customer_id: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// What the account knows of one subscription changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionChanged {
+    /// The user.
+    pub user_id: Uuid,
+    /// The subscription as now known.
+    pub subscription: SubscriptionState,
+    /// The Stripe event that reported the change.
+    pub source_event: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// The billing tier changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TierChanged {
+    /// The user.
+    pub user_id: Uuid,
+    /// The tier before.
+    pub from: String,
+    /// The tier now.
+    pub to: String,
+    /// The subscription whose change caused it.
+    pub subscription_id: String,
+    /// The Stripe event that reported it.
+    pub source_event: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// An invoice was recorded or changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvoiceRecorded {
+    /// The user.
+    pub user_id: Uuid,
+    /// The invoice as now known.
+    pub invoice: Invoice,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
 /// Everything an account records.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AccountEvent {
@@ -258,6 +345,14 @@ pub enum AccountEvent {
     ProfileUpdated(ProfileUpdated),
     /// `account.image_changed`
     ImageChanged(ImageChanged),
+    /// `account.stripe_customer_linked`
+    StripeCustomerLinked(StripeCustomerLinked),
+    /// `account.subscription_changed`
+    SubscriptionChanged(SubscriptionChanged),
+    /// `account.tier_changed`
+    TierChanged(TierChanged),
+    /// `account.invoice_recorded`
+    InvoiceRecorded(InvoiceRecorded),
 }
 
 /// Stable type names of account events.
@@ -272,6 +367,14 @@ pub mod event_types {
     pub const PROFILE_UPDATED: &str = "account.profile_updated";
     /// The profile image changed.
     pub const IMAGE_CHANGED: &str = "account.image_changed";
+    /// The Stripe customer was created.
+    pub const STRIPE_CUSTOMER_LINKED: &str = "account.stripe_customer_linked";
+    /// A subscription changed.
+    pub const SUBSCRIPTION_CHANGED: &str = "account.subscription_changed";
+    /// The billing tier changed.
+    pub const TIER_CHANGED: &str = "account.tier_changed";
+    /// An invoice was recorded.
+    pub const INVOICE_RECORDED: &str = "account.invoice_recorded";
     /// An address was claimed.
     pub const EMAIL_CLAIMED: &str = "email.claimed";
     /// An address was given up.
@@ -283,6 +386,10 @@ pub mod event_types {
         SESSION_REVOKED,
         PROFILE_UPDATED,
         IMAGE_CHANGED,
+        STRIPE_CUSTOMER_LINKED,
+        SUBSCRIPTION_CHANGED,
+        TIER_CHANGED,
+        INVOICE_RECORDED,
     ];
 }
 
@@ -294,6 +401,10 @@ impl EventSchema for AccountEvent {
             AccountEvent::SessionRevoked(_) => event_types::SESSION_REVOKED,
             AccountEvent::ProfileUpdated(_) => event_types::PROFILE_UPDATED,
             AccountEvent::ImageChanged(_) => event_types::IMAGE_CHANGED,
+            AccountEvent::StripeCustomerLinked(_) => event_types::STRIPE_CUSTOMER_LINKED,
+            AccountEvent::SubscriptionChanged(_) => event_types::SUBSCRIPTION_CHANGED,
+            AccountEvent::TierChanged(_) => event_types::TIER_CHANGED,
+            AccountEvent::InvoiceRecorded(_) => event_types::INVOICE_RECORDED,
         }
     }
 
@@ -308,6 +419,10 @@ impl EventSchema for AccountEvent {
             AccountEvent::SessionRevoked(e) => serde_json::to_value(e),
             AccountEvent::ProfileUpdated(e) => serde_json::to_value(e),
             AccountEvent::ImageChanged(e) => serde_json::to_value(e),
+            AccountEvent::StripeCustomerLinked(e) => serde_json::to_value(e),
+            AccountEvent::SubscriptionChanged(e) => serde_json::to_value(e),
+            AccountEvent::TierChanged(e) => serde_json::to_value(e),
+            AccountEvent::InvoiceRecorded(e) => serde_json::to_value(e),
         };
         v.unwrap_or(serde_json::Value::Null)
     }
@@ -325,6 +440,10 @@ impl EventSchema for AccountEvent {
             (SESSION_REVOKED, 1) => AccountEvent::SessionRevoked(parse(t, payload)?),
             (PROFILE_UPDATED, 1) => AccountEvent::ProfileUpdated(parse(t, payload)?),
             (IMAGE_CHANGED, 1) => AccountEvent::ImageChanged(parse(t, payload)?),
+            (STRIPE_CUSTOMER_LINKED, 1) => AccountEvent::StripeCustomerLinked(parse(t, payload)?),
+            (SUBSCRIPTION_CHANGED, 1) => AccountEvent::SubscriptionChanged(parse(t, payload)?),
+            (TIER_CHANGED, 1) => AccountEvent::TierChanged(parse(t, payload)?),
+            (INVOICE_RECORDED, 1) => AccountEvent::InvoiceRecorded(parse(t, payload)?),
             _ if ALL.contains(&t) => {
                 return Err(UpcastError::UnknownVersion {
                     event_type: t.to_owned(),
@@ -347,6 +466,14 @@ pub struct Account {
     pub name: Option<DisplayName>,
     /// Sessions by id, and whether each was revoked.
     pub sessions: HashMap<Uuid, bool>,
+    /// The Stripe customer, once created.
+    pub stripe_customer: Option<String>,
+    /// Subscriptions by Stripe id.
+    pub subscriptions: HashMap<String, SubscriptionState>,
+    /// The billing tier, once a subscription set it (before: the lowest tier).
+    pub tier: Option<String>,
+    /// Invoices by Stripe id.
+    pub invoices: HashMap<String, Invoice>,
 }
 
 impl Aggregate for Account {
@@ -430,6 +557,70 @@ impl Aggregate for Account {
                     })]),
                 }
             }
+            AccountCommand::LinkStripeCustomer { customer_id, at } => {
+                let user_id = self.user_id.ok_or(AccountError::NotFound)?;
+                match &self.stripe_customer {
+                    Some(c) if *c == customer_id => Ok(vec![]),
+                    Some(c) => Err(AccountError::CustomerAlreadyLinked {
+                        existing: c.clone(),
+                    }),
+                    None => Ok(vec![AccountEvent::StripeCustomerLinked(
+                        StripeCustomerLinked {
+                            user_id,
+                            customer_id,
+                            at,
+                        },
+                    )]),
+                }
+            }
+            AccountCommand::ApplySubscription { report, tiers, at } => {
+                let user_id = self.user_id.ok_or(AccountError::NotFound)?;
+                let current = self.subscriptions.get(&report.subscription_id);
+                let Some(merged) = SubscriptionState::merge(current, &report) else {
+                    return Ok(vec![]);
+                };
+                let lowest = tiers.first().cloned().unwrap_or_else(|| "free".to_owned());
+                let before = self.tier.clone().unwrap_or(lowest);
+                let after = entitled_tier(
+                    self.subscriptions
+                        .values()
+                        .filter(|s| s.subscription_id != merged.subscription_id)
+                        .chain(std::iter::once(&merged)),
+                    &tiers,
+                );
+                let mut events = vec![AccountEvent::SubscriptionChanged(SubscriptionChanged {
+                    user_id,
+                    subscription: merged,
+                    source_event: report.source_event.clone(),
+                    at,
+                })];
+                if after != before {
+                    events.push(AccountEvent::TierChanged(TierChanged {
+                        user_id,
+                        from: before,
+                        to: after,
+                        subscription_id: report.subscription_id,
+                        source_event: report.source_event,
+                        at,
+                    }));
+                }
+                Ok(events)
+            }
+            AccountCommand::RecordInvoice { invoice, at } => {
+                let user_id = self.user_id.ok_or(AccountError::NotFound)?;
+                let newer = self
+                    .invoices
+                    .get(&invoice.invoice_id)
+                    .is_none_or(|known| invoice.supersedes(known));
+                if !newer {
+                    return Ok(vec![]);
+                }
+                Ok(vec![AccountEvent::InvoiceRecorded(InvoiceRecorded {
+                    user_id,
+                    invoice,
+                    at,
+                })])
+            }
         }
     }
 
@@ -454,6 +645,22 @@ impl Aggregate for Account {
             }
             AccountEvent::SessionRevoked(e) => {
                 self.sessions.insert(e.session_id, true);
+            }
+            AccountEvent::StripeCustomerLinked(e) => {
+                self.stripe_customer = Some(e.customer_id.clone());
+            }
+            AccountEvent::SubscriptionChanged(e) => {
+                self.subscriptions.insert(
+                    e.subscription.subscription_id.clone(),
+                    e.subscription.clone(),
+                );
+            }
+            AccountEvent::TierChanged(e) => {
+                self.tier = Some(e.to.clone());
+            }
+            AccountEvent::InvoiceRecorded(e) => {
+                self.invoices
+                    .insert(e.invoice.invoice_id.clone(), e.invoice.clone());
             }
         }
         self
@@ -790,6 +997,127 @@ mod tests {
         );
     }
 
+    fn sub(status: crate::billing::SubscriptionStatus, secs: i64) -> AccountCommand {
+        AccountCommand::ApplySubscription {
+            report: SubscriptionReport {
+                subscription_id: "sub_1".into(),
+                status,
+                tier: "pro".into(),
+                current_period_end: None,
+                cancel_at_period_end: None,
+                observed_at: at() + chrono::Duration::seconds(secs),
+                source_event: format!("evt_{secs}"),
+            },
+            tiers: vec!["free".into(), "pro".into()],
+            at: at(),
+        }
+    }
+
+    /// Applies commands in order, keeping their events.
+    fn run(commands: Vec<AccountCommand>) -> Account {
+        commands
+            .into_iter()
+            .fold(Account::replay(&[registered()]), |s, c| {
+                let events = s.decide(c).expect("decided");
+                events.iter().fold(s, |s, e| s.evolve(e))
+            })
+    }
+
+    #[test]
+    fn a_stripe_customer_is_linked_once() {
+        let link = |id: &str| AccountCommand::LinkStripeCustomer {
+            customer_id: id.into(),
+            at: at(),
+        };
+        let linked = AccountEvent::StripeCustomerLinked(StripeCustomerLinked {
+            user_id: id(1),
+            customer_id: "cus_1".into(),
+            at: at(),
+        });
+        given::<Account>([registered()])
+            .when(link("cus_1"))
+            .then([linked.clone()]);
+        given::<Account>([registered(), linked.clone()])
+            .when(link("cus_1"))
+            .then([]);
+        given::<Account>([registered(), linked])
+            .when(link("cus_2"))
+            .then_error(AccountError::CustomerAlreadyLinked {
+                existing: "cus_1".into(),
+            });
+        given::<Account>([])
+            .when(link("cus_1"))
+            .then_error(AccountError::NotFound);
+    }
+
+    #[test]
+    fn the_tier_follows_the_subscription_and_a_cancellation_drops_it() {
+        use crate::billing::SubscriptionStatus::*;
+        let events = given::<Account>([registered()]).when(sub(Active, 1));
+        let state = events.then([
+            AccountEvent::SubscriptionChanged(SubscriptionChanged {
+                user_id: id(1),
+                subscription: SubscriptionState {
+                    subscription_id: "sub_1".into(),
+                    status: Active,
+                    tier: "pro".into(),
+                    status_observed_at: at() + chrono::Duration::seconds(1),
+                    current_period_end: None,
+                    cancel_at_period_end: false,
+                    period_observed_at: None,
+                },
+                source_event: "evt_1".into(),
+                at: at(),
+            }),
+            AccountEvent::TierChanged(TierChanged {
+                user_id: id(1),
+                from: "free".into(),
+                to: "pro".into(),
+                subscription_id: "sub_1".into(),
+                source_event: "evt_1".into(),
+                at: at(),
+            }),
+        ]);
+        assert_eq!(state.tier.as_deref(), Some("pro"));
+        // The same report again changes nothing.
+        assert_eq!(state.decide(sub(Active, 1)), Ok(vec![]));
+        let state = run(vec![sub(Active, 1), sub(Canceled, 5)]);
+        assert_eq!(state.tier.as_deref(), Some("free"));
+        // Delivered the other way round, and twice: the same end.
+        let reversed = run(vec![sub(Canceled, 5), sub(Active, 1), sub(Canceled, 5)]);
+        assert_eq!(reversed.tier.as_deref().unwrap_or("free"), "free");
+        assert_eq!(reversed.subscriptions, state.subscriptions);
+        // A report that leaves the tier as it was records no tier change.
+        let events = Account::replay(&[registered()])
+            .decide(sub(Incomplete, 1))
+            .unwrap();
+        assert_eq!(events.len(), 1);
+    }
+
+    #[test]
+    fn an_invoice_is_recorded_once_and_a_paid_one_stays_paid() {
+        let invoice = |status: &str, secs| AccountCommand::RecordInvoice {
+            invoice: Invoice {
+                invoice_id: "in_1".into(),
+                customer_id: "cus_1".into(),
+                subscription_id: Some("sub_1".into()),
+                amount: 900,
+                currency: "usd".into(),
+                status: status.into(),
+                created: at(),
+                hosted_invoice_url: None,
+                description: None,
+                observed_at: at() + chrono::Duration::seconds(secs),
+            },
+            at: at(),
+        };
+        let paid_first = run(vec![invoice("paid", 10), invoice("open", 5)]);
+        let in_order = run(vec![invoice("open", 5), invoice("paid", 10)]);
+        assert_eq!(paid_first.invoices, in_order.invoices);
+        assert_eq!(paid_first.invoices["in_1"].status, "paid");
+        assert_eq!(in_order.decide(invoice("paid", 10)), Ok(vec![]));
+    }
+
     #[test]
     fn account_events_round_trip_and_are_all_listed() {
         let more = [
@@ -807,6 +1135,19 @@ mod tests {
             AccountEvent::SessionRevoked(SessionRevoked {
                 user_id: id(1),
                 session_id: id(2),
+                at: at(),
+            }),
+            AccountEvent::StripeCustomerLinked(StripeCustomerLinked {
+                user_id: id(1),
+                customer_id: "cus_1".into(),
+                at: at(),
+            }),
+            AccountEvent::TierChanged(TierChanged {
+                user_id: id(1),
+                from: "free".into(),
+                to: "pro".into(),
+                subscription_id: "sub_1".into(),
+                source_event: "evt_1".into(),
                 at: at(),
             }),
         ];

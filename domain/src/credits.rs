@@ -33,6 +33,10 @@ pub struct CreditCommand {
 /// What a credit command does.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CreditAction {
+    /// Open the account (with the command's `opening`) if it has not opened; nothing else.
+    /// Billing opens it before it changes the tier, so the opening allowance is the tier's
+    /// before the change whatever order the payment's events arrive in.
+    Open,
     /// Hold `amount` for an LLM call.
     Reserve {
         /// The reservation's id (the reply's id).
@@ -340,6 +344,7 @@ impl Aggregate for CreditAccount {
         let s = state.as_ref();
         let (user, at) = (c.user, c.at);
         match c.action {
+            CreditAction::Open => {}
             CreditAction::Reserve {
                 reservation_id,
                 amount,
@@ -699,6 +704,16 @@ mod tests {
                 balance_after: 150,
                 at: at(3),
             })]);
+    }
+
+    #[test]
+    fn opening_opens_once_and_does_nothing_else() {
+        given::<CreditAccount>([])
+            .when(cmd(1, CreditAction::Open))
+            .then([opened(1, 100)]);
+        given::<CreditAccount>([opened(1, 100)])
+            .when(cmd(2, CreditAction::Open))
+            .then([]);
     }
 
     #[test]

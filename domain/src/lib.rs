@@ -6,6 +6,7 @@
 //! with plain `#[test]`s in the given/when/then form of [`testing`].
 
 pub mod account;
+pub mod billing;
 pub mod catalogue;
 pub mod chat;
 pub mod credits;

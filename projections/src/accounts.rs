@@ -1,4 +1,5 @@
-//! The `accounts` projection: users and their sign-in sessions, as authentication reads them.
+//! The `accounts` projection: users (with their billing tier) and their sign-in sessions, as
+//! authentication reads them.
 
 use crate::db::{ReadDb, Tx};
 use crate::engine::{Projection, ProjectionError};
@@ -87,6 +88,19 @@ impl Projection for AccountsProjection {
                     s.at
                 )?;
             }
+            // Not a profile edit: `updated_at` stays the profile's.
+            AccountEvent::TierChanged(t) => {
+                execute!(
+                    tx,
+                    "UPDATE users SET tier = $2 WHERE id = $1",
+                    t.user_id,
+                    t.to
+                )?;
+            }
+            // The billing projection keeps these.
+            AccountEvent::StripeCustomerLinked(_)
+            | AccountEvent::SubscriptionChanged(_)
+            | AccountEvent::InvoiceRecorded(_) => {}
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! global log. A read model can be dropped and rebuilt from position zero to the same state.
 
 pub mod accounts;
+pub mod billing;
 pub mod chats;
 pub mod credits;
 pub mod db;
@@ -25,5 +26,6 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(settings::SettingsProjection),
         Arc::new(providers::ProvidersProjection),
         Arc::new(credits::CreditsProjection),
+        Arc::new(billing::BillingProjection),
     ]
 }

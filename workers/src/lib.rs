@@ -3,6 +3,7 @@
 //! and the job workers (LLM replies, the monthly credit reset).
 
 pub mod ai;
+pub mod billing;
 pub mod llm;
 pub mod queue;
 pub mod relay;

@@ -1,0 +1,1384 @@
+//! Stripe billing over HTTP, against a local server that speaks Stripe's wire format
+//! (form-encoded requests, JSON objects and JSON errors): checkout and the billing portal; the
+//! webhook's signatures; redeliveries, concurrency and out-of-order events; subscriptions,
+//! tiers and credits; invoices.
+//!
+//! Webhook effects are applied by a worker after the 200, so tests wait for the `stripe_events`
+//! read model to show an event processed (the worker marks it so only once every effect is
+//! readable) and for the job queue to drain; they never sleep to let work happen.
+
+mod common;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use common::{Db, TestApp, assert_error, spawn_app_with};
+use confab_domain::billing::Price;
+use confab_projections::ReadDb;
+use hmac::{Hmac, Mac};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+on_both!(
+    signatures_are_verified_on_the_raw_body,
+    a_redelivered_event_changes_nothing_even_twenty_at_once,
+    events_out_of_order_end_in_the_same_state_as_in_order,
+    a_cancelled_subscription_drops_the_tier_and_the_premium_models,
+    checkout_and_portal_go_through_stripe,
+    a_stripe_error_is_a_502_and_records_nothing,
+    invoices_are_the_callers_own,
+    a_top_up_grants_its_credits_once_paid,
+    unknown_event_types_are_acknowledged_and_recorded,
+    an_event_recorded_but_never_queued_is_applied_at_start_up,
+);
+
+const SECRET_KEY: &str = "sk_test_confab_4242";
+const WEBHOOK_SECRET: &str = "whsec_test_confab";
+const PRO: &str = "price_pro_monthly";
+const TOPUP: &str = "price_topup_5000";
+
+// ---------------------------------------------------------------------------------------------
+// The Stripe stand-in.
+
+/// One request the stand-in received.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    authorization: String,
+    idempotency_key: Option<String>,
+    form: HashMap<String, String>,
+}
+
+/// A scripted failure: status, Stripe error type, message.
+type Failure = (u16, &'static str, String);
+
+#[derive(Clone, Default)]
+struct FakeStripe {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// Answers to give instead, by path: (status, error type, message).
+    failures: Arc<Mutex<HashMap<String, Failure>>>,
+    /// Customers by idempotency key, as Stripe replays them.
+    replays: Arc<Mutex<HashMap<String, Value>>>,
+    counter: Arc<Mutex<u64>>,
+}
+
+impl FakeStripe {
+    fn fail(&self, path: &str, status: u16, kind: &'static str, message: &str) {
+        self.failures
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), (status, kind, message.to_owned()));
+    }
+    fn heal(&self) {
+        self.failures.lock().unwrap().clear();
+    }
+    fn requests(&self, path: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path == path)
+            .cloned()
+            .collect()
+    }
+    fn next(&self) -> u64 {
+        let mut n = self.counter.lock().unwrap();
+        *n += 1;
+        *n
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+async fn stripe_api(
+    State(fake): State<FakeStripe>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let path = uri.path().to_owned();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        header("content-type").as_deref(),
+        Some("application/x-www-form-urlencoded"),
+        "Stripe takes form-encoded bodies"
+    );
+    let form: HashMap<String, String> = serde_urlencoded::from_str(&body).expect("a form body");
+    let seen = Seen {
+        path: path.clone(),
+        authorization: header("authorization").unwrap_or_default(),
+        idempotency_key: header("idempotency-key"),
+        form: form.clone(),
+    };
+    fake.seen.lock().unwrap().push(seen.clone());
+    let error = |status: u16, kind: &str, message: &str| {
+        (
+            StatusCode::from_u16(status).unwrap(),
+            axum::Json(json!({ "error": { "type": kind, "message": message } })),
+        )
+            .into_response()
+    };
+    if seen.authorization != format!("Bearer {SECRET_KEY}") {
+        return error(
+            401,
+            "invalid_request_error",
+            "Invalid API Key provided: sk_test_****",
+        );
+    }
+    if let Some((status, kind, message)) = fake.failures.lock().unwrap().get(&path).cloned() {
+        return error(status, kind, &message);
+    }
+    let created = now();
+    let object = match path.as_str() {
+        "/v1/customers" => {
+            if let Some(key) = &seen.idempotency_key
+                && let Some(replay) = fake.replays.lock().unwrap().get(key)
+            {
+                return axum::Json(replay.clone()).into_response();
+            }
+            let customer = json!({
+                "id": format!("cus_test_{}", fake.next()),
+                "object": "customer",
+                "created": created,
+                "livemode": false,
+                "email": form.get("email"),
+                "name": form.get("name"),
+                "metadata": { "user_id": form.get("metadata[user_id]") },
+            });
+            if let Some(key) = &seen.idempotency_key {
+                fake.replays
+                    .lock()
+                    .unwrap()
+                    .insert(key.clone(), customer.clone());
+            }
+            customer
+        }
+        "/v1/checkout/sessions" => {
+            let id = format!("cs_test_{}", fake.next());
+            json!({
+                "id": id,
+                "object": "checkout.session",
+                "automatic_tax": { "enabled": false, "liability": null, "provider": null, "status": null },
+                "cancel_url": form.get("cancel_url"),
+                "client_reference_id": form.get("client_reference_id"),
+                "created": created,
+                "currency": "usd",
+                "custom_fields": [],
+                "custom_text": { "after_submit": null, "shipping_address": null, "submit": null, "terms_of_service_acceptance": null },
+                "customer": form.get("customer"),
+                "expires_at": created + 86_400,
+                "livemode": false,
+                "metadata": {},
+                "mode": form.get("mode"),
+                "payment_method_types": ["card"],
+                "payment_status": "unpaid",
+                "shipping_options": [],
+                "status": "open",
+                "success_url": form.get("success_url"),
+                "url": format!("https://checkout.stripe.test/c/pay/{id}"),
+            })
+        }
+        "/v1/billing_portal/sessions" => {
+            let id = format!("bps_test_{}", fake.next());
+            json!({
+                "id": id,
+                "object": "billing_portal.session",
+                "configuration": "bpc_test_1",
+                "created": created,
+                "customer": form.get("customer"),
+                "livemode": false,
+                "return_url": form.get("return_url"),
+                "url": format!("https://billing.stripe.test/p/session/{id}"),
+            })
+        }
+        other => {
+            return error(
+                404,
+                "invalid_request_error",
+                &format!("Unrecognized request URL (POST: {other})"),
+            );
+        }
+    };
+    axum::Json(object).into_response()
+}
+
+async fn start_stripe() -> (FakeStripe, String) {
+    let fake = FakeStripe::default();
+    let app = Router::new()
+        .route("/v1/{*rest}", post(stripe_api))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (fake, base)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The app, its read models, the webhook.
+
+struct Billing {
+    app: TestApp,
+    db: ReadDb,
+    stripe: FakeStripe,
+    data_dir: std::path::PathBuf,
+}
+
+async fn billing_app(db: Db) -> Billing {
+    billing_app_with(db, |_| {}).await
+}
+
+async fn billing_app_with(db: Db, tweak: impl FnOnce(&mut confab::Config)) -> Billing {
+    let (stripe, base) = start_stripe().await;
+    let mut database_url = None;
+    let mut data_dir = None;
+    let app = spawn_app_with(db, |c| {
+        tweak(c);
+        data_dir = Some(c.data_dir.clone());
+        c.stripe_secret_key = Some(SECRET_KEY.to_owned().into());
+        c.stripe_webhook_secret = Some(WEBHOOK_SECRET.to_owned().into());
+        c.stripe_api_base = base;
+        c.billing.prices = vec![
+            Price {
+                id: PRO.into(),
+                tier: Some("pro".into()),
+                credits: None,
+            },
+            Price {
+                id: TOPUP.into(),
+                tier: None,
+                credits: Some(5_000),
+            },
+        ];
+        database_url = c
+            .database_url
+            .as_ref()
+            .map(|u| secrecy::ExposeSecret::expose_secret(u).to_owned());
+    })
+    .await;
+    let data_dir = data_dir.expect("data dir");
+    let db = match database_url {
+        Some(url) => ReadDb::Postgres(sqlx::PgPool::connect(&url).await.expect("postgres")),
+        None => {
+            let path = data_dir.join("confab.db");
+            ReadDb::Sqlite(
+                sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .expect("sqlite"),
+            )
+        }
+    };
+    Billing {
+        app,
+        db,
+        stripe,
+        data_dir,
+    }
+}
+
+fn sign_with(secret: &str, t: i64, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn signature(body: &str) -> String {
+    let t = now();
+    format!("t={t},v1={}", sign_with(WEBHOOK_SECRET, t, body))
+}
+
+impl Billing {
+    /// Posts `body` to the webhook with `signature` (none: no header) → (status, body).
+    async fn deliver_raw(&self, body: &str, signature: Option<String>) -> (u16, Value) {
+        let mut r = self
+            .app
+            .request(Method::POST, "/api/webhooks/stripe", None)
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(s) = signature {
+            r = r.header("stripe-signature", s);
+        }
+        common::parts(r.send().await.expect("webhook")).await
+    }
+
+    /// Delivers `event`, validly signed; expects 200 `{received: true}`.
+    async fn deliver(&self, event: &Value) {
+        let body = event.to_string();
+        let (s, b) = self.deliver_raw(&body, Some(signature(&body))).await;
+        assert_eq!((s, &b), (200, &json!({ "received": true })), "{event}");
+    }
+
+    /// Delivers `event` and waits until its effects are readable.
+    async fn apply(&self, event: &Value) {
+        self.deliver(event).await;
+        self.processed(event["id"].as_str().unwrap()).await;
+    }
+
+    /// Waits until the read model shows `event_id` processed; returns the outcome.
+    async fn processed(&self, event_id: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let row = confab_projections::billing::stripe_event(&self.db, event_id)
+                .await
+                .expect("read");
+            if let Some(r) = row
+                && r.processed_at.is_some()
+            {
+                return r.outcome.unwrap_or_default();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stripe event {event_id} was not processed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until no Stripe job is left in the queue.
+    async fn drained(&self) {
+        let path = self.data_dir.join("stripe-jobs.db");
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .expect("stripe-jobs.db");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM Jobs WHERE job_type = 'process_stripe_event' AND \
+                 (status IN ('Pending', 'Queued', 'Running') OR \
+                 (status = 'Failed' AND attempts < max_attempts))",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+            if n == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the Stripe queue did not drain"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        pool.close().await;
+    }
+
+    /// Signs `email` up and starts a checkout for `price` so that their Stripe customer exists;
+    /// returns (token, user id, customer id).
+    async fn customer(&self, email: &str) -> (String, String, String) {
+        let (token, user) = self.app.sign_up(email).await;
+        let (s, b) = self
+            .app
+            .post(
+                "/api/billing/checkout",
+                Some(&token),
+                &json!({ "priceId": PRO, "mode": "subscription" }),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let user_id = user["id"].as_str().unwrap().to_owned();
+        let customer = confab_projections::billing::customer_of(
+            &self.db,
+            uuid::Uuid::parse_str(&user_id).unwrap(),
+        )
+        .await
+        .unwrap()
+        .expect("the customer is recorded before checkout answers");
+        (token, user_id, customer)
+    }
+
+    async fn me(&self, token: &str) -> Value {
+        let (s, me) = self.app.get("/api/me", Some(token)).await;
+        assert_eq!(s, 200, "{me}");
+        me["user"].clone()
+    }
+
+    async fn history(&self, token: &str) -> Vec<(String, i64, i64)> {
+        let (s, h) = self
+            .app
+            .get("/api/billing/credit-history?limit=100", Some(token))
+            .await;
+        assert_eq!(s, 200, "{h}");
+        let mut rows: Vec<(String, i64, i64)> = h["transactions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["type"].as_str().unwrap().to_owned(),
+                    t["amount"].as_i64().unwrap(),
+                    t["balanceAfter"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        rows.reverse(); // oldest first
+        rows
+    }
+
+    async fn invoices(&self, token: &str) -> Vec<Value> {
+        let (s, b) = self.app.get("/api/billing/invoices", Some(token)).await;
+        assert_eq!(s, 200, "{b}");
+        b["invoices"].as_array().unwrap().clone()
+    }
+
+    /// The head of the event log, from /readyz.
+    async fn head(&self) -> u64 {
+        let (_, r) = self.app.get("/readyz", None).await;
+        r["projections"][0]["head"].as_u64().expect("head")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stripe events, in Stripe's shapes.
+
+fn event(id: &str, kind: &str, created: i64, object: Value) -> Value {
+    json!({
+        "id": id,
+        "object": "event",
+        "api_version": "2025-09-30.clover",
+        "created": created,
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": { "id": null, "idempotency_key": null },
+        "type": kind,
+        "data": { "object": object },
+    })
+}
+
+fn checkout_completed(
+    id: &str,
+    created: i64,
+    session: &str,
+    customer: &str,
+    user: &str,
+    price: &str,
+    subscription: Option<&str>,
+) -> Value {
+    let mode = if subscription.is_some() {
+        "subscription"
+    } else {
+        "payment"
+    };
+    event(
+        id,
+        "checkout.session.completed",
+        created,
+        json!({
+            "id": session,
+            "object": "checkout.session",
+            "mode": mode,
+            "status": "complete",
+            "payment_status": "paid",
+            "customer": customer,
+            "subscription": subscription,
+            "client_reference_id": user,
+            "metadata": { "user_id": user, "price_id": price },
+            "amount_total": 900,
+            "currency": "usd",
+        }),
+    )
+}
+
+/// An `invoice.*` event; `new_shape` uses the 2025 layout (subscription under `parent`,
+/// the price under `pricing`), otherwise the older one.
+#[allow(clippy::too_many_arguments)]
+fn invoice_event(
+    id: &str,
+    kind: &str,
+    created: i64,
+    invoice: &str,
+    customer: &str,
+    subscription: &str,
+    status: &str,
+    new_shape: bool,
+) -> Value {
+    let mut object = json!({
+        "id": invoice,
+        "object": "invoice",
+        "customer": customer,
+        "status": status,
+        "amount_due": 900,
+        "amount_paid": if status == "paid" { 900 } else { 0 },
+        "currency": "usd",
+        "created": created - 5,
+        "hosted_invoice_url": format!("https://invoice.stripe.test/i/{invoice}"),
+        "description": null,
+        "billing_reason": "subscription_cycle",
+    });
+    let line_price = if new_shape {
+        object["parent"] = json!({
+            "type": "subscription_details",
+            "subscription_details": { "subscription": subscription, "metadata": {} },
+        });
+        json!({ "pricing": { "type": "price_details", "price_details": { "price": PRO, "product": "prod_1" } } })
+    } else {
+        object["subscription"] = json!(subscription);
+        json!({ "price": { "id": PRO, "object": "price" } })
+    };
+    let mut line = json!({
+        "id": format!("il_{invoice}"),
+        "object": "line_item",
+        "amount": 900,
+        "description": "1 × Confab Pro (at $9.00 / month)",
+        "period": { "start": created, "end": created + 30 * 86_400 },
+    });
+    for (k, v) in line_price.as_object().unwrap() {
+        line[k] = v.clone();
+    }
+    object["lines"] = json!({ "object": "list", "data": [line] });
+    event(id, kind, created, object)
+}
+
+fn subscription_event(
+    id: &str,
+    kind: &str,
+    created: i64,
+    subscription: &str,
+    customer: &str,
+    status: &str,
+    cancel_at_period_end: bool,
+) -> Value {
+    event(
+        id,
+        kind,
+        created,
+        json!({
+            "id": subscription,
+            "object": "subscription",
+            "customer": customer,
+            "status": status,
+            "cancel_at_period_end": cancel_at_period_end,
+            "metadata": {},
+            "items": { "object": "list", "data": [{
+                "id": "si_1",
+                "object": "subscription_item",
+                "price": { "id": PRO, "object": "price" },
+                "current_period_start": created,
+                "current_period_end": created + 30 * 86_400,
+            }]},
+        }),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+async fn signatures_are_verified_on_the_raw_body(db: Db) {
+    let b = billing_app(db).await;
+    let ev = event("evt_sig", "ping.test", now(), json!({ "id": "x" }));
+    let body = ev.to_string();
+    let t = now();
+    let refused = |(s, v): (u16, Value)| {
+        assert_eq!(s, 400, "{v}");
+        assert_error(&v, "validation_error");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("signature"),
+            "{v}"
+        );
+    };
+    // Missing header.
+    refused(b.deliver_raw(&body, None).await);
+    // Signed with another secret.
+    let wrong = format!("t={t},v1={}", sign_with("whsec_someone_else", t, &body));
+    refused(b.deliver_raw(&body, Some(wrong)).await);
+    // A good signature of an old timestamp.
+    let old = t - 301;
+    let stale = format!("t={old},v1={}", sign_with(WEBHOOK_SECRET, old, &body));
+    refused(b.deliver_raw(&body, Some(stale)).await);
+    // The body changed after signing.
+    let tampered = body.replace("ping.test", "invoice.paid");
+    refused(b.deliver_raw(&tampered, Some(signature(&body))).await);
+    // Nothing refused was recorded.
+    assert!(
+        confab_projections::billing::stripe_event(&b.db, "evt_sig")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Several v1 values (a secret being rolled), one of them right.
+    let several = format!(
+        "t={t},v1={},v1={}",
+        sign_with("whsec_old", t, &body),
+        sign_with(WEBHOOK_SECRET, t, &body)
+    );
+    let (s, v) = b.deliver_raw(&body, Some(several)).await;
+    assert_eq!((s, v), (200, json!({ "received": true })));
+    b.processed("evt_sig").await;
+    // Signed but not a Stripe event.
+    let junk = r#"{"hello":"world"}"#;
+    let (s, v) = b.deliver_raw(junk, Some(signature(junk))).await;
+    assert_eq!(s, 400, "{v}");
+    assert_error(&v, "validation_error");
+    b.drained().await;
+    b.app.shutdown().await;
+}
+
+async fn a_redelivered_event_changes_nothing_even_twenty_at_once(db: Db) {
+    let b = Arc::new(billing_app(db).await);
+    let (token, user, customer) = b.customer("again@example.com").await;
+    let t = now();
+    // A top-up delivered twice, one after the other.
+    let topup = checkout_completed(
+        "evt_topup_1",
+        t,
+        "cs_topup_1",
+        &customer,
+        &user,
+        TOPUP,
+        None,
+    );
+    b.apply(&topup).await;
+    b.apply(&topup).await;
+    assert_eq!(b.me(&token).await["credits"], 1_000 + 5_000);
+    // A renewal delivered 20 times at once.
+    let paid = invoice_event(
+        "evt_paid_1",
+        "invoice.paid",
+        t + 1,
+        "in_1",
+        &customer,
+        "sub_1",
+        "paid",
+        true,
+    );
+    let mut deliveries = Vec::new();
+    for _ in 0..20 {
+        let (b, paid) = (b.clone(), paid.clone());
+        deliveries.push(tokio::spawn(async move { b.deliver(&paid).await }));
+    }
+    for d in deliveries {
+        d.await.expect("delivery");
+    }
+    b.processed("evt_paid_1").await;
+    b.drained().await;
+    assert_eq!(b.me(&token).await["credits"], 1_000 + 5_000 + 20_000);
+    assert_eq!(
+        b.history(&token).await,
+        vec![
+            ("reset".to_owned(), 1_000, 1_000),
+            ("topup".to_owned(), 5_000, 6_000),
+            ("subscription".to_owned(), 20_000, 26_000),
+        ]
+    );
+    assert_eq!(b.invoices(&token).await.len(), 1);
+    // Delivered again once everything is done: still nothing new.
+    b.apply(&paid).await;
+    b.drained().await;
+    assert_eq!(b.me(&token).await["credits"], 26_000);
+    let b = Arc::try_unwrap(b).ok().expect("sole owner");
+    b.app.shutdown().await;
+}
+
+/// What a user's billing looks like from the API, for comparing two users.
+async fn billing_state(b: &Billing, token: &str) -> Value {
+    let me = b.me(token).await;
+    let (_, settings) = b.app.get("/api/settings", Some(token)).await;
+    let invoices: Vec<Value> = b
+        .invoices(token)
+        .await
+        .into_iter()
+        .map(|i| json!([i["amount"], i["status"], i["currency"]]))
+        .collect();
+    json!({
+        "tier": me["tier"],
+        "credits": me["credits"],
+        "isPremium": settings["settings"]["isPremium"],
+        "history": b.history(token).await,
+        "invoices": invoices,
+    })
+}
+
+async fn events_out_of_order_end_in_the_same_state_as_in_order(db: Db) {
+    let b = billing_app(db).await;
+    let t = now();
+    let (a_token, a, a_customer) = b.customer("inorder@example.com").await;
+    let (z_token, z, z_customer) = b.customer("outoforder@example.com").await;
+    // Stripe's order: the checkout completes, then the first invoice is paid.
+    b.apply(&checkout_completed(
+        "evt_a1",
+        t,
+        "cs_a",
+        &a_customer,
+        &a,
+        PRO,
+        Some("sub_a"),
+    ))
+    .await;
+    b.apply(&invoice_event(
+        "evt_a2",
+        "invoice.paid",
+        t + 1,
+        "in_a",
+        &a_customer,
+        "sub_a",
+        "paid",
+        false,
+    ))
+    .await;
+    // The same two events delivered the other way round.
+    b.apply(&invoice_event(
+        "evt_z2",
+        "invoice.paid",
+        t + 1,
+        "in_z",
+        &z_customer,
+        "sub_z",
+        "paid",
+        false,
+    ))
+    .await;
+    b.apply(&checkout_completed(
+        "evt_z1",
+        t,
+        "cs_z",
+        &z_customer,
+        &z,
+        PRO,
+        Some("sub_z"),
+    ))
+    .await;
+    let in_order = billing_state(&b, &a_token).await;
+    let out_of_order = billing_state(&b, &z_token).await;
+    assert_eq!(in_order, out_of_order);
+    assert_eq!(in_order["tier"], "pro");
+    assert_eq!(in_order["isPremium"], true);
+    assert_eq!(in_order["credits"], 21_000);
+    // A failed payment reported late (its event is older than the paid one) does not reopen
+    // the invoice.
+    b.apply(&invoice_event(
+        "evt_a0",
+        "invoice.payment_failed",
+        t,
+        "in_a",
+        &a_customer,
+        "sub_a",
+        "open",
+        false,
+    ))
+    .await;
+    assert_eq!(b.invoices(&a_token).await[0]["status"], "paid");
+    b.drained().await;
+    b.app.shutdown().await;
+}
+
+async fn a_cancelled_subscription_drops_the_tier_and_the_premium_models(db: Db) {
+    let b = billing_app(db).await;
+    let t = now();
+    let (token, user, customer) = b.customer("cancel@example.com").await;
+    let premium = json!({ "messages": [{ "role": "user", "content": "hi" }], "modelId": "gpt-4o" });
+    // Free: the premium model is refused for the tier.
+    let (s, body) = b.app.post("/api/chat", Some(&token), &premium).await;
+    assert_eq!(s, 403, "{body}");
+    assert_error(&body, "forbidden");
+
+    b.apply(&checkout_completed(
+        "evt_c1",
+        t,
+        "cs_c",
+        &customer,
+        &user,
+        PRO,
+        Some("sub_c"),
+    ))
+    .await;
+    b.apply(&invoice_event(
+        "evt_c2",
+        "invoice.paid",
+        t + 1,
+        "in_c1",
+        &customer,
+        "sub_c",
+        "paid",
+        true,
+    ))
+    .await;
+    assert_eq!(b.me(&token).await["tier"], "pro");
+    let (_, settings) = b.app.get("/api/settings", Some(&token)).await;
+    assert_eq!(settings["settings"]["isPremium"], true);
+    // Pro: the tier check passes (no provider is configured here, hence 503, not 403).
+    let (s, body) = b.app.post("/api/chat", Some(&token), &premium).await;
+    assert_eq!(s, 503, "{body}");
+    let (_, models) = b.app.get("/api/models", Some(&token)).await;
+    assert_eq!(models["models"].as_array().unwrap().len(), 5);
+
+    // A month later: renewed.
+    b.apply(&invoice_event(
+        "evt_c3",
+        "invoice.paid",
+        t + 30,
+        "in_c2",
+        &customer,
+        "sub_c",
+        "paid",
+        true,
+    ))
+    .await;
+    // The user cancels in the portal: the subscription runs to the end of the period.
+    b.apply(&subscription_event(
+        "evt_c4",
+        "customer.subscription.updated",
+        t + 40,
+        "sub_c",
+        &customer,
+        "active",
+        true,
+    ))
+    .await;
+    assert_eq!(b.me(&token).await["tier"], "pro", "still paid for");
+    let subs =
+        confab_projections::billing::subscriptions(&b.db, uuid::Uuid::parse_str(&user).unwrap())
+            .await
+            .unwrap();
+    assert!(subs[0].cancel_at_period_end && subs[0].current_period_end.is_some());
+    // At the period's end Stripe deletes it.
+    b.apply(&subscription_event(
+        "evt_c5",
+        "customer.subscription.deleted",
+        t + 60,
+        "sub_c",
+        &customer,
+        "canceled",
+        true,
+    ))
+    .await;
+    // A stale update arriving after the deletion does not bring the tier back.
+    b.apply(&subscription_event(
+        "evt_c6",
+        "customer.subscription.updated",
+        t + 50,
+        "sub_c",
+        &customer,
+        "active",
+        false,
+    ))
+    .await;
+    assert_eq!(b.me(&token).await["tier"], "free");
+    let (_, settings) = b.app.get("/api/settings", Some(&token)).await;
+    assert_eq!(settings["settings"]["isPremium"], false);
+    let (s, body) = b.app.post("/api/chat", Some(&token), &premium).await;
+    assert_eq!(s, 403, "{body}");
+    assert_error(&body, "forbidden");
+    let (_, models) = b.app.get("/api/models", Some(&token)).await;
+    assert_eq!(models["models"].as_array().unwrap().len(), 1);
+    // Each step is in the credit history: the opening, the first period, the renewal; the
+    // credits bought stay after the downgrade.
+    assert_eq!(
+        b.history(&token).await,
+        vec![
+            ("reset".to_owned(), 1_000, 1_000),
+            ("subscription".to_owned(), 20_000, 21_000),
+            ("subscription".to_owned(), 20_000, 41_000),
+        ]
+    );
+    assert_eq!(b.me(&token).await["credits"], 41_000);
+    let subs =
+        confab_projections::billing::subscriptions(&b.db, uuid::Uuid::parse_str(&user).unwrap())
+            .await
+            .unwrap();
+    assert_eq!(subs[0].status, "canceled");
+    b.drained().await;
+    b.app.shutdown().await;
+}
+
+async fn checkout_and_portal_go_through_stripe(db: Db) {
+    let b = billing_app(db).await;
+    let (token, user) = b.app.sign_up("buyer@example.com").await;
+    let user = user["id"].as_str().unwrap().to_owned();
+    let (s, v) = b
+        .app
+        .post(
+            "/api/billing/checkout",
+            Some(&token),
+            &json!({ "priceId": PRO, "mode": "subscription" }),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://checkout.stripe.test/c/pay/cs_test_"),
+        "{v}"
+    );
+    let customers = b.stripe.requests("/v1/customers");
+    assert_eq!(customers.len(), 1);
+    assert_eq!(customers[0].authorization, format!("Bearer {SECRET_KEY}"));
+    assert!(customers[0].idempotency_key.is_some());
+    assert_eq!(customers[0].form["email"], "buyer@example.com");
+    assert_eq!(customers[0].form["metadata[user_id]"], user);
+    let sessions = b.stripe.requests("/v1/checkout/sessions");
+    let f = &sessions[0].form;
+    assert_eq!(f["mode"], "subscription");
+    assert_eq!(f["customer"], "cus_test_1");
+    assert_eq!(f["client_reference_id"], user);
+    assert_eq!(f["line_items[0][price]"], PRO);
+    assert_eq!(f["line_items[0][quantity]"], "1");
+    assert_eq!(f["metadata[price_id]"], PRO);
+    assert_eq!(f["subscription_data[metadata][user_id]"], user);
+    assert!(f.contains_key("success_url") && f.contains_key("cancel_url"));
+
+    // A top-up, then the portal: the same customer every time.
+    let (s, v) = b
+        .app
+        .post(
+            "/api/billing/checkout",
+            Some(&token),
+            &json!({ "priceId": TOPUP, "mode": "one-time" }),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let sessions = b.stripe.requests("/v1/checkout/sessions");
+    assert_eq!(sessions[1].form["mode"], "payment");
+    assert_eq!(sessions[1].form["customer"], "cus_test_1");
+    assert!(
+        !sessions[1]
+            .form
+            .contains_key("subscription_data[metadata][user_id]")
+    );
+    let (s, v) = b
+        .app
+        .post("/api/billing/portal", Some(&token), &json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://billing.stripe.test/p/session/")
+    );
+    let portal = b.stripe.requests("/v1/billing_portal/sessions");
+    assert_eq!(portal[0].form["customer"], "cus_test_1");
+    assert!(portal[0].form.contains_key("return_url"));
+    assert_eq!(b.stripe.requests("/v1/customers").len(), 1, "one customer");
+
+    // Concurrent first uses by another user still make one customer.
+    let (other, _) = b.app.sign_up("racer@example.com").await;
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            b.app
+                .request(Method::POST, "/api/billing/portal", Some(&other))
+                .json(&json!({}))
+                .send()
+        })
+        .collect();
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.expect("portal").status(), 200);
+    }
+    let portal = b.stripe.requests("/v1/billing_portal/sessions");
+    let racer: std::collections::HashSet<&String> =
+        portal[1..].iter().map(|p| &p.form["customer"]).collect();
+    assert_eq!(racer.len(), 1, "{racer:?}");
+
+    // What is refused before Stripe is asked.
+    let before = b.stripe.seen.lock().unwrap().len();
+    for (body, field) in [
+        (
+            json!({ "priceId": "price_unknown", "mode": "subscription" }),
+            "priceId",
+        ),
+        (json!({ "priceId": PRO, "mode": "one-time" }), "mode"),
+        (json!({ "priceId": TOPUP, "mode": "subscription" }), "mode"),
+        (json!({ "priceId": PRO, "mode": "weekly" }), "mode"),
+    ] {
+        let (s, v) = b
+            .app
+            .post("/api/billing/checkout", Some(&token), &body)
+            .await;
+        assert_eq!(s, 400, "{body} → {v}");
+        assert_error(&v, "validation_error");
+        assert!(v["error"]["details"][field].is_string(), "{v}");
+    }
+    let (s, v) = b
+        .app
+        .post(
+            "/api/billing/checkout",
+            Some(&token),
+            &json!({ "mode": "subscription" }),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = b
+        .app
+        .post(
+            "/api/billing/checkout",
+            None,
+            &json!({ "priceId": PRO, "mode": "subscription" }),
+        )
+        .await;
+    assert_eq!(s, 401);
+    let (s, _) = b.app.post("/api/billing/portal", None, &json!({})).await;
+    assert_eq!(s, 401);
+    let (s, _) = b.app.get("/api/billing/invoices", None).await;
+    assert_eq!(s, 401);
+    assert_eq!(b.stripe.seen.lock().unwrap().len(), before);
+    b.app.shutdown().await;
+}
+
+async fn a_stripe_error_is_a_502_and_records_nothing(db: Db) {
+    let b = billing_app(db).await;
+    let (token, user) = b.app.sign_up("declined@example.com").await;
+    let user = uuid::Uuid::parse_str(user["id"].as_str().unwrap()).unwrap();
+    let checkout = json!({ "priceId": PRO, "mode": "subscription" });
+    // Stripe refuses to create the customer.
+    b.stripe.fail(
+        "/v1/customers",
+        400,
+        "invalid_request_error",
+        "Invalid email address: declined@example.com",
+    );
+    let head = b.head().await;
+    let (s, v) = b
+        .app
+        .post("/api/billing/checkout", Some(&token), &checkout)
+        .await;
+    assert_eq!(s, 502, "{v}");
+    assert_error(&v, "bad_gateway");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid email address"),
+        "{v}"
+    );
+    assert_eq!(v["error"]["details"]["status"], 400);
+    assert_eq!(v["error"]["details"]["type"], "invalid_request_error");
+    assert_eq!(b.head().await, head, "nothing recorded");
+    assert!(
+        confab_projections::billing::customer_of(&b.db, user)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Stripe is down while the portal is asked for.
+    b.stripe.fail(
+        "/v1/customers",
+        500,
+        "api_error",
+        "Something went wrong on Stripe's end.",
+    );
+    let (s, v) = b
+        .app
+        .post("/api/billing/portal", Some(&token), &json!({}))
+        .await;
+    assert_eq!(s, 502, "{v}");
+    assert_error(&v, "bad_gateway");
+    assert_eq!(b.head().await, head, "nothing recorded");
+    // The customer exists; Stripe refuses the session.
+    b.stripe.heal();
+    let (s, _) = b
+        .app
+        .post("/api/billing/portal", Some(&token), &json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let head = b.head().await;
+    b.stripe.fail(
+        "/v1/checkout/sessions",
+        400,
+        "invalid_request_error",
+        "No such price: 'price_pro_monthly'",
+    );
+    let (s, v) = b
+        .app
+        .post("/api/billing/checkout", Some(&token), &checkout)
+        .await;
+    assert_eq!(s, 502, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("No such price"),
+        "{v}"
+    );
+    assert_eq!(b.head().await, head, "nothing recorded");
+    // Keys Stripe echoes are never passed on.
+    b.stripe.fail(
+        "/v1/checkout/sessions",
+        401,
+        "invalid_request_error",
+        "Invalid API Key provided: sk_test_confab_4242",
+    );
+    let (s, v) = b
+        .app
+        .post("/api/billing/checkout", Some(&token), &checkout)
+        .await;
+    assert_eq!(s, 502);
+    assert!(!v.to_string().contains("sk_test"), "{v}");
+    b.app.shutdown().await;
+}
+
+async fn invoices_are_the_callers_own(db: Db) {
+    let b = billing_app(db).await;
+    let t = now();
+    let (token, _, customer) = b.customer("invoiced@example.com").await;
+    let (other, _, other_customer) = b.customer("nosy@example.com").await;
+    b.apply(&invoice_event(
+        "evt_i1",
+        "invoice.payment_failed",
+        t,
+        "in_i1",
+        &customer,
+        "sub_i",
+        "open",
+        true,
+    ))
+    .await;
+    b.apply(&invoice_event(
+        "evt_i2",
+        "invoice.paid",
+        t + 10,
+        "in_i2",
+        &customer,
+        "sub_i",
+        "paid",
+        false,
+    ))
+    .await;
+    let mine = b.invoices(&token).await;
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    let by_id = |id: &str| mine.iter().find(|i| i["id"] == id).unwrap().clone();
+    let failed = by_id("in_i1");
+    assert_eq!(failed["status"], "open");
+    assert_eq!(failed["amount"], 900);
+    assert_eq!(failed["currency"], "usd");
+    assert_eq!(failed["invoiceUrl"], "https://invoice.stripe.test/i/in_i1");
+    assert_eq!(failed["description"], "1 × Confab Pro (at $9.00 / month)");
+    assert!(failed["date"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(by_id("in_i2")["status"], "paid");
+    // A failed payment grants nothing; the paid one grants the period.
+    assert_eq!(b.me(&token).await["credits"], 21_000);
+    // Filtering by one's own customer works; another user's is a 404.
+    let (s, v) = b
+        .app
+        .get(
+            &format!("/api/billing/invoices?customerId={customer}"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!((s, v["invoices"].as_array().unwrap().len()), (200, 2));
+    let (s, v) = b
+        .app
+        .get(
+            &format!("/api/billing/invoices?customerId={customer}"),
+            Some(&other),
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
+    assert_error(&v, "not_found");
+    let (s, v) = b
+        .app
+        .get("/api/billing/invoices?customerId=cus_nobody", Some(&token))
+        .await;
+    assert_eq!(s, 404, "{v}");
+    assert!(b.invoices(&other).await.is_empty());
+    let (s, _) = b
+        .app
+        .get(
+            &format!("/api/billing/invoices?customerId={other_customer}"),
+            Some(&other),
+        )
+        .await;
+    assert_eq!(s, 200);
+    b.drained().await;
+    b.app.shutdown().await;
+}
+
+async fn a_top_up_grants_its_credits_once_paid(db: Db) {
+    let b = billing_app(db).await;
+    let t = now();
+    let (token, user, customer) = b.customer("topup@example.com").await;
+    // An asynchronous payment method: completed, not yet paid.
+    let mut pending = checkout_completed("evt_t1", t, "cs_t", &customer, &user, TOPUP, None);
+    pending["data"]["object"]["payment_status"] = json!("unpaid");
+    let outcome = {
+        b.deliver(&pending).await;
+        b.processed("evt_t1").await
+    };
+    assert!(outcome.contains("awaits"), "{outcome}");
+    assert_eq!(b.me(&token).await["credits"], 1_000);
+    let mut succeeded = pending.clone();
+    succeeded["id"] = json!("evt_t2");
+    succeeded["type"] = json!("checkout.session.async_payment_succeeded");
+    succeeded["data"]["object"]["payment_status"] = json!("paid");
+    b.apply(&succeeded).await;
+    // The same session reported completed-and-paid as well: granted once.
+    b.apply(&checkout_completed(
+        "evt_t3",
+        t + 1,
+        "cs_t",
+        &customer,
+        &user,
+        TOPUP,
+        None,
+    ))
+    .await;
+    assert_eq!(b.me(&token).await["credits"], 6_000);
+    assert_eq!(
+        b.me(&token).await["tier"],
+        "free",
+        "a top-up is no subscription"
+    );
+    let (s, h) = b
+        .app
+        .get("/api/billing/credit-history?type=topup", Some(&token))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(h["total"], 1);
+    assert_eq!(h["transactions"][0]["reference"]["payment"], "cs_t");
+    b.drained().await;
+    b.app.shutdown().await;
+}
+
+async fn unknown_event_types_are_acknowledged_and_recorded(db: Db) {
+    let b = billing_app(db).await;
+    let outcome = {
+        let ev = event(
+            "evt_u1",
+            "customer.tax_id.created",
+            now(),
+            json!({ "id": "txi_1" }),
+        );
+        b.apply(&ev).await;
+        b.processed("evt_u1").await
+    };
+    assert!(outcome.contains("not acted on"), "{outcome}");
+    // Events about customers Confab never made are recorded and change nothing.
+    let stray = invoice_event(
+        "evt_u2",
+        "invoice.paid",
+        now(),
+        "in_stray",
+        "cus_elsewhere",
+        "sub_x",
+        "paid",
+        true,
+    );
+    b.apply(&stray).await;
+    assert!(b.processed("evt_u2").await.contains("no Confab user"));
+    b.drained().await;
+    b.app.shutdown().await;
+}
+
+async fn an_event_recorded_but_never_queued_is_applied_at_start_up(db: Db) {
+    // A process recorded the event and died before queuing its job (or its queue file is
+    // gone): the event is in the log, unprocessed, and no job exists for it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let database_url = match db {
+        Db::Sqlite => None,
+        Db::Postgres => Some(confab_eventstore::testing::fresh_postgres_database().await),
+    };
+    let config = confab::Config {
+        data_dir: data_dir.clone(),
+        database_url: database_url.clone().map(Into::into),
+        auto_migrate: true,
+        ..confab::Config::default()
+    };
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let backend = confab::backend::Backend::open(&config, confab::backend::Migrations::Apply)
+        .await
+        .expect("backend");
+    let lost = event(
+        "evt_lost",
+        "customer.updated",
+        now(),
+        json!({ "id": "cus_x" }),
+    );
+    confab_eventstore::aggregate::execute::<confab_domain::billing::StripeEvent>(
+        backend.store.as_ref(),
+        &confab_domain::billing::StripeEvent::id_for("evt_lost"),
+        confab_domain::billing::StripeEventCommand::Receive {
+            event_id: "evt_lost".into(),
+            event_type: "customer.updated".into(),
+            created: chrono::Utc::now(),
+            payload: lost,
+            at: chrono::Utc::now(),
+        },
+        Default::default(),
+    )
+    .await
+    .expect("recorded");
+    drop(backend);
+    // The next start queues it again.
+    let b = billing_app_with(db, |c| {
+        c.data_dir = data_dir;
+        c.database_url = database_url.map(Into::into);
+    })
+    .await;
+    assert!(b.processed("evt_lost").await.contains("not acted on"));
+    b.drained().await;
+    b.app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_stripe_settings_the_routes_say_what_to_set() {
+    let app = spawn_app_with(Db::Sqlite, |_| {}).await;
+    let (token, _) = app.sign_up("unset@example.com").await;
+    let (s, v) = app
+        .post(
+            "/api/billing/checkout",
+            Some(&token),
+            &json!({ "priceId": "price_x", "mode": "subscription" }),
+        )
+        .await;
+    assert_eq!(s, 400, "no prices configured: {v}");
+    let (s, v) = app
+        .post("/api/billing/portal", Some(&token), &json!({}))
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_error(&v, "unavailable");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("STRIPE_SECRET_KEY")
+    );
+    let body = event("evt_1", "invoice.paid", now(), json!({})).to_string();
+    let r = app
+        .request(Method::POST, "/api/webhooks/stripe", None)
+        .header("stripe-signature", signature(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let (s, v) = common::parts(r).await;
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("STRIPE_WEBHOOK_SECRET")
+    );
+    let (s, v) = app.get("/api/billing/invoices", Some(&token)).await;
+    assert_eq!((s, v), (200, json!({ "invoices": [] })));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_the_billing_routes() {
+    let app = spawn_app_with(Db::Sqlite, |_| {}).await;
+    let (s, doc) = app.get("/openapi.json", None).await;
+    assert_eq!(s, 200);
+    for path in [
+        "/api/billing/checkout",
+        "/api/billing/portal",
+        "/api/billing/invoices",
+        "/api/webhooks/stripe",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path}");
+    }
+    app.shutdown().await;
+}
