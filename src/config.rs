@@ -108,6 +108,21 @@ pub struct Config {
     /// (`CONFAB_RUN_JOBS`); on PostgreSQL, turn off when dedicated `confab work` processes run
     /// them. The embedded SQLite default always runs them in `serve`.
     pub run_jobs: bool,
+    /// The Pusher app key realtime clients connect with, at `/app/{key}` (`CONFAB_PUSHER_KEY`);
+    /// realtime over WebSocket is off while it or the secret is unset.
+    pub pusher_key: Option<String>,
+    /// The Pusher app secret that signs channel subscriptions (`CONFAB_PUSHER_SECRET`).
+    #[serde(serialize_with = "expose_opt")]
+    pub pusher_secret: Option<SecretString>,
+    /// Realtime events kept in memory for clients that resume with `Last-Event-ID`
+    /// (`CONFAB_REALTIME_REPLAY_WINDOW`).
+    pub realtime_replay_window: usize,
+    /// Idle seconds after which an SSE stream sends a keep-alive comment
+    /// (`CONFAB_REALTIME_KEEPALIVE_SECS`).
+    pub realtime_keepalive_secs: u64,
+    /// How often, in seconds, an open realtime connection re-checks that its session is live
+    /// (`CONFAB_REALTIME_SESSION_CHECK_SECS`); a sign-out closes it at once regardless.
+    pub realtime_session_check_secs: u64,
 }
 
 fn expose_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
@@ -150,6 +165,11 @@ impl Default for Config {
             llm_backoff_ms: 500,
             worker_concurrency: 8,
             run_jobs: true,
+            pusher_key: None,
+            pusher_secret: None,
+            realtime_replay_window: 1000,
+            realtime_keepalive_secs: 15,
+            realtime_session_check_secs: 60,
         }
     }
 }
@@ -334,11 +354,16 @@ mod tests {
             jail.set_env("CONFAB_DATABASE_URL", "postgres://u:hunter2@db/confab");
             jail.set_env("OPENAI_API_KEY", "sk-hunter3");
             jail.set_env("CRON_SECRET", "hunter4");
+            jail.set_env("CONFAB_PUSHER_KEY", "app-key");
+            jail.set_env("CONFAB_PUSHER_SECRET", "hunter5");
+            jail.set_env("CONFAB_REALTIME_REPLAY_WINDOW", "50");
             let c = Config::load(Some(Path::new("confab.toml"))).expect("load");
             assert_eq!(c.bind.port(), 9000);
             assert_eq!(c.readiness_max_lag, 7);
             assert_eq!(c.database_kind().expect("kind"), DatabaseKind::Postgres);
-            for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert_eq!(c.pusher_key.as_deref(), Some("app-key"));
+            assert_eq!(c.realtime_replay_window, 50);
+            for secret in ["hunter2", "hunter3", "hunter4", "hunter5"] {
                 assert!(!format!("{c:?}").contains(secret), "secrets must not print");
             }
             let providers = c.llm_providers();

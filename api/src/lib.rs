@@ -13,6 +13,7 @@ pub mod json;
 pub mod openapi;
 pub mod profile;
 pub mod providers;
+pub mod realtime;
 pub mod settings;
 
 pub use error::ApiError;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub replies: confab_workers::queue::ReplyQueue,
     /// The secret of the cron route; the route refuses everything while unset.
     pub cron_secret: Option<std::sync::Arc<str>>,
+    /// Realtime: the fan-out of live events to WebSocket (Pusher) and SSE clients.
+    pub realtime: realtime::Realtime,
 }
 
 impl AppState {
@@ -136,6 +139,9 @@ pub fn router(state: AppState) -> Router {
             "/api/settings",
             get(settings::get_settings).put(settings::put_settings),
         )
+        .route("/app/{key}", get(realtime::pusher::websocket))
+        .route("/api/realtime/auth", post(realtime::pusher::authorize))
+        .route("/api/events", get(realtime::sse::events))
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

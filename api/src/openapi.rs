@@ -84,6 +84,8 @@ impl Modify for Security {
         crate::providers::get_provider,
         crate::providers::set_user_config,
         crate::providers::get_user_config,
+        crate::realtime::pusher::authorize,
+        crate::realtime::sse::events,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Security),
@@ -94,6 +96,7 @@ impl Modify for Security {
         (name = "chats", description = "Chats, messages and search"),
         (name = "seed-002", description = "Conversations, attachments and LLM providers (snake_case)"),
         (name = "operations", description = "Health and readiness"),
+        (name = "realtime", description = "Live events: Pusher channel authorization and Server-Sent Events"),
     )
 )]
 pub struct ApiDoc;
