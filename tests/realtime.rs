@@ -1,7 +1,8 @@
 //! Realtime over the real server: seed 000's five events reaching WebSocket (Pusher protocol)
 //! and SSE clients, across two instances on one PostgreSQL database and on the embedded
 //! default; SSE resumption with `Last-Event-ID`; channel authorisation; sign-out closing
-//! connections; the protocol's handshake, pings and errors.
+//! connections; the protocol's handshake, pings and errors; and the official `pusher-js`
+//! client under Node as the compatibility proof.
 
 mod common;
 
@@ -13,7 +14,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::Sha256;
 use std::collections::HashSet;
+use std::process::Stdio;
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
 on_both!(
@@ -837,4 +840,142 @@ async fn without_pusher_settings_websocket_is_off_and_sse_still_works() {
     // Shutting down ends open streams instead of waiting on them.
     app.shutdown().await;
     assert!(sse.next().await.is_none_or(|f| f.comment.is_some()));
+}
+
+// ---- pusher-js under Node: the compatibility proof ----
+
+/// `tests/realtime`, with its node_modules installed; `None` (and a message) without Node.
+async fn pusher_js_client_dir() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/realtime");
+    let node = tokio::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .await;
+    if !node.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "SKIPPED: `node` is not installed, so the pusher-js compatibility test cannot run"
+        );
+        return None;
+    }
+    if !dir.join("node_modules/pusher-js/package.json").exists() {
+        let status = tokio::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .await
+            .expect("npm (it comes with node) to run");
+        assert!(status.success(), "npm ci in tests/realtime failed");
+    }
+    Some(dir)
+}
+
+/// A pusher-js client running under Node, read line by line.
+struct PusherJs {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl PusherJs {
+    async fn start(dir: &std::path::Path, app: &TestApp, token: &str, channels: &[String]) -> Self {
+        let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
+        let settings = json!({
+            "key": KEY, "host": "127.0.0.1", "port": port,
+            "authEndpoint": format!("{}/api/realtime/auth", app.base),
+            "token": token, "channels": channels, "timeoutMs": 120_000,
+        });
+        let mut child = tokio::process::Command::new("node")
+            .arg("client.js")
+            .current_dir(dir)
+            .env("CONFAB_PUSHER_TEST", settings.to_string())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node client.js");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        PusherJs { child, lines }
+    }
+
+    async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(PATIENCE, self.lines.next_line())
+            .await
+            .expect("pusher-js said something in time")
+            .expect("read")
+            .expect("pusher-js still running");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"))
+    }
+
+    /// The next line of `type`, skipping connection state changes.
+    async fn next_of(&mut self, ty: &str) -> Value {
+        loop {
+            let v = self.next().await;
+            if v["type"] == ty {
+                return v;
+            }
+            assert_eq!(v["type"], "state", "expected {ty}, got {v}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pusher_js_receives_every_event_from_another_instance_and_is_closed_on_sign_out() {
+    let Some(dir) = pusher_js_client_dir().await else {
+        return;
+    };
+    let a = spawn_app_with(Db::Postgres, pusher_on).await;
+    let b = spawn_app_on(a.database_url.clone(), pusher_on).await;
+    let (token, user) = a.sign_up("rt-pusherjs@example.com").await;
+    let (bob, bob_user) = a.sign_up("rt-pusherjs-bob@example.com").await;
+    let uid = user["id"].as_str().unwrap();
+    let chat = new_chat(&a, &token, "pusher-js").await;
+    let channels = vec![
+        format!("private-user-{uid}"),
+        format!("private-chat-{chat}"),
+    ];
+    let mut client = PusherJs::start(&dir, &b, &token, &channels).await;
+    let mut subscribed = HashSet::new();
+    while subscribed.len() < 2 {
+        let v = client.next_of("subscribed").await;
+        subscribed.insert(v["channel"].as_str().unwrap().to_owned());
+    }
+    // A channel of another user: pusher-js reports the auth route's 403.
+    let bob_channels = vec![format!("private-user-{uid}")];
+    let mut intruder = PusherJs::start(&dir, &b, &bob, &bob_channels).await;
+    let refused = intruder.next_of("subscription_error").await;
+    assert_eq!(refused["error"]["status"], 403, "{refused}");
+    drop(intruder);
+    let _ = bob_user;
+
+    let script = run_script(&a, &token, &chat).await;
+    for (name, payload) in &script.expected {
+        let mut channels_seen = HashSet::new();
+        for _ in 0..2 {
+            let v = client.next_of("event").await;
+            assert_eq!(v["event"], *name, "{v}");
+            assert_eq!(v["data"], *payload, "{name}: {v}");
+            channels_seen.insert(v["channel"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(channels_seen.len(), 2, "once on each channel");
+    }
+    let r = a
+        .request(Method::POST, "/api/auth/signout", Some(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    // pusher-js is told it is unauthorised (Pusher's 4009) and disconnects for good.
+    let mut codes = Vec::new();
+    loop {
+        let v = client.next().await;
+        if v["type"] == "state" && v["current"] == "disconnected" {
+            break;
+        }
+        assert_eq!(v["type"], "connection_error", "{v}");
+        codes.push(v["error"]["code"].clone());
+    }
+    assert!(codes.contains(&json!(4009)), "{codes:?}");
+    let after = tokio::time::timeout(Duration::from_secs(3), client.lines.next_line()).await;
+    assert!(after.is_err(), "no reconnection: {after:?}");
+    let _ = client.child.kill().await;
+    b.shutdown().await;
+    a.shutdown().await;
 }
