@@ -383,13 +383,14 @@ async fn run_script(app: &TestApp, token: &str, chat: &str) -> Script {
 
 /// Checks a WebSocket subscribed to the user's and the chat's channel gets every event on
 /// both, in order, with exactly the expected payloads; and an SSE stream gets each once.
+/// Returns the id of the last SSE event.
 async fn check_delivery(
     ws: &mut Ws,
     sse: &mut Sse,
     user_channel: &str,
     chat_channel: &str,
     script: &Script,
-) {
+) -> u64 {
     let mut last_id = 0u64;
     for (name, payload) in &script.expected {
         for _ in 0..2 {
@@ -408,6 +409,7 @@ async fn check_delivery(
         assert!(id > last_id, "ids increase");
         last_id = id;
     }
+    last_id
 }
 
 async fn every_event_reaches_websocket_and_sse_clients_with_the_seed_shapes(db: Db) {
@@ -446,8 +448,30 @@ async fn a_write_on_one_instance_reaches_clients_of_another_and_sign_out_there_c
     let mut sse = Sse::open(&b, &token, None).await;
     sse.until_connected().await;
     let script = run_script(&a, &token, &chat).await;
-    check_delivery(&mut ws, &mut sse, &user_channel, &chat_channel, &script).await;
-    // Signing out on A closes the session's connections on B.
+    let last = check_delivery(&mut ws, &mut sse, &user_channel, &chat_channel, &script).await;
+    // Ids are log positions, the same on every instance: a client of B that reconnects to A
+    // gets from A exactly what it missed.
+    drop(sse);
+    let chat = new_chat(&a, &token, "Resumed elsewhere").await;
+    let missed = [
+        send_message(&b, &token, &chat, "one").await["id"].clone(),
+        send_message(&a, &token, &chat, "two").await["id"].clone(),
+    ];
+    let mut resumed = Sse::open(&a, &token, Some(&last.to_string())).await;
+    let (replayed, _) = resumed.until_connected().await;
+    let got: Vec<Value> = replayed.iter().map(|f| f.json()["id"].clone()).collect();
+    assert_eq!(got, missed);
+    let mut sse = Sse::open(&b, &token, None).await;
+    sse.until_connected().await;
+    // The WebSocket on B got them live, on the user channel (the chat channel was another's).
+    for id in &missed {
+        let f = ws.frame().await;
+        assert_eq!(
+            (&f["channel"], &f["data"]["id"]),
+            (&json!(user_channel), id)
+        );
+    }
+    // Signing out on A closes the session's connections on B (and A).
     let r = a
         .request(Method::POST, "/api/auth/signout", Some(&token))
         .send()
@@ -456,6 +480,7 @@ async fn a_write_on_one_instance_reaches_clients_of_another_and_sign_out_there_c
     assert_eq!(r.status().as_u16(), 204);
     ws.expect_closed(4009).await;
     sse.expect_end().await;
+    resumed.expect_end().await;
     b.shutdown().await;
     a.shutdown().await;
 }
