@@ -16,6 +16,7 @@ pub struct Application {
     router: axum::Router,
     workers: Option<Workers>,
     jobs: Option<apalis::prelude::Monitor>,
+    realtime: confab_api::realtime::Realtime,
     port: u16,
 }
 
@@ -77,6 +78,7 @@ impl Application {
             apalis::prelude::Monitor::new()
         };
         let (monitor, billing) = billing_for(&config, &ai, monitor).await?;
+        let realtime = realtime_for(&config, &backend).await?;
         let state = AppState {
             store: backend.store.clone(),
             commands,
@@ -96,6 +98,7 @@ impl Application {
                 .map(|s| std::sync::Arc::from(secrecy::ExposeSecret::expose_secret(s))),
             rate_limiter: config.rate_limiter()?,
             billing,
+            realtime: realtime.clone(),
         };
         let listener = TcpListener::bind(config.bind)
             .await
@@ -106,6 +109,7 @@ impl Application {
             router: confab_api::router(state),
             workers: config.run_projections.then(|| Workers::new(engine)),
             jobs: Some(monitor),
+            realtime,
             port,
         })
     }
@@ -123,6 +127,7 @@ impl Application {
         let (stop, stopped) = watch::channel(false);
         let workers = self.workers.map(|w| tokio::spawn(w.run(stopped.clone())));
         let jobs = self.jobs.map(|m| spawn_monitor(m, stopped.clone()));
+        let tailer = self.realtime.spawn_tailer();
         let mut server_stop = stopped;
         // Replies stream in small writes: send each at once rather than waiting on the
         // client's delayed ACK (Nagle's algorithm costs a streamed reply tens of milliseconds).
@@ -140,8 +145,11 @@ impl Application {
         let server = tokio::spawn(async move { server.await });
         shutdown.await;
         tracing::info!("shutting down");
+        // Realtime streams never end by themselves: close them so the server can drain.
+        self.realtime.close();
         let _ = stop.send(true);
         server.await??;
+        tailer.await?;
         if let Some(jobs) = jobs {
             jobs.await?;
         }
@@ -150,6 +158,43 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// Realtime for `serve`: following the log from its head, with Pusher over WebSocket when
+/// both its key and secret are set.
+async fn realtime_for(
+    config: &Config,
+    backend: &Backend,
+) -> anyhow::Result<confab_api::realtime::Realtime> {
+    use confab_api::realtime::{Realtime, RealtimeConfig};
+    let pusher = match (&config.pusher_key, &config.pusher_secret) {
+        (Some(key), Some(secret)) if !key.trim().is_empty() => {
+            tracing::info!(key = %key, "realtime: Pusher WebSocket protocol at /app/{{key}}");
+            Some((key.trim().to_owned(), secret.clone()))
+        }
+        (None, None) => {
+            tracing::info!(
+                "realtime over WebSocket is off: set CONFAB_PUSHER_KEY and CONFAB_PUSHER_SECRET \
+                 to turn it on (Server-Sent Events at /api/events are on)"
+            );
+            None
+        }
+        _ => anyhow::bail!(
+            "set both CONFAB_PUSHER_KEY and CONFAB_PUSHER_SECRET for realtime over WebSocket, or neither"
+        ),
+    };
+    let realtime = Realtime::new(
+        backend.store.clone(),
+        RealtimeConfig {
+            pusher,
+            replay_window: config.realtime_replay_window,
+            keepalive: std::time::Duration::from_secs(config.realtime_keepalive_secs),
+            session_check: std::time::Duration::from_secs(config.realtime_session_check_secs),
+        },
+    )
+    .await
+    .context("realtime: reading the head of the event log")?;
+    Ok(realtime)
 }
 
 /// The job side of a process: what reply jobs need, and the queue they come from.

@@ -142,6 +142,21 @@ pub struct Config {
     /// What is sold and where Stripe sends buyers back (config file: `[billing]` and
     /// `[[billing.prices]]`).
     pub billing: BillingConfig,
+    /// The Pusher app key realtime clients connect with, at `/app/{key}` (`CONFAB_PUSHER_KEY`);
+    /// realtime over WebSocket is off while it or the secret is unset.
+    pub pusher_key: Option<String>,
+    /// The Pusher app secret that signs channel subscriptions (`CONFAB_PUSHER_SECRET`).
+    #[serde(serialize_with = "expose_opt")]
+    pub pusher_secret: Option<SecretString>,
+    /// Realtime events kept in memory for clients that resume with `Last-Event-ID`
+    /// (`CONFAB_REALTIME_REPLAY_WINDOW`).
+    pub realtime_replay_window: usize,
+    /// Idle seconds after which an SSE stream sends a keep-alive comment
+    /// (`CONFAB_REALTIME_KEEPALIVE_SECS`).
+    pub realtime_keepalive_secs: u64,
+    /// How often, in seconds, an open realtime connection re-checks that its session is live
+    /// (`CONFAB_REALTIME_SESSION_CHECK_SECS`); a sign-out closes it at once regardless.
+    pub realtime_session_check_secs: u64,
 }
 
 /// A route group's own budgets; an absent one falls back to the global setting.
@@ -257,6 +272,11 @@ impl Default for Config {
             stripe_webhook_secret: None,
             stripe_api_base: "https://api.stripe.com".into(),
             billing: BillingConfig::default(),
+            pusher_key: None,
+            pusher_secret: None,
+            realtime_replay_window: 1000,
+            realtime_keepalive_secs: 15,
+            realtime_session_check_secs: 60,
         }
     }
 }
@@ -508,13 +528,20 @@ mod tests {
             jail.set_env("STRIPE_SECRET_KEY", "sk_test_hunter5");
             jail.set_env("STRIPE_WEBHOOK_SECRET", "whsec_hunter6");
             jail.set_env("CONFAB_STRIPE_API_BASE", "http://127.0.0.1:12111");
+            jail.set_env("CONFAB_PUSHER_KEY", "app-key");
+            jail.set_env("CONFAB_PUSHER_SECRET", "hunter7");
+            jail.set_env("CONFAB_REALTIME_REPLAY_WINDOW", "50");
             let c = Config::load(Some(Path::new("confab.toml"))).expect("load");
             assert_eq!(c.stripe_api_base, "http://127.0.0.1:12111");
             assert!(c.stripe_secret_key.is_some() && c.stripe_webhook_secret.is_some());
             assert_eq!(c.bind.port(), 9000);
             assert_eq!(c.readiness_max_lag, 7);
             assert_eq!(c.database_kind().expect("kind"), DatabaseKind::Postgres);
-            for secret in ["hunter2", "hunter3", "hunter4", "hunter5", "hunter6"] {
+            assert_eq!(c.pusher_key.as_deref(), Some("app-key"));
+            assert_eq!(c.realtime_replay_window, 50);
+            for secret in [
+                "hunter2", "hunter3", "hunter4", "hunter5", "hunter6", "hunter7",
+            ] {
                 assert!(!format!("{c:?}").contains(secret), "secrets must not print");
             }
             let providers = c.llm_providers();

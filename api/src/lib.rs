@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod profile;
 pub mod providers;
 pub mod ratelimit;
+pub mod realtime;
 pub mod settings;
 pub mod stripe_signature;
 
@@ -62,6 +63,8 @@ pub struct AppState {
     pub rate_limiter: ratelimit::RateLimiter,
     /// Stripe: the client, the webhook secret, the prices sold, the Stripe job queue.
     pub billing: billing::Billing,
+    /// Realtime: the fan-out of live events to WebSocket (Pusher) and SSE clients.
+    pub realtime: realtime::Realtime,
 }
 
 impl AppState {
@@ -150,6 +153,9 @@ pub fn router(state: AppState) -> Router {
             "/api/settings",
             get(settings::get_settings).put(settings::put_settings),
         )
+        .route("/app/{key}", get(realtime::pusher::websocket))
+        .route("/api/realtime/auth", post(realtime::pusher::authorize))
+        .route("/api/events", get(realtime::sse::events))
         .fallback(health::not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -90,6 +90,8 @@ impl Modify for Security {
         crate::providers::get_provider,
         crate::providers::set_user_config,
         crate::providers::get_user_config,
+        crate::realtime::pusher::authorize,
+        crate::realtime::sse::events,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Security),
@@ -102,6 +104,7 @@ impl Modify for Security {
         (name = "operations", description = "Health and readiness"),
         (name = "ai", description = "AI chat and models"),
         (name = "billing", description = "Stripe checkout and portal, invoices, credits, the Stripe webhook"),
+        (name = "realtime", description = "Live events: Pusher channel authorization and Server-Sent Events"),
     )
 )]
 pub struct ApiDoc;

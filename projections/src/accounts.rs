@@ -198,6 +198,25 @@ pub async fn session_user(
     }))
 }
 
+/// Whether session `session_id` is neither signed out nor expired at `now`: what long-lived
+/// connections (realtime) re-check while they stay open.
+pub async fn session_live(
+    db: &ReadDb,
+    session_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let row: Option<(Uuid,)> = query_as!(
+        db,
+        fetch_optional,
+        (Uuid,),
+        "SELECT session_id FROM sessions WHERE session_id = $1 AND revoked_at IS NULL \
+         AND expires_at > $2",
+        session_id,
+        now
+    )?;
+    Ok(row.is_some())
+}
+
 /// Every account's id and tier, in sign-up order.
 pub async fn all_tiers(db: &ReadDb) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
     query_as!(
