@@ -228,6 +228,21 @@ async fn drained(app: &TestApp) {
     panic!("the job queue did not drain");
 }
 
+/// The rest of the chat's reply from byte `offset`, as a reconnecting client reads it.
+async fn resume(app: &TestApp, token: &str, chat_id: &str, offset: usize) -> String {
+    let r = app
+        .request(
+            Method::GET,
+            &format!("/api/chat/{chat_id}/stream?offset={offset}"),
+            Some(token),
+        )
+        .send()
+        .await
+        .expect("resume");
+    assert_eq!(r.status(), 200);
+    r.text().await.expect("rest")
+}
+
 async fn balance(app: &TestApp, token: &str) -> i64 {
     let (s, me) = app.get("/api/me", Some(token)).await;
     assert_eq!(s, 200, "{me}");
@@ -473,17 +488,7 @@ async fn a_client_that_disconnects_can_resume_and_the_reply_is_stored() {
     let got = String::from_utf8(first.to_vec()).unwrap();
     drop(r); // the client goes away mid-reply
 
-    let resumed = app
-        .request(
-            Method::GET,
-            &format!("/api/chat/{chat_id}/stream?offset={}", got.len()),
-            Some(&token),
-        )
-        .send()
-        .await
-        .expect("resume");
-    assert_eq!(resumed.status(), 200);
-    let rest = resumed.text().await.expect("rest");
+    let rest = resume(&app, &token, &chat_id, got.len()).await;
     assert_eq!(format!("{got}{rest}"), pieces.concat());
 
     // Someone else cannot listen in.
@@ -784,17 +789,7 @@ async fn replies_run_in_a_work_process_and_reach_clients_of_any_instance() {
     drop(r);
 
     // ... and a client that reconnects to instance B resumes where it left off.
-    let resumed = b
-        .request(
-            Method::GET,
-            &format!("/api/chat/{chat_id}/stream?offset={}", got.len()),
-            Some(&token),
-        )
-        .send()
-        .await
-        .expect("resume");
-    assert_eq!(resumed.status(), 200);
-    let rest = resumed.text().await.expect("rest");
+    let rest = resume(&b, &token, &chat_id, got.len()).await;
     assert_eq!(format!("{got}{rest}"), pieces.concat());
     // Someone else cannot listen in on either instance.
     let (other, _) = b.sign_up("nosy-split@example.com").await;
