@@ -4,7 +4,7 @@
 //! `RETURNING`); the [`execute!`](crate::execute) macro runs one statement on whichever this is.
 //! Where the dialects differ, code matches on [`Tx`] itself.
 
-use sqlx::{PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+use sqlx::{PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 /// A pool on the database that holds the read models (the same one as the event store).
 #[derive(Clone, Debug)]
@@ -18,7 +18,7 @@ pub enum ReadDb {
 /// A transaction on the read-model database.
 pub enum Tx {
     /// On SQLite.
-    Sqlite(Transaction<'static, Sqlite>),
+    Sqlite(SqliteTx),
     /// On PostgreSQL.
     Postgres(Transaction<'static, Postgres>),
 }
@@ -28,7 +28,15 @@ impl ReadDb {
     /// IMMEDIATE`), so that a read followed by a write cannot fail with a lock upgrade conflict.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
         Ok(match self {
-            ReadDb::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            ReadDb::Sqlite(p) => {
+                let gate = confab_eventstore::sqlite::write_gate(&p.connect_options())
+                    .lock_owned()
+                    .await;
+                Tx::Sqlite(SqliteTx {
+                    tx: p.begin_with("BEGIN IMMEDIATE").await?,
+                    _gate: gate,
+                })
+            }
             ReadDb::Postgres(p) => Tx::Postgres(p.begin().await?),
         })
     }
@@ -39,11 +47,32 @@ impl ReadDb {
     }
 }
 
+/// A write transaction on SQLite, holding this process's write lock on the file (see
+/// [`confab_eventstore::sqlite::WriteGate`]) until it commits or is dropped. It derefs to the
+/// connection, so `&mut **t` runs a statement in it.
+pub struct SqliteTx {
+    tx: Transaction<'static, Sqlite>,
+    _gate: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl std::ops::Deref for SqliteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for SqliteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+}
+
 impl Tx {
     /// Commits.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
-            Tx::Sqlite(t) => t.commit().await,
+            Tx::Sqlite(t) => t.tx.commit().await,
             Tx::Postgres(t) => t.commit().await,
         }
     }
