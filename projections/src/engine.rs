@@ -23,6 +23,17 @@ use tokio::sync::watch;
 /// Events read and applied per transaction.
 pub const DEFAULT_BATCH: usize = 1_000;
 
+/// A following runner does not write its checkpoint for a batch it has nothing to apply from
+/// (events of other projections), until it has skipped this many positions...
+const SKIPPED_BEFORE_PERSIST: u64 = 10_000;
+/// ...or this long has passed since it last wrote, or it is idle. Every batch otherwise costs a
+/// write transaction (and, on SQLite, a durable commit in the one writer's queue) per
+/// projection, whatever it holds. The unwritten positions are safe to read again after a crash:
+/// they change nothing.
+const SKIPPED_PERSIST_EVERY: Duration = Duration::from_secs(1);
+/// How long the log must be quiet before a runner writes the positions it skipped.
+const SKIPPED_QUIET: Duration = Duration::from_millis(200);
+
 /// Why a projection could not apply events.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -97,7 +108,15 @@ impl Status {
 #[derive(Clone)]
 pub struct Positions {
     db: ReadDb,
-    known: Arc<HashMap<&'static str, watch::Sender<u64>>>,
+    known: Arc<HashMap<&'static str, Local>>,
+}
+
+/// What this process knows of one projection: the last position its runner here applied, and
+/// whether that runner is following the log now (on PostgreSQL it may be standing by while
+/// another process holds the lease).
+struct Local {
+    position: watch::Sender<u64>,
+    following: std::sync::atomic::AtomicBool,
 }
 
 /// The projection did not reach the position in time.
@@ -125,27 +144,44 @@ impl Positions {
         position: u64,
         timeout: Duration,
     ) -> Result<(), WaitTimeout> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut rx = self.known.get(name).map(|s| s.subscribe());
+        let start = tokio::time::Instant::now();
+        let deadline = start + timeout;
+        let local = self.known.get(name);
+        let mut rx = local.map(|l| l.position.subscribe());
+        // The stored checkpoint matters when the runner is in another process. While the runner
+        // here follows the log, its own signal is enough, and the stored one is read only as a
+        // slow fallback, so that many waiters woken by each batch do not each query it.
+        let following = |local: Option<&Local>| {
+            local.is_some_and(|l| l.following.load(std::sync::atomic::Ordering::Acquire))
+        };
+        let mut next_check = if following(local) {
+            start + CHECKPOINT_POLL
+        } else {
+            start
+        };
+        let mut stored = 0;
         loop {
-            let local = rx.as_mut().map(|r| *r.borrow_and_update()).unwrap_or(0);
-            if local >= position {
+            let here = rx.as_mut().map(|r| *r.borrow_and_update()).unwrap_or(0);
+            if here >= position {
                 return Ok(());
             }
             let now = tokio::time::Instant::now();
-            let stored = read_checkpoint(&self.db, name).await.unwrap_or(0);
-            if stored >= position {
-                return Ok(());
+            if now >= next_check || now >= deadline {
+                stored = read_checkpoint(&self.db, name).await.unwrap_or(0);
+                if stored >= position {
+                    return Ok(());
+                }
+                next_check = now + CHECKPOINT_POLL;
             }
             if now >= deadline {
                 return Err(WaitTimeout {
                     name: name.to_owned(),
                     wanted: position,
-                    reached: local.max(stored),
+                    reached: here.max(stored),
                     waited: timeout,
                 });
             }
-            let nap = (deadline - now).min(CHECKPOINT_POLL);
+            let nap = deadline.min(next_check) - now;
             match rx.as_mut() {
                 Some(r) => {
                     let _ = tokio::time::timeout(nap, r.changed()).await;
@@ -157,12 +193,18 @@ impl Positions {
 
     /// The last position applied by this process's runner of `name`.
     pub fn local(&self, name: &str) -> Option<u64> {
-        self.known.get(name).map(|s| *s.borrow())
+        self.known.get(name).map(|l| *l.position.borrow())
+    }
+
+    fn following(&self, name: &str, now: bool) {
+        if let Some(l) = self.known.get(name) {
+            l.following.store(now, std::sync::atomic::Ordering::Release);
+        }
     }
 
     fn publish(&self, name: &str, position: u64) {
-        if let Some(s) = self.known.get(name) {
-            s.send_if_modified(|p| {
+        if let Some(l) = self.known.get(name) {
+            l.position.send_if_modified(|p| {
                 let moved = *p != position;
                 *p = position;
                 moved
@@ -197,6 +239,7 @@ pub struct Engine {
     projections: Vec<Arc<dyn Projection>>,
     positions: Positions,
     batch: usize,
+    persist_every: Duration,
 }
 
 impl Engine {
@@ -208,7 +251,13 @@ impl Engine {
     ) -> Self {
         let known = projections
             .iter()
-            .map(|p| (p.name(), watch::channel(0).0))
+            .map(|p| {
+                let local = Local {
+                    position: watch::channel(0).0,
+                    following: std::sync::atomic::AtomicBool::new(false),
+                };
+                (p.name(), local)
+            })
             .collect();
         let positions = Positions {
             db: db.clone(),
@@ -220,7 +269,16 @@ impl Engine {
             projections,
             positions,
             batch: DEFAULT_BATCH,
+            persist_every: SKIPPED_PERSIST_EVERY,
         }
+    }
+
+    /// Sets how long a following runner may go without writing the checkpoint of positions
+    /// that held nothing for it, while the log is busy (it writes it anyway once the log is
+    /// quiet for a moment, or after 10,000 such positions).
+    pub fn with_skipped_checkpoint_every(mut self, every: Duration) -> Self {
+        self.persist_every = every;
+        self
     }
 
     /// Sets the events per transaction.
@@ -252,9 +310,12 @@ impl Engine {
         let head = self.store.head_position().await?;
         let mut out = Vec::new();
         for p in &self.projections {
+            // A runner here may be ahead of its stored checkpoint by positions it skipped.
+            let stored = read_checkpoint(&self.db, p.name()).await?;
+            let local = self.positions.local(p.name()).unwrap_or(0);
             out.push(Status {
                 name: p.name(),
-                position: read_checkpoint(&self.db, p.name()).await?,
+                position: stored.max(local),
                 head,
             });
         }
@@ -268,13 +329,49 @@ impl Engine {
         projection: &dyn Projection,
         from: u64,
     ) -> Result<(u64, usize), ProjectionError> {
-        let events = self.store.read_all(from, self.batch).await?;
+        let mut cursor = Cursor::at(from);
+        let n = self.advance(projection, &mut cursor, true).await?;
+        Ok((cursor.at, n))
+    }
+
+    /// Reads the next batch after `cursor.at` and applies it. A batch with nothing for the
+    /// projection only moves the cursor, unless `persist` is set or the cursor's written
+    /// checkpoint is far behind (see [`SKIPPED_BEFORE_PERSIST`]). Returns how many events it
+    /// read (0: caught up).
+    async fn advance(
+        &self,
+        projection: &dyn Projection,
+        cursor: &mut Cursor,
+        persist: bool,
+    ) -> Result<usize, ProjectionError> {
+        let events = self.store.read_all(cursor.at, self.batch).await?;
         let Some(last) = events.last().map(|e| e.position) else {
-            return Ok((from, 0));
+            return Ok(0);
         };
-        self.apply_batch(projection, from, &events).await?;
+        let relevant = events.iter().any(|e| projection.handles(&e.event_type));
+        if relevant || persist || cursor.due(last, self.persist_every) {
+            self.apply_batch(projection, cursor.persisted, &events)
+                .await?;
+            cursor.persisted(last);
+        }
+        cursor.at = last;
         self.positions.publish(projection.name(), last);
-        Ok((last, events.len()))
+        Ok(events.len())
+    }
+
+    /// Writes the checkpoint of positions the cursor skipped, if any.
+    async fn persist(
+        &self,
+        projection: &dyn Projection,
+        cursor: &mut Cursor,
+    ) -> Result<(), ProjectionError> {
+        if cursor.at == cursor.persisted {
+            return Ok(());
+        }
+        self.write_checkpoint(projection, cursor.persisted, cursor.at, &[])
+            .await?;
+        cursor.persisted(cursor.at);
+        Ok(())
     }
 
     async fn apply_batch(
@@ -283,10 +380,27 @@ impl Engine {
         from: u64,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let name = projection.name();
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(());
         };
+        let handled: Vec<&RecordedEvent> = events
+            .iter()
+            .filter(|e| projection.handles(&e.event_type))
+            .collect();
+        self.write_checkpoint(projection, from, last, &handled)
+            .await
+    }
+
+    /// In one transaction: checks that the stored checkpoint is still `from` (fencing), applies
+    /// `handled` and moves the checkpoint to `last`.
+    async fn write_checkpoint(
+        &self,
+        projection: &dyn Projection,
+        from: u64,
+        last: u64,
+        handled: &[&RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let name = projection.name();
         let mut tx = self.db.begin().await?;
         let stored = match lock_checkpoint(&mut tx, name).await? {
             Some(p) => p,
@@ -310,12 +424,8 @@ impl Engine {
                 actual: stored,
             });
         }
-        let handled: Vec<&RecordedEvent> = events
-            .iter()
-            .filter(|e| projection.handles(&e.event_type))
-            .collect();
         if !handled.is_empty() {
-            projection.apply_batch(&mut tx, &handled).await?;
+            projection.apply_batch(&mut tx, handled).await?;
         }
         let now = chrono::Utc::now();
         execute!(
@@ -478,49 +588,101 @@ impl Engine {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ProjectionError> {
         let name = projection.name();
-        let mut at = read_checkpoint(&self.db, name).await?;
-        self.positions.publish(name, at);
+        let mut cursor = Cursor::at(read_checkpoint(&self.db, name).await?);
+        self.positions.publish(name, cursor.at);
+        // Marks the runner here as following until this returns, however it returns.
+        struct Following<'a>(&'a Positions, &'static str);
+        impl Drop for Following<'_> {
+            fn drop(&mut self) {
+                self.0.following(self.1, false);
+            }
+        }
+        self.positions.following(name, true);
+        let _following = Following(&self.positions, name);
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            match self.step(projection, at).await {
-                Ok((next, n)) => {
-                    at = next;
-                    if n > 0 {
-                        continue;
-                    }
-                }
+            match self.advance(projection, &mut cursor, false).await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
                 Err(ProjectionError::CheckpointMoved { actual, .. }) => {
                     tracing::info!(
                         projection = name,
-                        from = at,
+                        from = cursor.at,
                         to = actual,
                         "checkpoint moved by another runner; following it"
                     );
-                    at = actual;
-                    self.positions.publish(name, at);
+                    cursor = Cursor::at(actual);
+                    self.positions.publish(name, cursor.at);
                     continue;
                 }
                 Err(e) => return Err(e),
             }
+            // Caught up. Positions skipped without writing are written once the log has been
+            // quiet for a moment, so that the stored checkpoint (which other processes and a
+            // restart read) is current whenever nothing is happening.
+            let quiet = if cursor.at > cursor.persisted {
+                SKIPPED_QUIET
+            } else {
+                Duration::from_secs(5)
+            };
             tokio::select! {
                 _ = shutdown.changed() => return Ok(()),
-                waited = self.store.wait_for_events(at, Duration::from_secs(5)) => {
+                waited = self.store.wait_for_events(cursor.at, quiet) => {
                     let head = waited?;
-                    if head <= at {
+                    if head <= cursor.at && cursor.at > cursor.persisted {
+                        match self.persist(projection, &mut cursor).await {
+                            Ok(()) => {}
+                            Err(ProjectionError::CheckpointMoved { actual, .. }) => {
+                                cursor = Cursor::at(actual);
+                                self.positions.publish(name, cursor.at);
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    } else if head <= cursor.at {
                         // Idle: make sure the lease is still ours before going on.
                         lease.check().await?;
                         // A rebuild may have reset the checkpoint while we were idle.
                         let stored = read_checkpoint(&self.db, name).await?;
-                        if stored != at {
-                            at = stored;
-                            self.positions.publish(name, at);
+                        if stored != cursor.persisted {
+                            cursor = Cursor::at(stored);
+                            self.positions.publish(name, cursor.at);
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// A following runner's place: how far it has read (`at`) and the checkpoint it last wrote
+/// (`persisted`), which may lag behind by positions that held nothing for it.
+#[derive(Debug)]
+struct Cursor {
+    at: u64,
+    persisted: u64,
+    persisted_at: std::time::Instant,
+}
+
+impl Cursor {
+    fn at(position: u64) -> Self {
+        Cursor {
+            at: position,
+            persisted: position,
+            persisted_at: std::time::Instant::now(),
+        }
+    }
+
+    fn persisted(&mut self, position: u64) {
+        self.persisted = position;
+        self.persisted_at = std::time::Instant::now();
+    }
+
+    /// Whether skipping up to `last` without writing would leave the stored checkpoint too far
+    /// behind.
+    fn due(&self, last: u64, every: Duration) -> bool {
+        last - self.persisted >= SKIPPED_BEFORE_PERSIST || self.persisted_at.elapsed() >= every
     }
 }
 
