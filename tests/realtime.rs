@@ -461,7 +461,10 @@ async fn a_write_on_one_instance_reaches_clients_of_another_and_sign_out_there_c
     let (replayed, _) = resumed.until_connected().await;
     let got: Vec<Value> = replayed.iter().map(|f| f.json()["id"].clone()).collect();
     assert_eq!(got, missed);
-    let mut sse = Sse::open(&b, &token, None).await;
+    // A connection to B from the last event seen: B's tailer may not have reached that event
+    // yet when this opens, and a stream without Last-Event-ID would then rightly deliver it.
+    let seen = replayed.last().and_then(|f| f.id.clone());
+    let mut sse = Sse::open(&b, &token, seen.as_deref()).await;
     sse.until_connected().await;
     // The WebSocket on B got them live, on the user channel (the chat channel was another's).
     for id in &missed {

@@ -53,6 +53,11 @@ impl Projection for ChatsProjection {
     }
 
     async fn reset(&self, tx: &mut Tx) -> Result<(), ProjectionError> {
+        if let Tx::Sqlite(t) = tx {
+            sqlx::query("INSERT INTO messages_fts (messages_fts) VALUES ('delete-all')")
+                .execute(&mut **t)
+                .await?;
+        }
         execute!(tx, "DELETE FROM attachments")?;
         execute!(tx, "DELETE FROM messages")?;
         execute!(tx, "DELETE FROM chats")?;
@@ -87,19 +92,29 @@ async fn insert_messages(tx: &mut Tx, run: &[MessageSent]) -> Result<(), Project
                         "content": m.content.as_str(),
                         "type": m.kind.as_str(),
                         "at": m.at.to_rfc3339_opts(SecondsFormat::AutoSi, false),
-                        "search": search::fold(m.content.as_str()),
+                        "words": search::words(&search::fold(m.content.as_str())),
                     })
                 })
                 .collect();
             let rows = serde_json::Value::Array(rows).to_string();
             sqlx::query(
                 "INSERT INTO messages (id, chat_id, user_id, role, content, type, created_at, \
-                 updated_at, search_text, owner_key) SELECT unhex(value->>'id'), \
+                 updated_at, owner_key) SELECT unhex(value->>'id'), \
                  unhex(value->>'chat'), unhex(value->>'user'), value->>'role', \
                  value->>'content', value->>'type', value->>'at', value->>'at', \
-                 value->>'search', COALESCE((SELECT 'u' || lower(hex(c.owner_id)) FROM chats c \
+                 COALESCE((SELECT 'u' || lower(hex(c.owner_id)) FROM chats c \
                  WHERE c.id = unhex(value->>'chat')), '') FROM jsonb_each(jsonb($1)) \
                  WHERE TRUE ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&rows)
+            .execute(&mut **t)
+            .await?;
+            // The owner-scoped terms (migration 0012), built from the owner key just stored.
+            sqlx::query(
+                "INSERT OR REPLACE INTO messages_fts (rowid, terms) SELECT m.rowid, \
+                 (SELECT group_concat(m.owner_key || w.value, ' ') FROM json_each(j.value, '$.words') w) \
+                 FROM jsonb_each(jsonb($1)) j JOIN messages m ON m.id = unhex(j.value->>'id') \
+                 WHERE m.owner_key <> ''",
             )
             .bind(&rows)
             .execute(&mut **t)
@@ -184,6 +199,15 @@ async fn apply_one(tx: &mut Tx, e: ChatEvent) -> Result<(), ProjectionError> {
                 )?;
             }
             ChatEvent::Deleted(d) => {
+                if let Tx::Sqlite(t) = tx {
+                    sqlx::query(
+                        "DELETE FROM messages_fts WHERE rowid IN \
+                         (SELECT rowid FROM messages WHERE chat_id = $1)",
+                    )
+                    .bind(d.chat_id)
+                    .execute(&mut **t)
+                    .await?;
+                }
                 execute!(tx, "DELETE FROM attachments WHERE chat_id = $1", d.chat_id)?;
                 execute!(tx, "DELETE FROM messages WHERE chat_id = $1", d.chat_id)?;
                 execute!(tx, "DELETE FROM chats WHERE id = $1", d.chat_id)?;
@@ -197,16 +221,28 @@ async fn apply_one(tx: &mut Tx, e: ChatEvent) -> Result<(), ProjectionError> {
                     Tx::Sqlite(t) => {
                         sqlx::query(
                             "UPDATE messages SET content = COALESCE($2, content), \
-                             type = COALESCE($3, type), updated_at = $4, \
-                             search_text = COALESCE($5, search_text) WHERE id = $1",
+                             type = COALESCE($3, type), updated_at = $4 WHERE id = $1",
                         )
                         .bind(m.message_id)
                         .bind(content)
                         .bind(kind)
                         .bind(m.at)
-                        .bind(search)
                         .execute(&mut **t)
                         .await?;
+                        if let Some(folded) = search {
+                            let words = serde_json::to_string(&search::words(&folded))
+                                .expect("strings serialise");
+                            sqlx::query(
+                                "INSERT OR REPLACE INTO messages_fts (rowid, terms) \
+                                 SELECT m.rowid, (SELECT group_concat(m.owner_key || w.value, ' ') \
+                                 FROM json_each($2) w) FROM messages m \
+                                 WHERE m.id = $1 AND m.owner_key <> ''",
+                            )
+                            .bind(m.message_id)
+                            .bind(words)
+                            .execute(&mut **t)
+                            .await?;
+                        }
                     }
                     Tx::Postgres(t) => {
                         sqlx::query(
@@ -233,6 +269,15 @@ async fn apply_one(tx: &mut Tx, e: ChatEvent) -> Result<(), ProjectionError> {
                     "DELETE FROM attachments WHERE message_id = $1",
                     m.message_id
                 )?;
+                if let Tx::Sqlite(t) = tx {
+                    sqlx::query(
+                        "DELETE FROM messages_fts WHERE rowid IN \
+                         (SELECT rowid FROM messages WHERE id = $1)",
+                    )
+                    .bind(m.message_id)
+                    .execute(&mut **t)
+                    .await?;
+                }
                 execute!(tx, "DELETE FROM messages WHERE id = $1", m.message_id)?;
             }
             ChatEvent::AttachmentAdded(a) => {
@@ -434,50 +479,71 @@ pub async fn find_messages(
             let Some(q) = search::fts5_query(search, owner) else {
                 return Ok((Vec::new(), 0));
             };
-            // The index is scoped by owner (see migration 0008), so it is the only place to
-            // start from; the owner is checked again on the row itself.
-            const FROM: &str = "FROM messages_fts f JOIN messages m ON m.rowid = f.rowid \
+            // The terms are the owner's own (migration 0012), so the index yields only the
+            // owner's matches, ranked by bm25() (best first, newest first among equals); the
+            // owner is checked again on the row itself.
+            let unfiltered =
+                f.chat_id.is_none() && f.kind.is_none() && f.start.is_none() && f.end.is_none();
+            let rows = if unfiltered {
+                // Nothing to filter on the rows: the index ranks and pages by itself, and only
+                // the page's rows are read.
+                sqlx::query_as::<_, Counted>(
+                    "SELECT m.id, m.chat_id, m.user_id, m.role, m.content, m.type, m.created_at, \
+                     m.updated_at, t.total FROM (SELECT rowid, rank FROM messages_fts \
+                     WHERE messages_fts MATCH $1 ORDER BY rank, rowid DESC LIMIT $3 OFFSET $4) f \
+                     JOIN messages m ON m.rowid = f.rowid, \
+                     (SELECT COUNT(*) AS total FROM messages_fts WHERE messages_fts MATCH $1) t \
+                     WHERE m.owner_key = $2 ORDER BY f.rank, f.rowid DESC",
+                )
+                .bind(&q)
+                .bind(search::owner_key(owner))
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(p)
+                .await?
+            } else {
+                sqlx::query_as::<_, Counted>(
+                    "SELECT m.id, m.chat_id, m.user_id, m.role, m.content, m.type, m.created_at, \
+                     m.updated_at, COUNT(*) OVER () AS total \
+                     FROM (SELECT rowid, rank FROM messages_fts WHERE messages_fts MATCH $1) f \
+                     JOIN messages m ON m.rowid = f.rowid \
+                     WHERE m.owner_key = $2 AND ($3 IS NULL OR m.chat_id = $3) \
+                     AND ($4 IS NULL OR m.type = $4) AND ($5 IS NULL OR m.created_at >= $5) \
+                     AND ($6 IS NULL OR m.created_at <= $6) \
+                     ORDER BY f.rank, m.rowid DESC LIMIT $7 OFFSET $8",
+                )
+                .bind(&q)
+                .bind(search::owner_key(owner))
+                .bind(f.chat_id)
+                .bind(f.kind.clone())
+                .bind(f.start)
+                .bind(f.end)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(p)
+                .await?
+            };
+            if let Some(first) = rows.first() {
+                let total = first.total as u64;
+                return Ok((rows.into_iter().map(|r| r.row).collect(), total));
+            }
+            // A page past the end still reports how many matched.
+            let total: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM messages_fts f JOIN messages m ON m.rowid = f.rowid \
                  WHERE messages_fts MATCH $1 \
                  AND m.owner_key = $2 AND ($3 IS NULL OR m.chat_id = $3) \
                  AND ($4 IS NULL OR m.type = $4) AND ($5 IS NULL OR m.created_at >= $5) \
-                 AND ($6 IS NULL OR m.created_at <= $6)";
-            // FTS5's bm25() counts each word's matches across the whole table on every query
-            // (its IDF), which for a common word is most of the table, whoever searches. So
-            // the index only finds the owner's hits, and they are ranked here: BM25 over the
-            // owner's own matches (see `search::Ranker`), newest first among equals.
-            let hits: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT m.rowid, m.search_text {FROM}"
-            )))
+                 AND ($6 IS NULL OR m.created_at <= $6)",
+            )
             .bind(&q)
             .bind(search::owner_key(owner))
             .bind(f.chat_id)
             .bind(f.kind.clone())
             .bind(f.start)
             .bind(f.end)
-            .fetch_all(p)
+            .fetch_one(p)
             .await?;
-            let total = hits.len() as u64;
-            let page = search::Ranker::new(search).page(
-                hits.iter().map(|(rowid, text)| (*rowid, text.as_str())),
-                offset as usize,
-                limit as usize,
-            );
-            if page.is_empty() {
-                return Ok((Vec::new(), total));
-            }
-            let ids = serde_json::to_string(&page).expect("integers serialise");
-            let mut rows: Vec<(i64, MessageRow)> = sqlx::query_as::<_, Ranked>(
-                "SELECT rowid, id, chat_id, user_id, role, content, type, created_at, updated_at \
-                 FROM messages WHERE rowid IN (SELECT value FROM json_each($1))",
-            )
-            .bind(ids)
-            .fetch_all(p)
-            .await?
-            .into_iter()
-            .map(|r| (r.rowid, r.row))
-            .collect();
-            rows.sort_by_key(|(rowid, _)| page.iter().position(|p| p == rowid));
-            Ok((rows.into_iter().map(|(_, r)| r).collect(), total))
+            Ok((Vec::new(), total as u64))
         }
         ReadDb::Postgres(p) => {
             let folded = search::fold(search);
@@ -522,14 +588,6 @@ pub async fn find_messages(
             Ok((Vec::new(), total as u64))
         }
     }
-}
-
-/// A page row with its SQLite rowid, to put it back in rank order.
-#[derive(sqlx::FromRow)]
-struct Ranked {
-    rowid: i64,
-    #[sqlx(flatten)]
-    row: MessageRow,
 }
 
 /// A search hit with the number of all hits.

@@ -28,93 +28,39 @@ pub fn owner_key(owner: uuid::Uuid) -> String {
     format!("u{}", owner.simple())
 }
 
-/// An FTS5 `MATCH` expression requiring every word of `query`, in any order, in the
-/// `search_text` column, of a message whose `owner_key` column is `owner`'s; each word is a
-/// quoted string, so nothing the user types is read as query syntax. `None` when the query has
-/// no words.
+/// The terms a message is indexed under on SQLite: each word of its folded text prefixed with
+/// its owner's key, so that a term's postings are one user's messages only (see migration 0012).
+/// Words repeat as often as they occur, so term frequencies reach the ranking.
+pub fn fts5_terms(owner_key: &str, folded: &str) -> String {
+    let mut terms = String::with_capacity(folded.len() + 34 * 8);
+    for w in words(folded) {
+        if !terms.is_empty() {
+            terms.push(' ');
+        }
+        terms.push_str(owner_key);
+        terms.push_str(w);
+    }
+    terms
+}
+
+/// An FTS5 `MATCH` expression requiring every word of `query`, in any order, among `owner`'s
+/// terms (see [`fts5_terms`]); each term is a quoted string, so nothing the user types is read
+/// as query syntax. `None` when the query has no words.
 pub fn fts5_query(query: &str, owner: uuid::Uuid) -> Option<String> {
     let folded = fold(query);
-    let ws = words(&folded);
+    let key = owner_key(owner);
+    let mut ws = words(&folded);
+    ws.sort_unstable();
+    ws.dedup();
     if ws.is_empty() {
         return None;
     }
-    let words = ws
-        .iter()
-        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
-        .collect::<Vec<_>>()
-        .join(" ");
-    Some(format!(
-        "owner_key : \"{}\" AND search_text : ({words})",
-        owner_key(owner)
-    ))
-}
-
-/// Ranks the messages a query matched by BM25 (k1 = 1.2, b = 0.75) computed over those
-/// matches alone: every match holds every query word, so each word weighs the same and a
-/// message ranks higher the more often the words occur in it relative to its length.
-pub struct Ranker {
-    words: Vec<String>,
-}
-
-impl Ranker {
-    const K1: f64 = 1.2;
-    const B: f64 = 0.75;
-
-    /// The ranker of a user's query, folded as message text is.
-    pub fn new(query: &str) -> Self {
-        let folded = fold(query);
-        let mut words: Vec<String> = words(&folded).into_iter().map(str::to_owned).collect();
-        words.sort();
-        words.dedup();
-        Ranker { words }
-    }
-
-    /// The keys of the `limit` best of `hits` (key, folded text) after skipping `offset`, best
-    /// first; among equal scores, the greater key (the later message) first.
-    pub fn page<'a>(
-        &self,
-        hits: impl IntoIterator<Item = (i64, &'a str)>,
-        offset: usize,
-        limit: usize,
-    ) -> Vec<i64> {
-        let docs: Vec<(i64, Vec<u32>, usize)> = hits
-            .into_iter()
-            .map(|(key, text)| {
-                let mut tf = vec![0u32; self.words.len()];
-                let mut len = 0;
-                for w in words(text) {
-                    len += 1;
-                    if let Some(i) = self.words.iter().position(|q| q == w) {
-                        tf[i] += 1;
-                    }
-                }
-                (key, tf, len)
-            })
-            .collect();
-        if docs.is_empty() {
-            return Vec::new();
-        }
-        let avg = docs.iter().map(|d| d.2).sum::<usize>() as f64 / docs.len() as f64;
-        let avg = avg.max(1.0);
-        let mut scored: Vec<(f64, i64)> = docs
-            .iter()
-            .map(|(key, tf, len)| {
-                let norm = Self::K1 * (1.0 - Self::B + Self::B * *len as f64 / avg);
-                let score = tf
-                    .iter()
-                    .map(|&t| f64::from(t) * (Self::K1 + 1.0) / (f64::from(t) + norm))
-                    .sum::<f64>();
-                (score, *key)
-            })
-            .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
-        scored
-            .into_iter()
-            .skip(offset)
-            .take(limit)
-            .map(|(_, key)| key)
-            .collect()
-    }
+    Some(
+        ws.iter()
+            .map(|w| format!("\"{key}{}\"", w.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 #[cfg(test)]
@@ -129,41 +75,30 @@ mod tests {
     }
 
     #[test]
-    fn queries_are_quoted_words_only_scoped_to_the_owner() {
-        let owner = uuid::Uuid::from_u128(0xabc);
-        let scoped = |words: &str| {
-            format!("owner_key : \"u00000000000000000000000000000abc\" AND search_text : ({words})")
-        };
+    fn terms_are_the_owners_key_and_each_word() {
         assert_eq!(
-            fts5_query("Hello, WORLD!", owner),
-            Some(scoped("\"hello\" \"world\""))
+            fts5_terms("uk", "hello, world! hello"),
+            "ukhello ukworld ukhello"
+        );
+        assert_eq!(fts5_terms("uk", " ?! "), "");
+    }
+
+    #[test]
+    fn queries_are_quoted_terms_of_the_owner_only() {
+        let owner = uuid::Uuid::from_u128(0xabc);
+        let k = "u00000000000000000000000000000abc";
+        assert_eq!(
+            fts5_query("Hello, WORLD! hello", owner),
+            Some(format!("\"{k}hello\" \"{k}world\""))
         );
         assert_eq!(
             fts5_query("a\" OR b*", owner),
-            Some(scoped("\"a\" \"or\" \"b\""))
+            Some(format!("\"{k}a\" \"{k}b\" \"{k}or\""))
         );
         assert_eq!(fts5_query("  ?! ", owner), None);
         assert_eq!(
             fts5_query("naïve café", owner),
-            Some(scoped("\"naive\" \"cafe\""))
+            Some(format!("\"{k}cafe\" \"{k}naive\""))
         );
-    }
-
-    #[test]
-    fn ranking_prefers_denser_matches_then_later_ones() {
-        let r = Ranker::new("Rust ASYNC rust");
-        let hits = [
-            (
-                1,
-                "rust and async in a long sentence about many other things",
-            ),
-            (2, "rust async"),
-            (3, "rust async rust async"),
-            (4, "rust async"),
-        ];
-        assert_eq!(r.page(hits, 0, 10), vec![3, 4, 2, 1]);
-        assert_eq!(r.page(hits, 1, 2), vec![4, 2]);
-        assert_eq!(r.page(hits, 4, 2), Vec::<i64>::new());
-        assert_eq!(r.page([], 0, 2), Vec::<i64>::new());
     }
 }

@@ -76,6 +76,8 @@ on_both!(
     rebuild_reproduces_the_same_read_model,
     read_your_writes_waits_for_the_running_projection,
     set_wise_and_one_by_one_application_agree,
+    search_follows_edits_and_deletes,
+    a_projection_with_nothing_to_apply_writes_its_checkpoint_only_when_quiet,
 );
 
 fn meta(user: Uuid) -> EventMetadata {
@@ -547,4 +549,310 @@ async fn set_wise_and_one_by_one_application_agree(env: Env) {
     assert!(set_wise.0.is_some());
     assert_eq!(set_wise.1.len(), 12 - 2);
     assert_eq!(set_wise, one_by_one);
+}
+
+/// What `owner` finds for `q`, as message contents, best first.
+async fn found(db: &ReadDb, owner: Uuid, q: &str) -> (Vec<String>, u64) {
+    let filter = chats::MessageFilter {
+        search: Some(q.to_owned()),
+        ..chats::MessageFilter::default()
+    };
+    let (rows, total) = chats::find_messages(db, owner, &filter, 20, 0)
+        .await
+        .expect("search");
+    (rows.into_iter().map(|r| r.content).collect(), total)
+}
+
+async fn search_follows_edits_and_deletes(env: Env) {
+    let engine = Engine::new(env.store.clone(), env.db.clone(), confab_projections::all());
+    let (chat, owner, ids) = seed_chat(&*env.store, 3).await;
+    let (_, stranger, _) = seed_chat(&*env.store, 3).await;
+    engine
+        .catch_up(chats::NAME, |_, _| {})
+        .await
+        .expect("catch up");
+    assert_eq!(found(&env.db, owner, "MESSAGE").await.1, 3);
+    assert_eq!(found(&env.db, stranger, "message").await.1, 3);
+
+    execute::<Chat>(
+        &*env.store,
+        &chat,
+        ChatCommand::EditMessage {
+            message_id: ids[1],
+            actor: owner,
+            content: Some(MessageContent::parse("Crème brûlée, twice: crème").expect("content")),
+            kind: None,
+            at: Utc::now(),
+        },
+        meta(owner),
+    )
+    .await
+    .expect("edit");
+    execute::<Chat>(
+        &*env.store,
+        &chat,
+        ChatCommand::DeleteMessage {
+            message_id: ids[0],
+            actor: owner,
+            at: Utc::now(),
+        },
+        meta(owner),
+    )
+    .await
+    .expect("delete");
+    engine
+        .catch_up(chats::NAME, |_, _| {})
+        .await
+        .expect("catch up");
+    // The edited message is found by its new words only, the deleted one not at all.
+    assert_eq!(
+        found(&env.db, owner, "message").await,
+        (vec!["message 2".to_owned()], 1)
+    );
+    assert_eq!(
+        found(&env.db, owner, "brulee CREME").await,
+        (vec!["Crème brûlée, twice: crème".to_owned()], 1)
+    );
+    // Nobody else's search sees it, and theirs is untouched.
+    assert_eq!(found(&env.db, stranger, "creme").await.1, 0);
+    assert_eq!(found(&env.db, stranger, "message").await.1, 3);
+
+    execute::<Chat>(
+        &*env.store,
+        &chat,
+        ChatCommand::Delete {
+            actor: owner,
+            at: Utc::now(),
+        },
+        meta(owner),
+    )
+    .await
+    .expect("delete chat");
+    engine
+        .catch_up(chats::NAME, |_, _| {})
+        .await
+        .expect("catch up");
+    assert_eq!(found(&env.db, owner, "creme").await.1, 0);
+    assert_eq!(found(&env.db, owner, "message").await.1, 0);
+    assert_eq!(found(&env.db, stranger, "message").await.1, 3);
+
+    // A rebuild gives the same answers.
+    engine
+        .rebuild(chats::NAME, |_, _| {})
+        .await
+        .expect("rebuild");
+    assert_eq!(found(&env.db, owner, "message").await.1, 0);
+    assert_eq!(found(&env.db, stranger, "message").await.1, 3);
+}
+
+async fn stored_checkpoint(db: &ReadDb, name: &str) -> i64 {
+    let sql = "SELECT position FROM projection_checkpoints WHERE name = $1";
+    match db {
+        ReadDb::Sqlite(p) => sqlx::query_scalar(sql).bind(name).fetch_one(p).await,
+        ReadDb::Postgres(p) => sqlx::query_scalar(sql).bind(name).fetch_one(p).await,
+    }
+    .expect("checkpoint")
+}
+
+/// The `settings` projection reads no chat event: while chats are written it follows the log
+/// in memory (read-your-writes and readiness see it current) and writes its checkpoint once the
+/// log is quiet, not once per batch.
+async fn a_projection_with_nothing_to_apply_writes_its_checkpoint_only_when_quiet(env: Env) {
+    // Not written while busy, however slow this machine is: only the quiet rule applies.
+    let engine = Engine::new(env.store.clone(), env.db.clone(), confab_projections::all())
+        .with_skipped_checkpoint_every(Duration::from_secs(600));
+    let positions = engine.positions();
+    let (chat, owner, _) = seed_chat(&*env.store, 0).await;
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let runner = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.run(shutdown).await })
+    };
+    let start = env.store.head_position().await.expect("head");
+    positions
+        .wait_for("settings", start, Duration::from_secs(5))
+        .await
+        .expect("settings caught up");
+    // Let it write what it skipped so far, then write chats quickly.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = stored_checkpoint(&env.db, "settings").await;
+    let mut last = 0;
+    for i in 0..20 {
+        let r = execute::<Chat>(
+            &*env.store,
+            &chat,
+            ChatCommand::SendMessage {
+                message_id: Uuid::now_v7(),
+                actor: owner,
+                role: Role::User,
+                content: MessageContent::parse(&format!("m{i}")).expect("content"),
+                kind: MessageKind::Text,
+                at: Utc::now(),
+            },
+            meta(owner),
+        )
+        .await
+        .expect("send");
+        last = r.appended.expect("appended").last_position;
+        positions
+            .wait_for("settings", last, Duration::from_secs(5))
+            .await
+            .expect("settings follows the log in memory");
+        positions
+            .wait_for(chats::NAME, last, Duration::from_secs(5))
+            .await
+            .expect("chats applied the write");
+    }
+    // The stored checkpoint did not follow the batches.
+    let during = stored_checkpoint(&env.db, "settings").await;
+    assert!(
+        during < last as i64,
+        "checkpoint written per batch: {before} -> {during} of {last}"
+    );
+    // The status reports the runner's own position, so readiness does not see a lag.
+    let status = engine.status().await.expect("status");
+    let settings = status
+        .iter()
+        .find(|s| s.name == "settings")
+        .expect("settings");
+    assert_eq!(settings.position, last);
+    assert_eq!(stored_checkpoint(&env.db, chats::NAME).await, last as i64);
+
+    // Once the log is quiet, the checkpoint is written.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while stored_checkpoint(&env.db, "settings").await < last as i64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "skipped positions never written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).expect("stop");
+    tokio::time::timeout(Duration::from_secs(5), runner)
+        .await
+        .expect("runner stops on shutdown")
+        .expect("runner");
+}
+
+/// Migration 0012 changes the search index on SQLite: upgrading a database whose read model
+/// was built by the earlier schema clears it and the next catch-up rebuilds it from the log, so
+/// messages sent before the upgrade are found after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_upgrading_to_the_owner_scoped_index_rebuilds_search() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let earlier = dir.path().join("migrations");
+    std::fs::create_dir(&earlier).expect("mkdir");
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/sqlite"))
+        .expect("migrations")
+    {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if name.as_str() < "0012" {
+            std::fs::copy(&path, earlier.join(&name)).expect("copy");
+        }
+    }
+    let url = format!("sqlite://{}", dir.path().join("confab.db").display());
+    let options = connect_options(&url).expect("options");
+    let pool = read_pool(options.clone()).await.expect("pool");
+    sqlx::migrate::Migrator::new(earlier.as_path())
+        .await
+        .expect("earlier migrations")
+        .run(&pool)
+        .await
+        .expect("migrate to 0011");
+    let store: Arc<dyn EventStore> = Arc::new(
+        SqliteStore::open(options, pool.clone(), Limits::default())
+            .await
+            .expect("open"),
+    );
+    let (_, owner, _) = seed_chat(&*store, 4).await;
+    let head = store.head_position().await.expect("head");
+    // As an earlier build would have left it: the read model at the head of the log.
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, position, updated_at)          VALUES ('chats', $1, '2026-11-30T00:00:00Z')",
+    )
+    .bind(head as i64)
+    .execute(&pool)
+    .await
+    .expect("checkpoint");
+
+    confab_migrations::SQLITE.run(&pool).await.expect("upgrade");
+    let db = ReadDb::Sqlite(pool);
+    assert_eq!(
+        stored_checkpoint_or_zero(&db).await,
+        0,
+        "the upgrade keeps a checkpoint for rows it dropped"
+    );
+    let engine = Engine::new(store, db.clone(), confab_projections::all());
+    engine
+        .catch_up(chats::NAME, |_, _| {})
+        .await
+        .expect("catch up");
+    assert_eq!(found(&db, owner, "message").await.1, 4);
+}
+
+async fn stored_checkpoint_or_zero(db: &ReadDb) -> i64 {
+    let ReadDb::Sqlite(p) = db else {
+        unreachable!("SQLite only")
+    };
+    sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = 'chats'")
+        .fetch_optional(p)
+        .await
+        .expect("checkpoint")
+        .unwrap_or(0)
+}
+
+/// In one process, the log's writer and the projections' transactions queue for SQLite's write
+/// lock instead of meeting in its busy handler (which sleeps between tries). With no busy
+/// timeout at all, a collision would fail at once with "database is locked"; none does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_sqlite_writers_in_one_process_never_collide_on_the_write_lock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("confab.db").display());
+    let options = connect_options(&url)
+        .expect("options")
+        .busy_timeout(Duration::ZERO);
+    let pool = read_pool(options.clone()).await.expect("pool");
+    confab_migrations::SQLITE.run(&pool).await.expect("migrate");
+    let store: Arc<dyn EventStore> = Arc::new(
+        SqliteStore::open(options, pool.clone(), Limits::default())
+            .await
+            .expect("open"),
+    );
+    let db = ReadDb::Sqlite(pool);
+    create_test_table(&db).await;
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                seed_chat(&*store, 1).await;
+            }
+            w
+        }));
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let mut tx = db.begin().await.expect("begin");
+                execute!(
+                    &mut tx,
+                    "INSERT INTO test_applied (event_id, position) VALUES ($1, $2)",
+                    format!("{w}-{i}"),
+                    i
+                )
+                .expect("insert");
+                tx.commit().await.expect("commit");
+            }
+            w
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    assert_eq!(applied(&db).await, (100, 100));
+    assert_eq!(store.head_position().await.expect("head"), 200);
 }
