@@ -7,11 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10s}
 CONNS=${CONNS:-32}
-cargo build --release --bin confab --example bare_reference >/dev/null
+# BIN and REF_BIN measure other builds (an earlier commit's, say) with the same script.
+BIN=${BIN:-./target/release/confab}
+REF_BIN=${REF_BIN:-./target/release/examples/bare_reference}
+[ -n "${NO_BUILD:-}" ] || cargo build --release --bin confab --example bare_reference >/dev/null
 DIR=$(mktemp -d)
 PORT=18181
 REF_PORT=18182
-CONFAB_RATE_LIMIT_ENABLED=false ./target/release/confab --data-dir "$DIR" serve --bind 127.0.0.1:$PORT >"$DIR/serve.log" 2>&1 &
+CONFAB_RATE_LIMIT_ENABLED=false "$BIN" --data-dir "$DIR" serve --bind 127.0.0.1:$PORT >"$DIR/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER ${REF:-} 2>/dev/null || true; rm -rf "$DIR"' EXIT
 for _ in $(seq 1 100); do curl -sf localhost:$PORT/healthz >/dev/null && break; sleep 0.1; done
@@ -38,7 +41,7 @@ echo "## POST /api/chats/{id}/messages, $CONNS connections, $DUR (includes read-
 wrk -t2 -c"$CONNS" -d"$DUR" --latency -s "$DIR/post.lua" "http://127.0.0.1:$PORT/api/chats/$CHAT/messages" | grep -E "Requests/sec|Latency|50%|99%|Non-2xx"
 echo "## GET /api/chats/{id}/messages?page=2&limit=50, $CONNS connections, $DUR"
 wrk -t2 -c"$CONNS" -d"$DUR" --latency -s "$DIR/get.lua" "http://127.0.0.1:$PORT/api/chats/$CHAT/messages?page=2&limit=50" | grep -E "Requests/sec|Latency|50%|99%|Non-2xx"
-./target/release/examples/bare_reference "$DIR/confab.db" $REF_PORT &
+"$REF_BIN" "$DIR/confab.db" $REF_PORT &
 REF=$!
 for _ in $(seq 1 100); do curl -sf "localhost:$REF_PORT/ref/chats/$CHAT/messages?owner=$OWNER" >/dev/null && break; sleep 0.1; done
 echo "## reference: bare axum handler, same SQL read, $CONNS connections, $DUR"

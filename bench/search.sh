@@ -22,6 +22,8 @@ if [ "$DB" = postgres ]; then
   NAME="confab_bench_search_$$"
   psql -h 127.0.0.1 -U postgres -d test -qc "CREATE DATABASE $NAME" >/dev/null
   export CONFAB_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$NAME"
+  # A fresh database: let serve create the schema.
+  export CONFAB_AUTO_MIGRATE=true
 fi
 cleanup() {
   kill ${SERVER:-} 2>/dev/null || true
@@ -35,7 +37,11 @@ trap cleanup EXIT
 serve() {
   CONFAB_RATE_LIMIT_ENABLED=false ./target/release/confab serve --bind 127.0.0.1:$PORT >>"$DIR/serve.log" 2>&1 &
   SERVER=$!
-  for _ in $(seq 1 6000); do curl -sf localhost:$PORT/healthz >/dev/null && return; sleep 0.1; done
+  for _ in $(seq 1 6000); do
+    curl -sf localhost:$PORT/healthz >/dev/null && return
+    kill -0 $SERVER 2>/dev/null || { echo "server exited; see $DIR/serve.log:" >&2; tail -3 "$DIR/serve.log" >&2; exit 1; }
+    sleep 0.1
+  done
   echo "server did not start; see $DIR/serve.log" >&2; exit 1
 }
 stop() { kill $SERVER; wait $SERVER 2>/dev/null || true; }
