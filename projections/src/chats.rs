@@ -173,6 +173,20 @@ async fn insert_messages(tx: &mut Tx, run: &[MessageSent]) -> Result<(), Project
     Ok(())
 }
 
+/// Removes from the SQLite search index the messages whose `column` (`id` or `chat_id`) is
+/// `id`, before their rows go: the index is contentless, so it is not kept by triggers.
+async fn unindex(tx: &mut Tx, column: &'static str, id: Uuid) -> Result<(), ProjectionError> {
+    if let Tx::Sqlite(t) = tx {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM messages_fts WHERE rowid IN (SELECT rowid FROM messages WHERE {column} = $1)"
+        )))
+        .bind(id)
+        .execute(&mut **t)
+        .await?;
+    }
+    Ok(())
+}
+
 /// Applies one chat event.
 async fn apply_one(tx: &mut Tx, e: ChatEvent) -> Result<(), ProjectionError> {
     {
@@ -199,15 +213,7 @@ async fn apply_one(tx: &mut Tx, e: ChatEvent) -> Result<(), ProjectionError> {
                 )?;
             }
             ChatEvent::Deleted(d) => {
-                if let Tx::Sqlite(t) = tx {
-                    sqlx::query(
-                        "DELETE FROM messages_fts WHERE rowid IN \
-                         (SELECT rowid FROM messages WHERE chat_id = $1)",
-                    )
-                    .bind(d.chat_id)
-                    .execute(&mut **t)
-                    .await?;
-                }
+                unindex(tx, "chat_id", d.chat_id).await?;
                 execute!(tx, "DELETE FROM attachments WHERE chat_id = $1", d.chat_id)?;
                 execute!(tx, "DELETE FROM messages WHERE chat_id = $1", d.chat_id)?;
                 execute!(tx, "DELETE FROM chats WHERE id = $1", d.chat_id)?;
@@ -269,15 +275,7 @@ async fn apply_one(tx: &mut Tx, e: ChatEvent) -> Result<(), ProjectionError> {
                     "DELETE FROM attachments WHERE message_id = $1",
                     m.message_id
                 )?;
-                if let Tx::Sqlite(t) = tx {
-                    sqlx::query(
-                        "DELETE FROM messages_fts WHERE rowid IN \
-                         (SELECT rowid FROM messages WHERE id = $1)",
-                    )
-                    .bind(m.message_id)
-                    .execute(&mut **t)
-                    .await?;
-                }
+                unindex(tx, "id", m.message_id).await?;
                 execute!(tx, "DELETE FROM messages WHERE id = $1", m.message_id)?;
             }
             ChatEvent::AttachmentAdded(a) => {
