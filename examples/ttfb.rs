@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use confab::{Application, Config};
-use confab_workers::llm::{self, CallPolicy, Endpoint, Turn};
+use confab_application::ai::llm::{self, CallPolicy, Endpoint, Turn};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 

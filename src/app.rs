@@ -5,6 +5,7 @@ use crate::config::Config;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use confab_api::AppState;
+use confab_application::Services;
 use confab_workers::Workers;
 use std::future::Future;
 use tokio::net::TcpListener;
@@ -64,40 +65,39 @@ impl Application {
                  CONFAB_DATABASE_URL to PostgreSQL to run them in `confab work` processes"
             );
         }
-        let (ai, commands, key_cipher) = (
-            jobs.ai.clone(),
-            jobs.ai.commands.clone(),
-            jobs.key_cipher.clone(),
-        );
-        let replies = jobs.queue.clone();
         // Stripe events are queued in this process's own file, so its worker runs here
         // whether or not the other jobs do.
+        let stripe = stripe_queue(&config).await?;
+        let app = jobs.services(&config, &backend, &engine, Some(stripe.queue.clone()))?;
+        // Events recorded whose job was lost (a crash between the two, a removed queue file).
+        confab_application::billing::requeue_unprocessed(&app)
+            .await
+            .context("queuing unprocessed Stripe events again")?;
         let monitor = if config.run_jobs {
-            jobs.monitor(&config)?
+            jobs.monitor(&config, app.clone())?
         } else {
             apalis::prelude::Monitor::new()
         };
-        let (monitor, billing) = billing_for(&config, &ai, monitor).await?;
+        let monitor = confab_workers::billing::register(
+            monitor,
+            stripe,
+            app.clone(),
+            config.billing.worker_concurrency,
+        );
         let realtime = realtime_for(&config, &backend).await?;
         let state = AppState {
-            store: backend.store.clone(),
-            commands,
-            db: backend.db.clone(),
+            app,
             engine: engine.clone(),
             readiness_max_lag: config.readiness_max_lag,
-            session_ttl: chrono::Duration::hours(i64::from(config.session_ttl_hours)),
-            write_timeout: std::time::Duration::from_millis(config.write_timeout_ms),
-            key_cipher,
-            provider_hosts_allowlist: config.provider_hosts(),
-            objects: object_store_for(&config)?,
-            ai,
-            replies,
             cron_secret: config
                 .cron_secret
                 .as_ref()
                 .map(|s| std::sync::Arc::from(secrecy::ExposeSecret::expose_secret(s))),
+            stripe_webhook_secret: config
+                .stripe_webhook_secret
+                .clone()
+                .map(std::sync::Arc::new),
             rate_limiter: config.rate_limiter()?,
-            billing,
             realtime: realtime.clone(),
         };
         let listener = TcpListener::bind(config.bind)
@@ -197,11 +197,11 @@ async fn realtime_for(
     Ok(realtime)
 }
 
-/// The job side of a process: what reply jobs need, and the queue they come from.
+/// The job side of a process: the reply queue and relay, and how to build the services the
+/// use cases run with.
 pub(crate) struct Jobs {
-    pub(crate) ai: confab_workers::ai::Ai,
     pub(crate) queue: confab_workers::queue::ReplyQueue,
-    pub(crate) key_cipher: confab_api::providers::KeyCipher,
+    relay: confab_application::ai::relay::Relay,
     opened: confab_workers::queue::OpenedQueue,
 }
 
@@ -212,11 +212,11 @@ impl Jobs {
     pub(crate) async fn open(
         config: &Config,
         backend: &Backend,
-        engine: &confab_projections::Engine,
+        _engine: &confab_projections::Engine,
     ) -> anyhow::Result<Jobs> {
+        use confab_application::ai::relay::{PgRelay, Relay};
+        use confab_application::ai::replies::ReplyHub;
         use confab_workers::queue::ReplyQueue;
-        use confab_workers::relay::{PgRelay, Relay};
-        use confab_workers::replies::ReplyHub;
         let (opened, relay) = match &backend.db {
             confab_projections::ReadDb::Sqlite(_) => {
                 std::fs::create_dir_all(&config.data_dir).with_context(|| {
@@ -244,39 +244,80 @@ impl Jobs {
             .catalogue
             .validate()
             .context("the model catalogue ([catalogue] in the config file)")?;
-        let key_cipher = confab_api::providers::KeyCipher::new(&config.encryption_key()?);
-        let decrypt_cipher = key_cipher.clone();
-        let ai = confab_workers::ai::Ai {
-            commands: confab_eventstore::aggregate::CommandExecutor::new(backend.store.clone()),
-            db: backend.db.clone(),
-            positions: engine.positions(),
-            relay,
-            catalogue: std::sync::Arc::new(config.catalogue.clone()),
-            providers: std::sync::Arc::new(config.llm_providers()),
-            policy: confab_workers::llm::CallPolicy {
-                first_token_timeout: std::time::Duration::from_millis(
-                    config.llm_first_token_timeout_ms,
-                ),
-                idle_timeout: std::time::Duration::from_millis(config.llm_idle_timeout_ms),
-                retries: config.llm_retries,
-                backoff: std::time::Duration::from_millis(config.llm_backoff_ms),
-            },
-            decrypt: std::sync::Arc::new(move |sealed: &str| decrypt_cipher.decrypt(sealed).ok()),
-            write_timeout: std::time::Duration::from_millis(config.write_timeout_ms),
-        };
         Ok(Jobs {
-            ai,
             queue: opened.queue.clone(),
-            key_cipher,
+            relay,
             opened,
         })
     }
 
+    /// The services the use cases run with in this process; `stripe` is the Stripe queue of a
+    /// process that serves the webhook.
+    pub(crate) fn services(
+        &self,
+        config: &Config,
+        backend: &Backend,
+        engine: &confab_projections::Engine,
+        stripe: Option<confab_workers::billing::StripeQueue>,
+    ) -> anyhow::Result<Services> {
+        use std::sync::Arc;
+        use std::time::Duration;
+        confab_domain::billing::validate_prices(&config.billing.prices, &config.catalogue)
+            .context("the prices ([[billing.prices]] in the config file)")?;
+        let stripe_client = confab_application::billing::stripe_client(
+            config.stripe_secret_key.as_ref(),
+            &config.stripe_api_base,
+        )
+        .context(
+            "cannot configure the Stripe client (STRIPE_SECRET_KEY, CONFAB_STRIPE_API_BASE)",
+        )?;
+        let billing = confab_application::billing::BillingSettings::new(
+            stripe_client,
+            Arc::new(config.billing.prices.clone()),
+            confab_application::billing::ReturnUrls {
+                success: config.billing.success_url.clone(),
+                cancel: config.billing.cancel_url.clone(),
+                portal_return: config.billing.portal_return_url.clone(),
+            },
+        );
+        Ok(Services {
+            store: backend.store.clone(),
+            commands: confab_eventstore::aggregate::CommandExecutor::new(backend.store.clone()),
+            db: backend.db.clone(),
+            positions: engine.positions(),
+            write_timeout: Duration::from_millis(config.write_timeout_ms),
+            session_ttl: chrono::Duration::hours(i64::from(config.session_ttl_hours)),
+            catalogue: Arc::new(config.catalogue.clone()),
+            llm: Arc::new(confab_application::ai::LlmSettings {
+                providers: config.llm_providers(),
+                policy: confab_application::ai::llm::CallPolicy {
+                    first_token_timeout: Duration::from_millis(config.llm_first_token_timeout_ms),
+                    idle_timeout: Duration::from_millis(config.llm_idle_timeout_ms),
+                    retries: config.llm_retries,
+                    backoff: Duration::from_millis(config.llm_backoff_ms),
+                },
+            }),
+            cipher: confab_application::providers::KeyCipher::new(&config.encryption_key()?),
+            provider_hosts_allowlist: config.provider_hosts().into(),
+            objects: object_store_for(config)?,
+            relay: self.relay.clone(),
+            jobs: Arc::new(confab_workers::Queues {
+                replies: self.queue.clone(),
+                stripe,
+            }),
+            billing,
+        })
+    }
+
     /// The job workers: replies and the credit reset.
-    pub(crate) fn monitor(self, config: &Config) -> anyhow::Result<apalis::prelude::Monitor> {
+    pub(crate) fn monitor(
+        self,
+        config: &Config,
+        app: Services,
+    ) -> anyhow::Result<apalis::prelude::Monitor> {
         confab_workers::queue::monitor(
             self.opened,
-            self.ai,
+            app,
             config.worker_concurrency.max(1),
             &config.credit_reset_schedule,
         )
@@ -308,11 +349,12 @@ pub async fn work(
     let backend = Backend::open(&config, Migrations::Require).await?;
     let engine = backend.engine();
     let jobs = Jobs::open(&config, &backend, &engine).await?;
+    let app = jobs.services(&config, &backend, &engine, None)?;
     let (stop, stopped) = watch::channel(false);
     let monitor = match jobs.queue {
         confab_workers::queue::ReplyQueue::Postgres(_) => {
             tracing::info!("confab work: projections and job workers running");
-            Some(spawn_monitor(jobs.monitor(&config)?, stopped.clone()))
+            Some(spawn_monitor(jobs.monitor(&config, app)?, stopped.clone()))
         }
         confab_workers::queue::ReplyQueue::Sqlite(_) => {
             tracing::info!(
@@ -333,59 +375,19 @@ pub async fn work(
     Ok(())
 }
 
-/// Billing: the Stripe client and webhook secret for the routes, and the Stripe job worker
-/// added to the `jobs` monitor.
-async fn billing_for(
+/// The Stripe job queue of this process: its own file in the data directory.
+async fn stripe_queue(
     config: &Config,
-    ai: &confab_workers::ai::Ai,
-    jobs: apalis::prelude::Monitor,
-) -> anyhow::Result<(apalis::prelude::Monitor, confab_api::billing::Billing)> {
-    confab_domain::billing::validate_prices(&config.billing.prices, &config.catalogue)
-        .context("the prices ([[billing.prices]] in the config file)")?;
-    let prices = std::sync::Arc::new(config.billing.prices.clone());
+) -> anyhow::Result<confab_workers::billing::OpenedStripeQueue> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
             config.data_dir.display()
         )
     })?;
-    let opened =
-        confab_workers::billing::StripeQueue::open(&config.data_dir.join("stripe-jobs.db"))
-            .await
-            .context("the Stripe job queue (stripe-jobs.db in CONFAB_DATA_DIR)")?;
-    let queue = opened.queue.clone();
-    let worker = confab_workers::billing::Billing {
-        commands: ai.commands.clone(),
-        db: ai.db.clone(),
-        positions: ai.positions.clone(),
-        catalogue: ai.catalogue.clone(),
-        prices: prices.clone(),
-        write_timeout: ai.write_timeout,
-    };
-    // Events recorded whose job was lost (a crash between the two, a removed queue file).
-    worker
-        .requeue_unprocessed(&queue)
+    confab_workers::billing::StripeQueue::open(&config.data_dir.join("stripe-jobs.db"))
         .await
-        .context("queuing unprocessed Stripe events again")?;
-    let jobs =
-        confab_workers::billing::register(jobs, opened, worker, config.billing.worker_concurrency);
-    let client = confab_api::billing::stripe_client(
-        config.stripe_secret_key.as_ref(),
-        &config.stripe_api_base,
-    )?;
-    let urls = confab_api::billing::ReturnUrls {
-        success: config.billing.success_url.clone(),
-        cancel: config.billing.cancel_url.clone(),
-        portal_return: config.billing.portal_return_url.clone(),
-    };
-    let billing = confab_api::billing::Billing::new(
-        client,
-        config.stripe_webhook_secret.clone(),
-        prices,
-        urls,
-        queue,
-    );
-    Ok((jobs, billing))
+        .context("the Stripe job queue (stripe-jobs.db in CONFAB_DATA_DIR)")
 }
 
 /// Resolves on ctrl-c or SIGTERM.

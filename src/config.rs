@@ -1,9 +1,9 @@
 //! Configuration: one typed struct from defaults, an optional TOML file, `CONFAB_*` environment
 //! variables and command-line flags, in that order of precedence (last wins).
 
+use confab_application::ai::llm::ProviderSpec;
 use confab_domain::billing::Price;
 use confab_domain::catalogue::Catalogue;
-use confab_workers::llm::ProviderSpec;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};

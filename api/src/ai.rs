@@ -2,56 +2,34 @@
 //! /api/chat/{chatId}/stream` resumes it, `GET /api/models` lists the usable models, and the
 //! credit routes: `GET /api/billing/credit-history` and `GET /api/cron/reset-credits`.
 
-use crate::auth::{AuthUser, metadata};
-use crate::extract::{ApiPath, ApiQuery};
-use crate::json::ApiJson;
+use crate::auth::AuthUser;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::ErrorBody;
+use crate::resources::ai::{
+    ChatBody, CreditHistory, CreditTransaction, HistoryQuery, ModelInfo, ModelList, OffsetQuery,
+    ResetResult, StatusMessage,
+};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
-use confab_domain::catalogue::estimate_tokens;
-use confab_domain::chat::{Chat, ChatCommand};
-use confab_domain::credits::{CreditAction, CreditError};
-use confab_domain::{ChatTitle, MessageContent, MessageKind, Role};
-use confab_eventstore::aggregate::ExecuteError;
-use confab_projections::{chats, credits};
-use confab_workers::ai::{GenerateReply, NoProvider};
-use confab_workers::llm::Turn;
-use confab_workers::replies::{Ending, Piece, listen};
+use confab_application::ai::llm::Turn;
+use confab_application::ai::replies::{Ending, Piece, Reply, listen};
+use confab_application::ai::{self, ReplyRequest};
+use confab_application::{Problems, credits};
 use futures_util::StreamExt;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// Most messages one request may send as context.
-const MAX_TURNS: usize = 200;
-
 /// `GET /api/chat` → `{message: "Chat API is working"}`.
-#[utoipa::path(get, path = "/api/chat", tag = "ai", responses((status = 200, description = "{message: \"Chat API is working\"}")))]
-pub(crate) async fn health() -> Json<Value> {
-    Json(json!({ "message": "Chat API is working" }))
-}
-
-/// One message of the conversation a client sends.
-#[derive(Debug, Deserialize)]
-pub(crate) struct InTurn {
-    role: String,
-    content: String,
-}
-
-/// The body of `POST /api/chat`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ChatBody {
-    messages: Vec<InTurn>,
-    chat_id: Option<Uuid>,
-    model_id: Option<String>,
-    document_ids: Option<Vec<Uuid>>,
+#[utoipa::path(get, path = "/api/chat", tag = "ai",
+    responses((status = 200, description = "The route is up", body = StatusMessage)))]
+pub(crate) async fn health() -> Json<StatusMessage> {
+    Json(StatusMessage {
+        message: "Chat API is working".into(),
+    })
 }
 
 /// A body that fails validation is a 422 on this route (seed 003); a body too large or of
@@ -68,234 +46,54 @@ fn unprocessable(e: ApiError) -> ApiError {
 /// reserved, and a worker generates the reply; this request relays it as it comes. If the client
 /// goes away the reply is still generated, stored and charged; `GET /api/chat/{chatId}/stream`
 /// picks it up again.
-#[utoipa::path(post, path = "/api/chat", tag = "ai", security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "The assistant's reply as streamed text; header x-chat-id", content_type = "text/plain"), (status = 401, description = "Not signed in", body = ErrorBody), (status = 402, description = "Insufficient credits", body = ErrorBody), (status = 403, description = "Model not allowed for the user's tier", body = ErrorBody), (status = 404, description = "No such chat", body = ErrorBody), (status = 422, description = "Invalid body", body = ErrorBody), (status = 503, description = "No provider configured for the model", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/chat", tag = "ai", security(("bearer" = []), ("cookie" = [])), request_body = ChatBody,
+    responses(
+        (status = 200, description = "The assistant's reply as streamed text; a reply cut short ends with `[reply interrupted: why]`", content_type = "text/plain", body = String,
+            headers(("x-chat-id" = Uuid, description = "The chat the reply is stored in"))),
+        (status = 402, description = "The balance does not cover the request's worst-case cost", body = ErrorBody),
+        (status = 403, description = "The model is not allowed for the user's tier", body = ErrorBody),
+        (status = 404, description = "No such chat, or not the caller's", body = ErrorBody),
+        (status = 422, description = "Invalid body", body = ErrorBody),
+        (status = 503, description = "No provider configured for the model", body = ErrorBody),
+    ))]
 pub(crate) async fn post_chat(
     State(state): State<AppState>,
-    headers: HeaderMap,
     auth: AuthUser,
     body: Result<ApiJson<ChatBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ApiJson(body) = body.map_err(unprocessable)?;
-    let ai = &state.ai;
-    let user = auth.user.id;
-
-    let mut problems = Map::new();
-    if body.messages.is_empty() {
-        problems.insert("messages".into(), "must hold at least one message".into());
-    } else if body.messages.len() > MAX_TURNS {
-        problems.insert(
-            "messages".into(),
-            format!("at most {MAX_TURNS} messages").into(),
-        );
-    }
-    for (i, m) in body.messages.iter().enumerate() {
-        if !matches!(m.role.as_str(), "user" | "assistant" | "system") {
-            problems.insert(
-                format!("messages[{i}].role"),
-                "must be user, assistant or system".into(),
-            );
-        }
-        if m.content.trim().is_empty() {
-            problems.insert(format!("messages[{i}].content"), "must not be empty".into());
-        }
-    }
-    let last = body.messages.last();
-    if last.is_some_and(|m| m.role != "user") {
-        problems.insert(
-            "messages".into(),
-            "the last message must be the user's".into(),
-        );
-    }
-    let content = last.map(|m| MessageContent::parse(&m.content));
-    if let Some(Err(e)) = &content {
-        problems.insert("messages[-1].content".into(), e.reason.clone().into());
-    }
-    let model_id = body
-        .model_id
-        .clone()
-        .unwrap_or_else(|| ai.catalogue.default_model.clone());
-    let model = ai.catalogue.model(&model_id).cloned();
-    if model.is_none() {
-        let known: Vec<&str> = ai.catalogue.models.iter().map(|m| m.id.as_str()).collect();
-        problems.insert(
-            "modelId".into(),
-            format!("unknown model; one of {}", known.join(", ")).into(),
-        );
-    }
-    if body.document_ids.as_ref().is_some_and(|d| !d.is_empty()) {
-        problems.insert(
-            "documentIds".into(),
-            "document retrieval is not available yet; send no documentIds".into(),
-        );
-    }
-    let (Some(model), Some(Ok(content)), true) = (model, content, problems.is_empty()) else {
-        return Err(unprocessable(ApiError::invalid(problems)));
-    };
-
-    if !ai.catalogue.allows(&auth.user.tier, &model) {
-        return Err(ApiError::Forbidden(format!(
-            "model {:?} needs the {:?} tier or above; your tier is {:?}",
-            model.id, model.min_tier, auth.user.tier
-        )));
-    }
-    if let Err(e) = ai.endpoint(user, &model).await {
-        return Err(match e.downcast::<NoProvider>() {
-            Ok(np) => ApiError::Unavailable {
-                message: np.to_string(),
-                details: json!({ "setting": np.setting, "provider": np.provider }),
-            },
-            Err(e) => ApiError::Internal(e),
-        });
-    }
-    let (chat_id, new_chat) = match body.chat_id {
-        Some(id) => {
-            chats::get_chat(&state.db, id, user)
-                .await
-                .map_err(|e| ApiError::Internal(e.into()))?
-                .ok_or_else(|| ApiError::NotFound("chat not found".into()))?;
-            (id, false)
-        }
-        None => (Uuid::now_v7(), true),
-    };
-
-    // Hold the worst-case cost first: a request the balance cannot cover changes nothing.
-    let reply_id = Uuid::now_v7();
-    let meta = metadata(&headers, Some(user));
-    let prompt = estimate_tokens(body.messages.iter().map(|m| m.content.as_str()));
-    let reserved = ai
-        .run_credits(
-            user,
-            CreditAction::Reserve {
-                reservation_id: reply_id,
-                amount: model.reservation(prompt).max(1),
-                chat_id,
-                model: model.id.clone(),
-            },
-            meta.clone(),
-        )
-        .await
-        .map_err(ApiError::Internal)?;
-    match reserved {
-        Ok(_) => {}
-        Err(CreditError::InsufficientCredits { needed, available }) => {
-            return Err(ApiError::InsufficientCredits {
-                message: format!(
-                    "this request may cost up to {needed} credits and {available} are available"
-                ),
-                details: json!({ "needed": needed, "available": available }),
-            });
-        }
-        Err(refused) => return Err(ApiError::Internal(refused.into())),
-    }
-    let release = || async {
-        let released = ai
-            .run_credits(
-                user,
-                CreditAction::Release {
-                    reservation_id: reply_id,
-                },
-                meta.clone(),
-            )
-            .await;
-        if !matches!(released, Ok(Ok(_))) {
-            tracing::warn!(reply = %reply_id, "could not release a reservation after a failed request");
-        }
-    };
-
-    let stored = async {
-        if new_chat {
-            let title: String = body
-                .messages
-                .last()
-                .map_or("New chat", |m| m.content.trim())
-                .chars()
-                .take(80)
-                .collect();
-            let title = ChatTitle::parse(&title)
-                .or_else(|_| ChatTitle::parse("New chat"))
-                .map_err(|e| ApiError::field(e.field, e.reason))?;
-            state
-                .commands
-                .execute::<Chat>(
-                    &chat_id,
-                    ChatCommand::Create {
-                        chat_id,
-                        owner: user,
-                        title,
-                        at: Utc::now(),
-                    },
-                    meta.clone(),
-                )
-                .await
-                .map_err(|e| ApiError::Internal(e.into()))?;
-        }
-        let sent = state
-            .commands
-            .execute::<Chat>(
-                &chat_id,
-                ChatCommand::SendMessage {
-                    message_id: Uuid::now_v7(),
-                    actor: user,
-                    role: Role::User,
-                    content,
-                    kind: MessageKind::Text,
-                    at: Utc::now(),
-                },
-                meta.clone(),
-            )
-            .await
-            .map_err(|e| match e {
-                ExecuteError::Domain(_) => ApiError::NotFound("chat not found".into()),
-                other => ApiError::Internal(other.into()),
-            })?;
-        let reply = ai
-            .relay
-            .open(reply_id, chat_id, user)
-            .await
-            .map_err(ApiError::Internal)?;
-        state
-            .replies
-            .push(GenerateReply {
-                reply_id,
-                chat_id,
-                user,
-                model: model.id.clone(),
-                turns: body
-                    .messages
-                    .iter()
-                    .map(|m| Turn {
-                        role: m.role.clone(),
-                        content: m.content.clone(),
-                    })
-                    .collect(),
-                correlation_id: meta.correlation_id,
+    let request = ReplyRequest {
+        messages: body
+            .messages
+            .into_iter()
+            .map(|m| Turn {
+                role: m.role,
+                content: m.content,
             })
-            .await
-            .map_err(ApiError::Internal)?;
-        Ok::<_, ApiError>((reply, sent.appended.map(|a| a.last_position)))
-    }
-    .await;
-    let (reply, sent_at) = match stored {
-        Ok(r) => r,
-        Err(e) => {
-            release().await;
-            // Whoever finds the reply (a resumed stream) learns it will not come.
-            ai.relay
-                .writer(reply_id, chat_id, user)
-                .finish(Ending::Failed("the reply could not be queued".into()))
-                .await;
-            return Err(e);
-        }
+            .collect(),
+        chat_id: body.chat_id,
+        model_id: body.model_id,
+        document_ids: body.document_ids.unwrap_or_default(),
     };
+    let started = ai::start_reply(&state.app, &auth, request)
+        .await
+        .map_err(|e| unprocessable(e.into()))?;
     // Read-your-writes without delaying the first token: the reply streams at once, and the
     // body ends only once the user's message is readable (the worker has also waited for the
     // assistant's message and the charge before ending the reply).
+    let app = state.app.clone();
+    let sent_at = started.user_message_at;
     let visible = async move {
-        if let Err(e) = state.visible(chats::NAME, sent_at).await {
+        if let Err(e) = app.visible(confab_projections::chats::NAME, sent_at).await {
             tracing::warn!(error = %e, "the user's message was not readable when the reply ended");
         }
     };
-    Ok(stream_response(reply, 0, chat_id, Some(Box::pin(visible))))
+    Ok(stream_response(
+        started.reply,
+        0,
+        started.chat_id,
+        Some(Box::pin(visible)),
+    ))
 }
 
 /// What a reply's body waits for before it ends.
@@ -304,7 +102,7 @@ type BeforeEnd = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 /// The reply as a streamed `text/plain` body from byte `offset`; a reply cut short ends with
 /// a bracketed note saying why. `before_end` runs after the last piece, before the body ends.
 fn stream_response(
-    reply: std::sync::Arc<confab_workers::replies::Reply>,
+    reply: std::sync::Arc<Reply>,
     offset: usize,
     chat_id: Uuid,
     before_end: Option<BeforeEnd>,
@@ -313,7 +111,7 @@ fn stream_response(
         Piece::Text(t) => bytes::Bytes::from(t),
         Piece::End(Ending::Done) => bytes::Bytes::new(),
         Piece::End(Ending::Failed(why)) => {
-            bytes::Bytes::from(format!("\n\n[reply interrupted: {why}]"))
+            bytes::Bytes::from(format!("\n\n{}: {why}]", ai::INTERRUPTED))
         }
     });
     let tail = futures_util::stream::once(async move {
@@ -339,87 +137,61 @@ fn stream_response(
     r
 }
 
-/// `?offset=` of the stream route.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct OffsetQuery {
-    offset: Option<usize>,
-}
-
 /// `GET /api/chat/{chatId}/stream?offset=N` → the chat's latest reply from byte `offset` (default
 /// 0: from its start), live while it is being generated; 204 when there is none in progress or
 /// just finished.
-#[utoipa::path(get, path = "/api/chat/{chatId}/stream", tag = "ai", security(("bearer" = []), ("cookie" = [])), params(("chatId" = Uuid, Path, description = "The chat"), ("offset" = Option<usize>, Query, description = "Bytes of the reply already received")), responses((status = 200, description = "The reply from `offset`, streamed", content_type = "text/plain"), (status = 204, description = "No reply in progress"), (status = 401, description = "Not signed in", body = ErrorBody), (status = 404, description = "No such chat", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/chat/{chatId}/stream", tag = "ai", security(("bearer" = []), ("cookie" = [])),
+    params(("chatId" = Uuid, Path, description = "The chat"), OffsetQuery),
+    responses(
+        (status = 200, description = "The reply from `offset`, streamed", content_type = "text/plain", body = String,
+            headers(("x-chat-id" = Uuid, description = "The chat"))),
+        (status = 204, description = "No reply in progress or just finished"),
+        (status = 404, description = "No such chat, or not the caller's", body = ErrorBody),
+    ))]
 pub(crate) async fn resume(
     State(state): State<AppState>,
     auth: AuthUser,
     ApiPath(chat_id): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<OffsetQuery>,
 ) -> Result<Response, ApiError> {
-    chats::get_chat(&state.db, chat_id, auth.user.id)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
-        .ok_or_else(|| ApiError::NotFound("chat not found".into()))?;
-    let latest = state
-        .ai
-        .relay
-        .latest_in_chat(chat_id, auth.user.id)
-        .await
-        .map_err(ApiError::Internal)?;
-    match latest {
-        Some(reply) => Ok(stream_response(reply, q.offset.unwrap_or(0), chat_id, None)),
+    match ai::resume(&state.app, &auth, chat_id).await? {
+        Some(reply) => {
+            let offset = usize::try_from(q.offset.unwrap_or(0)).unwrap_or(usize::MAX);
+            Ok(stream_response(reply, offset, chat_id, None))
+        }
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }
 
-/// `GET /api/models` → `{models: [{id, provider, tier, inputPricePer1k, outputPricePer1k,
-/// maxOutputTokens}], defaultModel}`: the models the caller's tier may use.
-#[utoipa::path(get, path = "/api/models", tag = "ai", security(("bearer" = []), ("cookie" = [])), responses((status = 200, description = "{models, defaultModel}: the models the caller may use, with tier and credit price"), (status = 401, description = "Not signed in", body = ErrorBody)))]
-pub(crate) async fn models(State(state): State<AppState>, auth: AuthUser) -> Json<Value> {
-    let c = &state.ai.catalogue;
-    let models: Vec<Value> = c
-        .models
-        .iter()
-        .filter(|m| c.allows(&auth.user.tier, m))
-        .map(|m| {
-            json!({
-                "id": m.id,
-                "provider": m.provider,
-                "tier": m.min_tier,
-                "inputPricePer1k": m.input_price_per_1k,
-                "outputPricePer1k": m.output_price_per_1k,
-                "maxOutputTokens": m.max_output_tokens,
-            })
-        })
-        .collect();
-    Json(json!({ "models": models, "defaultModel": c.default_model }))
-}
-
-/// Query of the credit history.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct HistoryQuery {
-    limit: Option<String>,
-    offset: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
+/// `GET /api/models` → `{models, defaultModel}`: the models the caller's tier may use.
+#[utoipa::path(get, path = "/api/models", tag = "ai", security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, description = "The models the caller may use, with tier and credit price", body = ModelList)))]
+pub(crate) async fn models(State(state): State<AppState>, auth: AuthUser) -> Json<ModelList> {
+    Json(ModelList {
+        models: ai::models(&state.app, &auth)
+            .iter()
+            .map(ModelInfo::from)
+            .collect(),
+        default_model: state.app.catalogue.default_model.clone(),
+    })
 }
 
 /// `GET /api/billing/credit-history?limit&offset&type` → `{transactions, total, limit, offset}`,
 /// newest first.
-#[utoipa::path(get, path = "/api/billing/credit-history", tag = "billing", security(("bearer" = []), ("cookie" = [])), params(("limit" = Option<u32>, Query, description = "1 to 100, default 50"), ("offset" = Option<u64>, Query, description = "Default 0"), ("type" = Option<String>, Query, description = "usage, reset, topup or subscription")), responses((status = 200, description = "{transactions: [{id, type, amount, balanceAfter, createdAt, reference}], total, limit, offset}"), (status = 400, description = "Invalid input", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/billing/credit-history", tag = "billing", security(("bearer" = []), ("cookie" = [])),
+    params(HistoryQuery),
+    responses((status = 200, description = "A page of the caller's credit transactions, newest first", body = CreditHistory)))]
 pub(crate) async fn credit_history(
     State(state): State<AppState>,
     auth: AuthUser,
     ApiQuery(q): ApiQuery<HistoryQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let mut problems = Map::new();
+) -> Result<Json<CreditHistory>, ApiError> {
+    let mut problems = Problems::new();
     let limit = match q.limit.as_deref().map(str::parse::<u32>) {
         None => 50,
         Some(Ok(l)) if (1..=100).contains(&l) => l,
         Some(_) => {
-            problems.insert(
-                "limit".into(),
-                "must be a whole number from 1 to 100".into(),
-            );
+            problems.add("limit", "must be a whole number from 1 to 100");
             50
         }
     };
@@ -427,56 +199,26 @@ pub(crate) async fn credit_history(
         None => 0,
         Some(Ok(o)) => o,
         Some(Err(_)) => {
-            problems.insert(
-                "offset".into(),
-                "must be a whole number of at least 0".into(),
-            );
+            problems.add("offset", "must be a whole number of at least 0");
             0
         }
     };
     if let Some(k) = q.kind.as_deref()
-        && !credits::TYPES.contains(&k)
+        && !confab_projections::credits::TYPES.contains(&k)
     {
-        problems.insert(
-            "type".into(),
-            "must be usage, reset, topup or subscription".into(),
-        );
+        problems.add("type", "must be usage, reset, topup or subscription");
     }
     if !problems.is_empty() {
-        return Err(ApiError::invalid(problems));
+        return Err(problems.into());
     }
-    let (rows, total) = credits::history(&state.db, auth.user.id, q.kind.as_deref(), limit, offset)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    let transactions: Vec<Value> = rows
-        .iter()
-        .map(|r| {
-            let reference = match r.kind.as_str() {
-                "usage" => json!({
-                    "chatId": r.chat_id,
-                    "model": r.model,
-                    "inputTokens": r.input_tokens,
-                    "outputTokens": r.output_tokens,
-                }),
-                "reset" => json!({ "period": r.reference }),
-                _ => json!({ "payment": r.reference }),
-            };
-            json!({
-                "id": r.id,
-                "type": r.kind,
-                "amount": r.amount,
-                "balanceAfter": r.balance_after,
-                "createdAt": r.created_at,
-                "reference": reference,
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "transactions": transactions,
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-    })))
+    let (rows, total) =
+        credits::history(&state.app, auth.id(), q.kind.as_deref(), limit, offset).await?;
+    Ok(Json(CreditHistory {
+        transactions: rows.into_iter().map(CreditTransaction::from).collect(),
+        total,
+        limit,
+        offset,
+    }))
 }
 
 /// Whether `presented` is the secret, in time independent of where they differ (both are
@@ -492,11 +234,15 @@ fn secret_matches(presented: &str, secret: &str) -> bool {
 /// `GET /api/cron/reset-credits` with `Authorization: Bearer <CRON_SECRET>` →
 /// `{message: "Credit reset completed", resetCount}`: the monthly reset, the same the workers
 /// run on their schedule; an account already reset this month is not reset again.
-#[utoipa::path(get, path = "/api/cron/reset-credits", tag = "billing", responses((status = 200, description = "{message: \"Credit reset completed\", resetCount}"), (status = 401, description = "Missing or wrong CRON_SECRET", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/cron/reset-credits", tag = "billing", security(("cron" = [])),
+    responses(
+        (status = 200, description = "The reset ran", body = ResetResult),
+        (status = 401, description = "Missing or wrong CRON_SECRET (every call, while it is unset)", body = ErrorBody),
+    ))]
 pub(crate) async fn reset_credits(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ResetResult>, ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -508,11 +254,11 @@ pub(crate) async fn reset_credits(
     if !allowed {
         return Err(ApiError::Unauthorized);
     }
-    let (reset, _) = state.ai.reset_all().await.map_err(ApiError::Internal)?;
-    Ok(Json(json!({
-        "message": "Credit reset completed",
-        "resetCount": reset,
-    })))
+    let report = credits::reset_all(&state.app).await?;
+    Ok(Json(ResetResult {
+        message: "Credit reset completed".into(),
+        reset_count: report.reset,
+    }))
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
-//! The one error body every route answers with: `{"error": {"message", "code", "details"}}`.
+//! The one error body every route answers with: `{"error": {"message", "code", "details"}}`,
+//! and the one place application errors become HTTP statuses ([`From<AppError>`]).
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use confab_application::{AppError, Problems};
 use serde_json::{Value, json};
 
 /// An API failure, mapped to its status and `code`.
@@ -78,9 +80,66 @@ pub enum ApiError {
         /// Specifics.
         details: Value,
     },
-    /// 500 `internal_error`: logged once here, never described to the client.
+    /// 500 `internal_error`: logged once here, with its cause chain, never described to the
+    /// client.
     #[error("internal error: {0}")]
     Internal(#[from] anyhow::Error),
+}
+
+fn problems_json(p: &Problems) -> Value {
+    Value::Object(
+        p.iter()
+            .map(|(field, reason)| (field.to_owned(), Value::from(reason)))
+            .collect(),
+    )
+}
+
+impl From<Problems> for ApiError {
+    fn from(p: Problems) -> Self {
+        ApiError::Validation {
+            message: p.to_string(),
+            details: problems_json(&p),
+        }
+    }
+}
+
+impl From<confab_domain::ValidationError> for ApiError {
+    fn from(e: confab_domain::ValidationError) -> Self {
+        Problems::from(e).into()
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Invalid(p) => p.into(),
+            AppError::Unauthenticated(_) => ApiError::Unauthorized,
+            AppError::Forbidden(m) => ApiError::Forbidden(m),
+            e @ AppError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            AppError::Conflict { message, .. } => ApiError::Conflict(message),
+            e @ AppError::InsufficientCredits { needed, available } => {
+                ApiError::InsufficientCredits {
+                    message: e.to_string(),
+                    details: json!({ "needed": needed, "available": available }),
+                }
+            }
+            AppError::TooLarge(m) => ApiError::PayloadTooLarge(m),
+            AppError::UnsupportedMedia(m) => ApiError::UnsupportedMediaType(m),
+            AppError::Unavailable { message, details } => ApiError::Unavailable {
+                message,
+                details: Value::Object(details),
+            },
+            AppError::Upstream { message, details } => ApiError::BadGateway {
+                message,
+                details: Value::Object(details),
+            },
+            e @ (AppError::NotVisible(_)
+            | AppError::Store(_)
+            | AppError::Upcast(_)
+            | AppError::ReadModel(_)
+            | AppError::Internal { .. }) => ApiError::Internal(e.into()),
+        }
+    }
 }
 
 impl ApiError {

@@ -1,20 +1,23 @@
 //! Operational routes: liveness, readiness, and the error bodies for unknown routes.
 
 use crate::openapi::ErrorBody;
+use crate::resources::operations::{Health, ProjectionProgress, Readiness};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::State;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// `GET /healthz`: the process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up")))]
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The process is up", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// `GET /readyz`: the store answers and every projection is within the allowed lag.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "Store reachable, projections within the allowed lag"), (status = 503, description = "Not ready", body = ErrorBody)))]
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "Store reachable, projections within the allowed lag", body = Readiness), (status = 503, description = "Not ready: the projections behind, or the store unreachable", body = ErrorBody)))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
     let statuses = state.engine.status().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check cannot read the store");
         ApiError::Unavailable {
@@ -22,9 +25,14 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
             details: json!({}),
         }
     })?;
-    let projections: Vec<Value> = statuses
+    let projections: Vec<ProjectionProgress> = statuses
         .iter()
-        .map(|s| json!({ "name": s.name, "position": s.position, "head": s.head, "lag": s.lag() }))
+        .map(|s| ProjectionProgress {
+            name: s.name.to_owned(),
+            position: s.position,
+            head: s.head,
+            lag: s.lag(),
+        })
         .collect();
     let behind: Vec<&str> = statuses
         .iter()
@@ -37,9 +45,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
             details: json!({ "projections": projections, "maxLag": state.readiness_max_lag }),
         });
     }
-    Ok(Json(
-        json!({ "status": "ready", "projections": projections }),
-    ))
+    Ok(Json(Readiness {
+        status: "ready".into(),
+        projections,
+    }))
 }
 
 /// Any unknown route.

@@ -6,7 +6,6 @@
 //! 5xx answers are not kept, so a retry after a failure runs again. Sign-up and sign-in are not
 //! covered: their answers hold session tokens, which are never stored in the clear.
 
-use crate::auth::token_hash;
 use crate::{ApiError, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -15,6 +14,7 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{Duration, Utc};
+use confab_application::accounts::token_hash;
 use confab_projections::ReadDb;
 use sha2::{Digest, Sha256};
 
@@ -185,7 +185,7 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
         .await
         .map_err(|_| ApiError::PayloadTooLarge("request body too large".into()))?;
     let request_hash = hex(&Sha256::digest(&bytes));
-    let db = &state.db;
+    let db = &state.app.db;
     let internal = |e: sqlx::Error| ApiError::Internal(e.into());
 
     if let Some(stored) = lookup(db, &scope).await.map_err(internal)? {

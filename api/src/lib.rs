@@ -1,4 +1,11 @@
-//! Confab's HTTP API: the axum router, its state, errors and the operational routes.
+//! Confab's HTTP API: the axum router, its state, the one mapping of errors to HTTP, and the
+//! operational routes.
+//!
+//! A handler extracts its input ([`extract`], [`auth::AuthUser`]), parses it into the domain's
+//! validated types, calls the application layer ([`confab_application`]) and answers with a
+//! typed resource ([`resources`]), from which `/openapi.json` is generated. Cross-cutting
+//! layers: rate limiting ([`ratelimit`]), idempotency keys ([`idempotency`]), request ids and
+//! tracing. Realtime (Pusher over WebSocket, SSE) lives in [`realtime`].
 
 pub mod ai;
 pub mod auth;
@@ -10,12 +17,12 @@ pub mod extract;
 mod health;
 pub mod idempotency;
 pub mod images;
-pub mod json;
 pub mod openapi;
 pub mod profile;
 pub mod providers;
 pub mod ratelimit;
 pub mod realtime;
+pub mod resources;
 pub mod settings;
 pub mod stripe_signature;
 
@@ -24,62 +31,28 @@ pub use error::ApiError;
 use axum::Router;
 use axum::http::{HeaderName, Request};
 use axum::routing::{get, post, put};
-use confab_eventstore::EventStore;
-use confab_projections::{Engine, ReadDb};
+use confab_projections::Engine;
 use std::sync::Arc;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-/// What every handler can reach.
+/// What every handler can reach: the application's services and what only the edge needs.
 #[derive(Clone)]
 pub struct AppState {
-    /// The event log.
-    pub store: Arc<dyn EventStore>,
-    /// Runs commands against the event log, one line per aggregate.
-    pub commands: Arc<confab_eventstore::aggregate::CommandExecutor>,
-    /// The read models.
-    pub db: ReadDb,
-    /// The projections (status and read-your-writes).
+    /// The use cases' services.
+    pub app: confab_application::Services,
+    /// The projections (status for `/readyz` and `/metrics`).
     pub engine: Engine,
     /// Most events a projection may lag behind the log while `/readyz` still says ready.
     pub readiness_max_lag: u64,
-    /// How long a sign-in session lasts.
-    pub session_ttl: chrono::Duration,
-    /// How long a write waits for its effect to become readable before answering.
-    pub write_timeout: std::time::Duration,
-    /// Encrypts users' provider keys.
-    pub key_cipher: providers::KeyCipher,
-    /// Hosts a provider endpoint may name even if private, and over http.
-    pub provider_hosts_allowlist: Vec<String>,
-    /// Where uploaded files (profile images) are kept.
-    pub objects: std::sync::Arc<dyn object_store::ObjectStore>,
-    /// AI chat: models, providers, live replies.
-    pub ai: confab_workers::ai::Ai,
-    /// Where reply jobs go.
-    pub replies: confab_workers::queue::ReplyQueue,
     /// The secret of the cron route; the route refuses everything while unset.
-    pub cron_secret: Option<std::sync::Arc<str>>,
+    pub cron_secret: Option<Arc<str>>,
+    /// The signing secret of the Stripe webhook; the webhook answers 503 while unset.
+    pub stripe_webhook_secret: Option<Arc<secrecy::SecretString>>,
     /// Per-IP and per-user request budgets.
     pub rate_limiter: ratelimit::RateLimiter,
-    /// Stripe: the client, the webhook secret, the prices sold, the Stripe job queue.
-    pub billing: billing::Billing,
     /// Realtime: the fan-out of live events to WebSocket (Pusher) and SSE clients.
     pub realtime: realtime::Realtime,
-}
-
-impl AppState {
-    /// Read-your-writes: waits until `projection` has applied position `pos` (nothing to wait
-    /// for when the command appended nothing), so the caller's next read sees the write.
-    pub async fn visible(&self, projection: &str, pos: Option<u64>) -> Result<(), ApiError> {
-        let Some(pos) = pos else {
-            return Ok(());
-        };
-        self.engine
-            .positions()
-            .wait_for(projection, pos, self.write_timeout)
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))
-    }
 }
 
 /// The application's routes.
@@ -101,7 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/profile/image",
             post(images::upload).layer(axum::extract::DefaultBodyLimit::max(
-                images::MAX_BYTES + 64 * 1024,
+                images::MAX_BODY_BYTES,
             )),
         )
         .route("/api/profile/image/{user_id}/{file}", get(images::serve))

@@ -1,30 +1,75 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations, at `/openapi.json`, and
-//! a docs page at `/docs` that renders it.
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the resource types,
+//! at `/openapi.json`, and a docs page at `/docs` that renders it.
+//!
+//! What every route shares is added here once ([`Conventions`]), so no handler can forget it:
+//! the error statuses each kind of operation can answer (400 for unreadable input, 401 where a
+//! session is needed, 413 and 415 for bodies, 429 where rate limits apply, 500, 503) with the
+//! error body, and the rate-limit headers.
 
 use axum::Json;
 use axum::response::Html;
+use confab_domain::patterns;
+use serde_json::Value;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 /// The error body every route answers with.
 #[derive(Debug, ToSchema)]
+#[allow(dead_code)]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
 }
 
-/// Inside the error body.
+/// What went wrong.
 #[derive(Debug, ToSchema)]
+#[allow(dead_code)]
 pub struct ErrorDetail {
     /// Human-readable; never internals.
     pub message: String,
-    /// unauthorized, forbidden, not_found, validation_error, rate_limited,
-    /// insufficient_credits, conflict, payload_too_large, unsupported_media_type, bad_gateway,
-    /// unavailable, internal_error.
-    pub code: String,
-    /// For validation errors, each offending field and why.
+    /// What kind of error.
+    pub code: ErrorCode,
+    /// For validation errors, each offending field and why; other specifics otherwise.
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
+}
+
+/// The error codes.
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum ErrorCode {
+    /// 401.
+    Unauthorized,
+    /// 403.
+    Forbidden,
+    /// 404.
+    NotFound,
+    /// 405.
+    MethodNotAllowed,
+    /// 400 or 422.
+    ValidationError,
+    /// 429.
+    RateLimited,
+    /// 402.
+    InsufficientCredits,
+    /// 409.
+    Conflict,
+    /// 413.
+    PayloadTooLarge,
+    /// 415.
+    UnsupportedMediaType,
+    /// 502.
+    BadGateway,
+    /// 503.
+    Unavailable,
+    /// 500.
+    InternalError,
 }
 
 struct Security;
@@ -40,6 +85,122 @@ impl Modify for Security {
             "cookie",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("confab_session"))),
         );
+        components.add_security_scheme(
+            "cron",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("CRON_SECRET"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Paths never rate-limited (see `ratelimit::Group::of`).
+fn unlimited(path: &str) -> bool {
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs"
+    ) || path.starts_with("/api/webhooks/")
+}
+
+fn error_response(description: &str) -> RefOr<Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+/// The conventions every operation shares.
+struct Conventions;
+
+impl Conventions {
+    fn apply(path: &str, op: &mut Operation) {
+        let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+        let params = op.parameters.as_ref().is_some_and(|ps| {
+            ps.iter().any(|p| {
+                matches!(
+                    p.parameter_in,
+                    ParameterIn::Path | ParameterIn::Query | ParameterIn::Header
+                )
+            })
+        });
+        let body = op.request_body.is_some();
+        let responses = &mut op.responses.responses;
+        let mut add = |status: &str, description: &str| {
+            responses
+                .entry(status.to_owned())
+                .or_insert_with(|| error_response(description));
+        };
+        if body || params {
+            add("400", "Invalid input: `details` names each offending field");
+        }
+        if secured {
+            add("401", "Not signed in, or the session ended");
+        }
+        if body {
+            add("413", "The body is too large");
+            add("415", "The body is not of the declared content type");
+        }
+        if !unlimited(path) {
+            add("429", "Rate limited: retry after `Retry-After` seconds");
+        }
+        add("500", "Internal error (logged; never described)");
+        add(
+            "503",
+            "Unavailable: the store is unreachable or a setting is missing",
+        );
+        if !unlimited(path) {
+            for response in op.responses.responses.values_mut() {
+                if let RefOr::T(r) = response {
+                    for (name, description) in [
+                        (
+                            "X-RateLimit-Limit",
+                            "Requests allowed in the tighter window",
+                        ),
+                        ("X-RateLimit-Remaining", "Requests left in that window"),
+                        (
+                            "X-RateLimit-Reset",
+                            "Unix second when the whole budget is back",
+                        ),
+                    ] {
+                        r.headers.entry(name.to_owned()).or_insert_with(|| {
+                            HeaderBuilder::new()
+                                .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                                .description(Some(description))
+                                .build()
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Modify for Conventions {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                Conventions::apply(path, op);
+            }
+        }
     }
 }
 
@@ -91,10 +252,11 @@ impl Modify for Security {
         crate::providers::set_user_config,
         crate::providers::get_user_config,
         crate::realtime::pusher::authorize,
+        crate::realtime::pusher::websocket,
         crate::realtime::sse::events,
     ),
-    components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&Security),
+    components(schemas(ErrorBody, ErrorDetail, ErrorCode)),
+    modifiers(&Security, &Conventions),
     tags(
         (name = "auth", description = "Accounts and sessions"),
         (name = "profile", description = "Name, email and image"),
@@ -104,14 +266,53 @@ impl Modify for Security {
         (name = "operations", description = "Health and readiness"),
         (name = "ai", description = "AI chat and models"),
         (name = "billing", description = "Stripe checkout and portal, invoices, credits, the Stripe webhook"),
-        (name = "realtime", description = "Live events: Pusher channel authorization and Server-Sent Events"),
+        (name = "realtime", description = "Live events: Pusher over WebSocket, channel authorization, Server-Sent Events"),
     )
 )]
 pub struct ApiDoc;
 
+/// The domain's patterns, by the placeholder the resource types name them with (`utoipa`
+/// takes only string literals, and the patterns are built from shared pieces).
+const PATTERNS: &[(&str, &str)] = &[
+    ("patterns::TRIMMED_LINE", patterns::TRIMMED_LINE),
+    ("patterns::NOT_BLANK", patterns::NOT_BLANK),
+    ("patterns::NO_NUL", patterns::NO_NUL),
+    ("patterns::TOKEN", patterns::TOKEN),
+    ("patterns::EMAIL", patterns::EMAIL),
+    ("patterns::SAFE_PATH", patterns::SAFE_PATH),
+];
+
+/// Replaces every pattern placeholder in the document with its pattern.
+fn resolve_patterns(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if k == "pattern"
+                    && let Value::String(p) = child
+                    && let Some((_, real)) = PATTERNS.iter().find(|(name, _)| name == p)
+                {
+                    *p = (*real).to_owned();
+                } else {
+                    resolve_patterns(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(resolve_patterns),
+        _ => {}
+    }
+}
+
+/// The document as served.
+pub fn json() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+    resolve_patterns(&mut doc);
+    doc
+}
+
 /// `GET /openapi.json`.
-pub async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn document() -> Json<Value> {
+    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    Json(DOC.get_or_init(json).clone())
 }
 
 /// `GET /docs`: renders `/openapi.json` in the browser (the viewer's script comes from a CDN,
@@ -123,4 +324,22 @@ pub async fn docs() -> Html<&'static str> {
 <body><script id="api-reference" data-url="/openapi.json"></script>
 <script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script></body></html>"#,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pattern_placeholder_is_resolved() {
+        let text = json().to_string();
+        assert!(
+            !text.contains("patterns::"),
+            "an unresolved pattern placeholder"
+        );
+        assert!(
+            text.contains("\\u3000"),
+            "the whitespace classes are in the document"
+        );
+    }
 }

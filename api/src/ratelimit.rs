@@ -22,7 +22,7 @@
 //! address, or, when the peer is a trusted proxy, the nearest address in `X-Forwarded-For` that
 //! is not itself a trusted proxy.
 
-use crate::auth::{AuthUser, bearer_or_cookie, token_hash};
+use crate::auth::bearer_or_cookie;
 use crate::{ApiError, AppState};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method};
@@ -537,28 +537,19 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
         }
     }
     if let Some(rate) = budgets.per_user
-        && let Some(token) = bearer_or_cookie(req.headers())
+        && bearer_or_cookie(req.headers()).is_some()
     {
         // The session is resolved once here; the handler's `AuthUser` reuses it.
-        match confab_projections::accounts::session_user(
-            &state.db,
-            &token_hash(&token),
-            crate::auth::now(),
-        )
-        .await
-        {
+        match crate::auth::authenticate(&state, req.headers()).await {
             Ok(Some(found)) => {
                 checks.push(Check {
-                    key: format!("confab:rl:{}:user:{}", group.name(), found.user.id),
+                    key: format!("confab:rl:{}:user:{}", group.name(), found.id()),
                     rate,
                 });
-                req.extensions_mut().insert(AuthUser {
-                    user: found.user,
-                    session_id: found.session_id,
-                });
+                req.extensions_mut().insert(found);
             }
             Ok(None) => {}
-            Err(e) => return ApiError::Internal(e.into()).into_response(),
+            Err(e) => return e.into_response(),
         }
     }
     if checks.is_empty() {

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use uuid::Uuid;
 
-/// An email address: trimmed, lower-cased, one `@` with text on both sides and a dot in the
-/// domain, at most 254 characters, no spaces.
+/// An email address: at most 254 characters as sent, trimmed, lower-cased, one `@` with text
+/// on both sides and a dot in the domain, no spaces ([`crate::patterns::EMAIL`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Email(String);
@@ -28,7 +28,7 @@ impl Email {
         if e.is_empty() {
             return bad("must not be empty");
         }
-        if e.chars().count() > 254 {
+        if s.chars().count() > 254 {
             return bad("must be at most 254 characters");
         }
         if e.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -52,7 +52,8 @@ impl Email {
     }
 }
 
-/// A person's display name: trimmed, 1 to 100 characters, no control characters.
+/// A person's display name: at most 100 characters as sent, trimmed, not empty, no control
+/// characters ([`crate::patterns::TRIMMED_LINE`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct DisplayName(String);
@@ -64,7 +65,7 @@ impl DisplayName {
         if n.is_empty() {
             return Err(ValidationError::new("name", "must not be empty"));
         }
-        if n.chars().count() > 100 {
+        if s.chars().count() > 100 {
             return Err(ValidationError::new(
                 "name",
                 "must be at most 100 characters",

@@ -10,6 +10,7 @@ pub mod billing;
 pub mod catalogue;
 pub mod chat;
 pub mod credits;
+pub mod patterns;
 pub mod provider;
 mod schema;
 pub mod settings;

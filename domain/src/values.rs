@@ -22,7 +22,8 @@ impl ValidationError {
     }
 }
 
-/// A chat title: trimmed, 1 to 200 characters, no control characters.
+/// A chat title: at most 200 characters as sent, trimmed, not empty, no control characters
+/// ([`crate::patterns::TRIMMED_LINE`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ChatTitle(String);
@@ -37,7 +38,7 @@ impl ChatTitle {
         if t.is_empty() {
             return Err(ValidationError::new("title", "must not be empty"));
         }
-        if t.chars().count() > Self::MAX_CHARS {
+        if s.chars().count() > Self::MAX_CHARS {
             return Err(ValidationError::new(
                 "title",
                 format!("must be at most {} characters", Self::MAX_CHARS),
@@ -172,6 +173,10 @@ mod tests {
         assert!(ChatTitle::parse("   ").is_err());
         assert!(ChatTitle::parse(&"é".repeat(200)).is_ok());
         assert!(ChatTitle::parse(&"é".repeat(201)).is_err());
+        assert!(
+            ChatTitle::parse(&format!(" {}", "é".repeat(200))).is_err(),
+            "counted as sent"
+        );
         assert!(ChatTitle::parse("a\u{7}b").is_err());
     }
 

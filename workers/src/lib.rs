@@ -1,14 +1,16 @@
 //! Confab's background work, run by `confab work` and, on the embedded default, inside
 //! `confab serve`: the projection runners that keep the read models at the head of the log,
-//! and the job workers (LLM replies, the monthly credit reset).
+//! and the job workers (LLM replies, the monthly credit reset, Stripe events) on apalis queues.
+//!
+//! Job bodies are the application layer's use cases; this crate owns the queues, the one
+//! [`jobs::Job`] trait that adapts a use case to apalis, and [`Queues`], the application's
+//! [`JobQueue`] port.
 
-pub mod ai;
 pub mod billing;
-pub mod llm;
+pub mod jobs;
 pub mod queue;
-pub mod relay;
-pub mod replies;
 
+use confab_application::jobs::{Job, JobQueue, QueueError};
 use confab_projections::Engine;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -43,6 +45,31 @@ impl Workers {
         {
             tracing::warn!("projection runners did not stop within the grace period; aborting");
             task.abort();
+        }
+    }
+}
+
+/// Every queue a use case may push to: the application's [`JobQueue`].
+#[derive(Clone)]
+pub struct Queues {
+    /// LLM replies.
+    pub replies: queue::ReplyQueue,
+    /// Stripe events: only in processes that serve the webhook (`serve`).
+    pub stripe: Option<billing::StripeQueue>,
+}
+
+#[async_trait::async_trait]
+impl JobQueue for Queues {
+    async fn push(&self, job: Job) -> Result<(), QueueError> {
+        match job {
+            Job::Reply(j) => self.replies.push(j).await,
+            Job::StripeEvent(j) => match &self.stripe {
+                Some(q) => q.push(j).await,
+                None => Err(QueueError {
+                    queue: billing::STRIPE_QUEUE,
+                    source: "this process has no Stripe queue (only `serve` does)".into(),
+                }),
+            },
         }
     }
 }

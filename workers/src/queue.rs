@@ -4,11 +4,13 @@
 //! pushed (SQLite's update hook, PostgreSQL's notification) and polling once a second for
 //! retries; and the monthly credit reset on an apalis-cron schedule.
 
-use crate::ai::{Ai, GenerateReply};
+use crate::jobs::{Job, ResetCredits, handle};
 use apalis::prelude::*;
 use apalis_cron::{CronScheduler, Tick};
 use apalis_postgres::{PostgresStorage, Pubsub};
 use apalis_sqlite::SqliteStorage;
+use confab_application::Services;
+use confab_application::jobs::{GenerateReply, QueueError};
 use sqlx::PgPool;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqliteOperation, SqlitePoolOptions, SqliteSynchronous,
@@ -20,9 +22,6 @@ use std::time::Duration;
 
 /// The queue name of reply jobs (pinned, so renaming the Rust type strands nothing).
 pub const REPLY_QUEUE: &str = "generate_reply";
-
-/// Most attempts of one job (a job fails only when the store is unreachable).
-pub const MAX_ATTEMPTS: usize = 3;
 
 /// Wakes the SQLite worker: one item per job inserted (by any connection of the pool).
 #[derive(Clone)]
@@ -142,8 +141,8 @@ impl ReplyQueue {
     }
 
     /// Enqueues a reply job.
-    pub async fn push(&self, job: GenerateReply) -> anyhow::Result<()> {
-        let task = TaskBuilder::new(job).max_attempts(MAX_ATTEMPTS);
+    pub async fn push(&self, job: GenerateReply) -> Result<(), QueueError> {
+        let task = TaskBuilder::new(job).max_attempts(GenerateReply::MAX_ATTEMPTS);
         let pushed = match self {
             ReplyQueue::Sqlite(s) => s
                 .clone()
@@ -156,7 +155,10 @@ impl ReplyQueue {
                 .await
                 .map_err(|e| e.to_string()),
         };
-        pushed.map_err(|e| anyhow::anyhow!("cannot enqueue the reply: {e}"))
+        pushed.map_err(|e| QueueError {
+            queue: REPLY_QUEUE,
+            source: e.into(),
+        })
     }
 
     /// Jobs not yet finished: waiting, running, or failed with attempts left.
@@ -184,25 +186,11 @@ impl ReplyQueue {
     }
 }
 
-async fn run_reply(job: GenerateReply, ai: Data<Ai>) -> Result<(), BoxDynError> {
-    ai.generate(&job).await.map_err(|e| {
-        tracing::error!(reply = %job.reply_id, error = %e, "reply job failed; it will be retried");
-        BoxDynError::from(e.to_string())
-    })
-}
-
-async fn run_reset(_tick: Tick, ai: Data<Ai>) -> Result<(), BoxDynError> {
-    ai.reset_all()
-        .await
-        .map(|_| ())
-        .map_err(|e| BoxDynError::from(e.to_string()))
-}
-
 /// The job workers of one process: `concurrency` replies at a time, and the credit reset on
 /// `reset_schedule` (a cron expression with seconds, e.g. `0 0 0 1 * *`).
 pub fn monitor(
     opened: OpenedQueue,
-    ai: Ai,
+    svc: Services,
     concurrency: usize,
     reset_schedule: &str,
 ) -> anyhow::Result<Monitor> {
@@ -215,29 +203,29 @@ pub fn monitor(
     let OpenedQueue { queue, wakeups } = opened;
     // Unique per start: apalis refuses a worker name it saw recently.
     let suffix = uuid::Uuid::now_v7().simple().to_string();
-    let (reply_ai, reset_ai) = (ai.clone(), ai);
+    let (reply_svc, reset_svc) = (svc.clone(), svc);
     let reply_name = format!("replies-{suffix}");
     let reset_name = format!("credit-reset-{suffix}");
     let monitor = Monitor::new().register(move |_| {
         WorkerBuilder::new(reset_name.clone())
             .backend(CronScheduler::new(schedule.clone()))
-            .data(reset_ai.clone())
-            .build(run_reset)
+            .data(reset_svc.clone())
+            .build(|_tick: Tick, svc: Data<Services>| handle(ResetCredits, svc))
     });
     let monitor = match queue {
         ReplyQueue::Sqlite(s) => monitor.register(move |_| {
             WorkerBuilder::new(reply_name.clone())
                 .backend(s.clone().poll_with_strategy(wakeups()))
-                .data(reply_ai.clone())
+                .data(reply_svc.clone())
                 .concurrency(concurrency)
-                .build(run_reply)
+                .build(handle::<GenerateReply>)
         }),
         ReplyQueue::Postgres(s) => monitor.register(move |_| {
             WorkerBuilder::new(reply_name.clone())
                 .backend(s.clone().poll_with_strategy(wakeups()))
-                .data(reply_ai.clone())
+                .data(reply_svc.clone())
                 .concurrency(concurrency)
-                .build(run_reply)
+                .build(handle::<GenerateReply>)
         }),
     };
     Ok(monitor.shutdown_timeout(Duration::from_secs(30)))

@@ -192,12 +192,12 @@ fn pusher_off() -> ApiError {
 }
 
 /// `POST /api/realtime/auth` (form: `socket_id`, `channel_name`) → `{auth, channel_data}`.
-#[utoipa::path(post, path = "/api/realtime/auth", tag = "realtime", security(("bearer" = []), ("cookie" = [])), request_body(content = AuthForm, content_type = "application/x-www-form-urlencoded", description = "What pusher-js sends"), responses((status = 200, description = "{auth: \"key:signature\", channel_data}: pass both in pusher:subscribe, as pusher-js does"), (status = 400, description = "Invalid socket id or channel name", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 403, description = "Another user's channel, or a chat the caller does not own", body = ErrorBody), (status = 404, description = "Realtime over WebSocket is not configured", body = ErrorBody), (status = 415, description = "Not a form", body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/realtime/auth", tag = "realtime", security(("bearer" = []), ("cookie" = [])), request_body(content = AuthForm, content_type = "application/x-www-form-urlencoded", description = "What pusher-js sends"), responses((status = 200, description = "Pass both in pusher:subscribe, as pusher-js does", body = crate::resources::operations::ChannelAuth), (status = 400, description = "Invalid socket id or channel name", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody), (status = 403, description = "Another user's channel, or a chat the caller does not own", body = ErrorBody), (status = 404, description = "Realtime over WebSocket is not configured", body = ErrorBody), (status = 415, description = "Not a form", body = ErrorBody)))]
 pub(crate) async fn authorize(
     State(state): State<AppState>,
     auth: AuthUser,
     form: Result<Form<AuthForm>, FormRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::resources::operations::ChannelAuth>, ApiError> {
     let Some(app) = state.realtime.pusher() else {
         return Err(pusher_off());
     };
@@ -233,7 +233,7 @@ pub(crate) async fn authorize(
         }
         Channel::User(_) => {}
         Channel::Chat(c) => {
-            let owned = confab_projections::chats::get_chat(&state.db, c, auth.user.id)
+            let owned = confab_projections::chats::get_chat(&state.app.db, c, auth.user.id)
                 .await
                 .map_err(|e| ApiError::Internal(e.into()))?;
             if owned.is_none() {
@@ -247,12 +247,23 @@ pub(crate) async fn authorize(
     })
     .map_err(|e| ApiError::Internal(e.into()))?;
     let signature = app.sign(&form.socket_id, &form.channel_name, Some(&channel_data));
-    Ok(Json(
-        json!({ "auth": signature, "channel_data": channel_data }),
-    ))
+    Ok(Json(crate::resources::operations::ChannelAuth {
+        auth: signature,
+        channel_data,
+    }))
 }
 
 /// `GET /app/{key}?protocol=7`: the Pusher WebSocket endpoint.
+#[utoipa::path(get, path = "/app/{key}", tag = "realtime",
+    params(
+        ("key" = String, Path, description = "The Pusher app key (CONFAB_PUSHER_KEY); another key is refused with close code 4001"),
+        ("protocol" = Option<u32>, Query, description = "The Pusher protocol version: 5 to 7; another is refused with close code 4007, none with 4008"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol: Pusher Channels protocol 7 (pusher:connection_established, subscribe, ping/pong; close codes 4001, 4007, 4008, 4009, 4100, 4200, 4201)"),
+        (status = 400, description = "Not a WebSocket upgrade request", body = ErrorBody),
+        (status = 404, description = "Realtime over WebSocket is not configured", body = ErrorBody),
+    ))]
 pub(crate) async fn websocket(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
@@ -283,7 +294,7 @@ pub(crate) async fn websocket(
         }
     };
     let realtime = state.realtime.clone();
-    let db = state.db.clone();
+    let db = state.app.db.clone();
     upgrade
         .max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)

@@ -87,7 +87,7 @@ pub(crate) async fn events(
     };
     let dropped = conn.dropped.clone();
     let mut closing = hub.closing();
-    let db = state.db.clone();
+    let db = state.app.db.clone();
     let mut check = tokio::time::interval(realtime.session_check());
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stream = async_stream::stream! {

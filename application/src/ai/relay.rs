@@ -11,9 +11,9 @@
 //!   mirror also looks once a second) but never drops it, and a client that reconnects to
 //!   another instance still gets the reply from its start.
 //!
-//! Either way, listeners use [`crate::replies::listen`] on the hub's [`Reply`], from any offset.
+//! Either way, listeners use [`super::replies::listen`] on the hub's [`Reply`], from any offset.
 
-use crate::replies::{Ending, LINGER, Reply, ReplyHub};
+use super::replies::{Ending, LINGER, Reply, ReplyHub};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::sync::Arc;
@@ -49,7 +49,12 @@ impl Relay {
     }
 
     /// Announces reply `id` (before its job is queued) and returns it for listening.
-    pub async fn open(&self, id: Uuid, chat_id: Uuid, owner: Uuid) -> anyhow::Result<Arc<Reply>> {
+    pub async fn open(
+        &self,
+        id: Uuid,
+        chat_id: Uuid,
+        owner: Uuid,
+    ) -> Result<Arc<Reply>, sqlx::Error> {
         match self {
             Relay::Local(hub) => Ok(hub.open(id, chat_id, owner)),
             Relay::Postgres(pg) => {
@@ -64,7 +69,7 @@ impl Relay {
         &self,
         chat_id: Uuid,
         owner: Uuid,
-    ) -> anyhow::Result<Option<Arc<Reply>>> {
+    ) -> Result<Option<Arc<Reply>>, sqlx::Error> {
         match self {
             Relay::Local(hub) => Ok(hub.latest_in_chat(chat_id, owner)),
             Relay::Postgres(pg) => pg.latest_in_chat(chat_id, owner).await,
@@ -188,7 +193,7 @@ pub struct PgRelay {
 
 impl PgRelay {
     /// Listens on [`CHANNEL`] (one connection for the whole process) and relays into `hub`.
-    pub async fn start(pool: PgPool, hub: ReplyHub) -> anyhow::Result<PgRelay> {
+    pub async fn start(pool: PgPool, hub: ReplyHub) -> Result<PgRelay, sqlx::Error> {
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(CHANNEL).await?;
         let (wake, _) = broadcast::channel(1024);
@@ -352,7 +357,7 @@ impl PgRelay {
         &self,
         chat_id: Uuid,
         owner: Uuid,
-    ) -> anyhow::Result<Option<Arc<Reply>>> {
+    ) -> Result<Option<Arc<Reply>>, sqlx::Error> {
         // The latest reply announced in the chat, unless it ended longer than LINGER ago.
         let found: Option<Uuid> = sqlx::query_scalar(
             "SELECT o.reply_id FROM reply_chunks o WHERE o.chat_id = $1 AND o.owner_id = $2 \

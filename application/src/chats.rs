@@ -1,0 +1,435 @@
+//! Chats and messages, and seed 002's conversations and attachments over the same model.
+//!
+//! Commands go to the chat aggregate; reads come from the `chats` read model, for the caller's
+//! own chats only (another user's chat reads as missing); every write returns once the same
+//! user's next read sees it.
+
+use crate::{Actor, AppError, Page, PageRequest, Problems, Services, now};
+use chrono::{DateTime, Utc};
+use confab_domain::chat::{Chat, ChatCommand, ChatError, ChatEvent};
+use confab_domain::{ChatTitle, MessageContent, MessageKind, Role};
+use confab_eventstore::aggregate::{ExecuteError, Executed};
+use confab_projections::chats::{self, AttachmentRow, ChatRow, MessageFilter, MessageRow};
+use uuid::Uuid;
+
+/// Runs a chat command for `actor` and waits until its effect is readable.
+async fn run(
+    svc: &Services,
+    actor: &Actor,
+    chat_id: Uuid,
+    command: ChatCommand,
+) -> Result<Executed<Chat>, AppError> {
+    let done = svc
+        .commands
+        .execute::<Chat>(&chat_id, command, actor.metadata())
+        .await?;
+    svc.visible(chats::NAME, done.appended.map(|a| a.last_position))
+        .await?;
+    Ok(done)
+}
+
+/// Chat `chat_id` if it is `actor`'s.
+pub async fn get_chat(svc: &Services, actor: &Actor, chat_id: Uuid) -> Result<ChatRow, AppError> {
+    chats::get_chat(&svc.db, chat_id, actor.id())
+        .await?
+        .ok_or(AppError::NotFound("chat"))
+}
+
+/// Creates a chat titled `title` for `owner` (the actor, or anyone for an admin).
+pub async fn create_chat(
+    svc: &Services,
+    actor: &Actor,
+    owner: Uuid,
+    title: ChatTitle,
+) -> Result<ChatRow, AppError> {
+    actor.may_act_for(owner)?;
+    let chat_id = Uuid::now_v7();
+    let command = ChatCommand::Create {
+        chat_id,
+        owner,
+        title,
+        at: now(),
+    };
+    run(svc, actor, chat_id, command).await?;
+    chats::get_chat(&svc.db, chat_id, owner)
+        .await?
+        .ok_or(AppError::bug(
+            "a created chat is missing from the read model",
+        ))
+}
+
+/// One page of `actor`'s chats, most recent activity first.
+pub async fn list_chats(
+    svc: &Services,
+    actor: &Actor,
+    page: PageRequest,
+) -> Result<Page<ChatRow>, AppError> {
+    let (items, total) = chats::list_chats(&svc.db, actor.id(), page.limit, page.offset()).await?;
+    Ok(Page {
+        items,
+        total,
+        request: page,
+    })
+}
+
+/// Renames `actor`'s chat.
+pub async fn rename_chat(
+    svc: &Services,
+    actor: &Actor,
+    chat_id: Uuid,
+    title: ChatTitle,
+) -> Result<ChatRow, AppError> {
+    let command = ChatCommand::Rename {
+        actor: actor.id(),
+        title,
+        at: now(),
+    };
+    run(svc, actor, chat_id, command).await?;
+    get_chat(svc, actor, chat_id).await
+}
+
+/// Deletes `actor`'s chat; its messages vanish from every read.
+pub async fn delete_chat(svc: &Services, actor: &Actor, chat_id: Uuid) -> Result<(), AppError> {
+    let command = ChatCommand::Delete {
+        actor: actor.id(),
+        at: now(),
+    };
+    run(svc, actor, chat_id, command).await?;
+    Ok(())
+}
+
+/// Which messages to list: a type, an inclusive date range, words to search for.
+#[derive(Debug, Clone, Default)]
+pub struct MessageQuery {
+    /// Only this type.
+    pub kind: Option<MessageKind>,
+    /// Sent at or after.
+    pub start: Option<DateTime<Utc>>,
+    /// Sent at or before.
+    pub end: Option<DateTime<Utc>>,
+    /// Words that must all occur (any order, case and accents ignored); results are then
+    /// ranked by relevance. Blank means no search.
+    pub search: Option<String>,
+    /// Which page.
+    pub page: PageRequest,
+}
+
+impl MessageQuery {
+    /// Checks what cannot be checked field by field: the range's order.
+    pub fn validate(self) -> Result<Self, Problems> {
+        if let (Some(s), Some(e)) = (self.start, self.end)
+            && s > e
+        {
+            return Err(Problems::one("endDate", "must not be before startDate"));
+        }
+        Ok(self)
+    }
+
+    fn filter(&self, chat_id: Option<Uuid>) -> MessageFilter {
+        MessageFilter {
+            chat_id,
+            kind: self.kind.map(|k| k.as_str().to_owned()),
+            start: self.start,
+            end: self.end,
+            search: self.search.clone().filter(|s| !s.trim().is_empty()),
+        }
+    }
+}
+
+async fn page_of_messages(
+    svc: &Services,
+    actor: &Actor,
+    filter: MessageFilter,
+    page: PageRequest,
+) -> Result<Page<MessageRow>, AppError> {
+    let (items, total) =
+        chats::find_messages(&svc.db, actor.id(), &filter, page.limit, page.offset()).await?;
+    Ok(Page {
+        items,
+        total,
+        request: page,
+    })
+}
+
+/// A page of the messages of `actor`'s chat `chat_id` matching `query`.
+pub async fn list_messages(
+    svc: &Services,
+    actor: &Actor,
+    chat_id: Uuid,
+    query: &MessageQuery,
+) -> Result<Page<MessageRow>, AppError> {
+    let found = page_of_messages(svc, actor, query.filter(Some(chat_id)), query.page).await?;
+    // The page is read for the caller's chats only, so a match proves the chat is theirs; only
+    // when nothing matched must it be told apart from another's or a missing chat.
+    if found.total == 0 {
+        get_chat(svc, actor, chat_id).await?;
+    }
+    Ok(found)
+}
+
+/// A page of the messages of all of `actor`'s chats matching `query`, whose search must not
+/// be blank.
+pub async fn search_messages(
+    svc: &Services,
+    actor: &Actor,
+    query: &MessageQuery,
+) -> Result<Page<MessageRow>, AppError> {
+    if query.search.as_deref().is_none_or(|w| w.trim().is_empty()) {
+        return Err(AppError::invalid("q", "must not be empty"));
+    }
+    page_of_messages(svc, actor, query.filter(None), query.page).await
+}
+
+/// Every message of `actor`'s chat `chat_id`, oldest first.
+pub async fn all_messages(
+    svc: &Services,
+    actor: &Actor,
+    chat_id: Uuid,
+) -> Result<Vec<MessageRow>, AppError> {
+    get_chat(svc, actor, chat_id).await?;
+    let filter = MessageFilter {
+        chat_id: Some(chat_id),
+        ..MessageFilter::default()
+    };
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let (rows, total) = chats::find_messages(&svc.db, actor.id(), &filter, 500, offset).await?;
+        offset += rows.len() as u64;
+        let done = rows.is_empty() || offset >= total;
+        out.extend(rows);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+/// Sends a message as `actor` to their chat `chat_id`.
+pub async fn send_message(
+    svc: &Services,
+    actor: &Actor,
+    chat_id: Uuid,
+    role: Role,
+    content: MessageContent,
+    kind: MessageKind,
+) -> Result<MessageRow, AppError> {
+    let message_id = Uuid::now_v7();
+    let command = ChatCommand::SendMessage {
+        message_id,
+        actor: actor.id(),
+        role,
+        content,
+        kind,
+        at: now(),
+    };
+    let done = run(svc, actor, chat_id, command).await?;
+    // The event holds the whole new row, and the read model holds it too by now: answer from
+    // the event rather than reading it back.
+    done.events
+        .iter()
+        .find_map(|e| match e {
+            ChatEvent::MessageSent(m) if m.message_id == message_id => Some(MessageRow::from(m)),
+            _ => None,
+        })
+        .ok_or(AppError::bug("sending a message recorded no message"))
+}
+
+/// A message as an edit left it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EditedMessage {
+    /// The message.
+    pub id: Uuid,
+    /// Its content.
+    pub content: String,
+    /// Its type.
+    pub kind: String,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Edits the content, the type or both of `actor`'s message (only its author may).
+pub async fn edit_message(
+    svc: &Services,
+    actor: &Actor,
+    chat_id: Uuid,
+    message_id: Uuid,
+    content: Option<MessageContent>,
+    kind: Option<MessageKind>,
+) -> Result<EditedMessage, AppError> {
+    if content.is_none() && kind.is_none() {
+        return Err(AppError::invalid("content", "give content, type or both"));
+    }
+    let command = ChatCommand::EditMessage {
+        message_id,
+        actor: actor.id(),
+        content,
+        kind,
+        at: now(),
+    };
+    // The answer is the message as this edit left it, even if a concurrent edit follows at once.
+    let edited = svc
+        .commands
+        .execute_then::<Chat, _>(&chat_id, command, actor.metadata(), move |chat: &Chat| {
+            chat.messages
+                .get(&message_id)
+                .map(|m| (m.content.clone(), m.kind))
+        })
+        .await;
+    match edited {
+        Ok((done, Some((content, kind)))) => {
+            svc.visible(chats::NAME, done.appended.map(|a| a.last_position))
+                .await?;
+            let at = done.events.iter().find_map(|e| match e {
+                ChatEvent::MessageEdited(m) => Some(m.at),
+                _ => None,
+            });
+            if let Some(updated_at) = at {
+                return Ok(EditedMessage {
+                    id: message_id,
+                    content: content.as_str().to_owned(),
+                    kind: kind.as_str().to_owned(),
+                    updated_at,
+                });
+            }
+        }
+        Ok((_, None)) => return Err(AppError::NotFound("message")),
+        // Asking for what is already there changes nothing and is not an error.
+        Err(ExecuteError::Domain(ChatError::NothingToChange)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let m = chats::get_message(&svc.db, chat_id, message_id)
+        .await?
+        .filter(|m| m.user_id == actor.id())
+        .ok_or(AppError::NotFound("message"))?;
+    Ok(EditedMessage {
+        id: m.id,
+        content: m.content,
+        kind: m.kind,
+        updated_at: m.updated_at,
+    })
+}
+
+/// Deletes `actor`'s message.
+pub async fn delete_message(
+    svc: &Services,
+    actor: &Actor,
+    chat_id: Uuid,
+    message_id: Uuid,
+) -> Result<(), AppError> {
+    let command = ChatCommand::DeleteMessage {
+        message_id,
+        actor: actor.id(),
+        at: now(),
+    };
+    run(svc, actor, chat_id, command).await?;
+    Ok(())
+}
+
+/// Longest attachment type, in characters.
+pub const MAX_FILE_TYPE_CHARS: usize = 100;
+/// Longest attachment path, in characters.
+pub const MAX_FILE_PATH_CHARS: usize = 1024;
+
+/// Checks a file reference: a type of 1 to 100 characters without spaces, and a path of 1 to
+/// 1024 characters without control characters or `..` segments.
+pub fn check_attachment(file_type: &str, file_path: &str) -> Result<(), Problems> {
+    let mut problems = Problems::new();
+    if file_type.is_empty()
+        || file_type.chars().count() > MAX_FILE_TYPE_CHARS
+        || file_type
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        problems.add("file_type", "must be 1 to 100 characters without spaces");
+    }
+    if file_path.is_empty()
+        || file_path.chars().count() > MAX_FILE_PATH_CHARS
+        || file_path.chars().any(char::is_control)
+        || file_path.split(['/', '\\']).any(|seg| seg == "..")
+    {
+        problems.add(
+            "file_path",
+            "must be 1 to 1024 characters, without control characters or `..` segments",
+        );
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// Attaches a file reference to `actor`'s message `message_id` (only its author may).
+pub async fn add_attachment(
+    svc: &Services,
+    actor: &Actor,
+    message_id: Uuid,
+    file_type: String,
+    file_path: String,
+) -> Result<AttachmentRow, AppError> {
+    check_attachment(&file_type, &file_path)?;
+    let chat_id = chats::chat_of_message(&svc.db, message_id, actor.id())
+        .await?
+        .ok_or(AppError::NotFound("message"))?;
+    let attachment_id = Uuid::now_v7();
+    let command = ChatCommand::AddAttachment {
+        message_id,
+        attachment_id,
+        actor: actor.id(),
+        file_type,
+        file_path,
+        at: now(),
+    };
+    match run(svc, actor, chat_id, command).await {
+        Ok(_) => {}
+        // The chat or the message went away since it was read.
+        Err(AppError::NotFound(_)) => return Err(AppError::NotFound("message")),
+        Err(AppError::Forbidden(_)) => {
+            return Err(AppError::Forbidden(
+                "only the author may attach files to this message".into(),
+            ));
+        }
+        Err(e) => return Err(e),
+    }
+    chats::get_attachment(&svc.db, attachment_id)
+        .await?
+        .ok_or(AppError::bug(
+            "an added attachment is missing from the read model",
+        ))
+}
+
+/// The attachments of `actor`'s message `message_id`.
+pub async fn list_attachments(
+    svc: &Services,
+    actor: &Actor,
+    message_id: Uuid,
+) -> Result<Vec<AttachmentRow>, AppError> {
+    chats::chat_of_message(&svc.db, message_id, actor.id())
+        .await?
+        .ok_or(AppError::NotFound("message"))?;
+    Ok(chats::list_attachments(&svc.db, message_id).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attachments_are_checked_field_by_field() {
+        assert!(check_attachment("pdf", "docs/a.pdf").is_ok());
+        let p = check_attachment("p df", "../etc/passwd").unwrap_err();
+        assert_eq!(p.iter().count(), 2);
+        assert!(check_attachment("", "a").is_err());
+        assert!(check_attachment("pdf", "").is_err());
+    }
+
+    #[test]
+    fn a_range_must_not_end_before_it_starts() {
+        let q = MessageQuery {
+            start: Some(Utc::now()),
+            end: Some(Utc::now() - chrono::Duration::days(1)),
+            ..MessageQuery::default()
+        };
+        assert!(q.validate().is_err());
+    }
+}
