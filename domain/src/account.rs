@@ -7,8 +7,7 @@
 //! address, so two concurrent sign-ups cannot both get it.
 
 use crate::billing::{Invoice, SubscriptionReport, SubscriptionState, entitled_tier};
-use crate::schema::parse;
-use crate::{Aggregate, EventSchema, UpcastError, ValidationError};
+use crate::{Aggregate, ValidationError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -332,126 +331,42 @@ pub struct InvoiceRecorded {
     pub at: DateTime<Utc>,
 }
 
-/// Everything an account records.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AccountEvent {
-    /// `account.registered`
-    Registered(AccountRegistered),
-    /// `account.session_started`
-    SessionStarted(SessionStarted),
-    /// `account.session_revoked`
-    SessionRevoked(SessionRevoked),
-    /// `account.profile_updated`
-    ProfileUpdated(ProfileUpdated),
-    /// `account.image_changed`
-    ImageChanged(ImageChanged),
-    /// `account.stripe_customer_linked`
-    StripeCustomerLinked(StripeCustomerLinked),
-    /// `account.subscription_changed`
-    SubscriptionChanged(SubscriptionChanged),
-    /// `account.tier_changed`
-    TierChanged(TierChanged),
-    /// `account.invoice_recorded`
-    InvoiceRecorded(InvoiceRecorded),
-}
-
-/// Stable type names of account events.
-pub mod event_types {
-    /// An account was created.
-    pub const REGISTERED: &str = "account.registered";
-    /// A session began.
-    pub const SESSION_STARTED: &str = "account.session_started";
-    /// A session ended.
-    pub const SESSION_REVOKED: &str = "account.session_revoked";
-    /// The name or email changed.
-    pub const PROFILE_UPDATED: &str = "account.profile_updated";
-    /// The profile image changed.
-    pub const IMAGE_CHANGED: &str = "account.image_changed";
-    /// The Stripe customer was created.
-    pub const STRIPE_CUSTOMER_LINKED: &str = "account.stripe_customer_linked";
-    /// A subscription changed.
-    pub const SUBSCRIPTION_CHANGED: &str = "account.subscription_changed";
-    /// The billing tier changed.
-    pub const TIER_CHANGED: &str = "account.tier_changed";
-    /// An invoice was recorded.
-    pub const INVOICE_RECORDED: &str = "account.invoice_recorded";
-    /// An address was claimed.
-    pub const EMAIL_CLAIMED: &str = "email.claimed";
-    /// An address was given up.
-    pub const EMAIL_RELEASED: &str = "email.released";
-    /// Every account event type.
-    pub const ALL: &[&str] = &[
-        REGISTERED,
-        SESSION_STARTED,
-        SESSION_REVOKED,
-        PROFILE_UPDATED,
-        IMAGE_CHANGED,
-        STRIPE_CUSTOMER_LINKED,
-        SUBSCRIPTION_CHANGED,
-        TIER_CHANGED,
-        INVOICE_RECORDED,
-    ];
-}
-
-impl EventSchema for AccountEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            AccountEvent::Registered(_) => event_types::REGISTERED,
-            AccountEvent::SessionStarted(_) => event_types::SESSION_STARTED,
-            AccountEvent::SessionRevoked(_) => event_types::SESSION_REVOKED,
-            AccountEvent::ProfileUpdated(_) => event_types::PROFILE_UPDATED,
-            AccountEvent::ImageChanged(_) => event_types::IMAGE_CHANGED,
-            AccountEvent::StripeCustomerLinked(_) => event_types::STRIPE_CUSTOMER_LINKED,
-            AccountEvent::SubscriptionChanged(_) => event_types::SUBSCRIPTION_CHANGED,
-            AccountEvent::TierChanged(_) => event_types::TIER_CHANGED,
-            AccountEvent::InvoiceRecorded(_) => event_types::INVOICE_RECORDED,
-        }
+crate::schema::event_schema! {
+    /// Stable type names of account events.
+    pub mod event_types {
+        pub use super::email_event_types::{EMAIL_CLAIMED, EMAIL_RELEASED};
     }
 
-    fn schema_version(&self) -> u32 {
-        1
-    }
-
-    fn to_payload(&self) -> serde_json::Value {
-        let v = match self {
-            AccountEvent::Registered(e) => serde_json::to_value(e),
-            AccountEvent::SessionStarted(e) => serde_json::to_value(e),
-            AccountEvent::SessionRevoked(e) => serde_json::to_value(e),
-            AccountEvent::ProfileUpdated(e) => serde_json::to_value(e),
-            AccountEvent::ImageChanged(e) => serde_json::to_value(e),
-            AccountEvent::StripeCustomerLinked(e) => serde_json::to_value(e),
-            AccountEvent::SubscriptionChanged(e) => serde_json::to_value(e),
-            AccountEvent::TierChanged(e) => serde_json::to_value(e),
-            AccountEvent::InvoiceRecorded(e) => serde_json::to_value(e),
-        };
-        v.unwrap_or(serde_json::Value::Null)
-    }
-
-    fn from_stored(
-        event_type: &str,
-        schema_version: u32,
-        payload: serde_json::Value,
-    ) -> Result<Self, UpcastError> {
-        use event_types::*;
-        let t = event_type;
-        Ok(match (t, schema_version) {
-            (REGISTERED, 1) => AccountEvent::Registered(parse(t, payload)?),
-            (SESSION_STARTED, 1) => AccountEvent::SessionStarted(parse(t, payload)?),
-            (SESSION_REVOKED, 1) => AccountEvent::SessionRevoked(parse(t, payload)?),
-            (PROFILE_UPDATED, 1) => AccountEvent::ProfileUpdated(parse(t, payload)?),
-            (IMAGE_CHANGED, 1) => AccountEvent::ImageChanged(parse(t, payload)?),
-            (STRIPE_CUSTOMER_LINKED, 1) => AccountEvent::StripeCustomerLinked(parse(t, payload)?),
-            (SUBSCRIPTION_CHANGED, 1) => AccountEvent::SubscriptionChanged(parse(t, payload)?),
-            (TIER_CHANGED, 1) => AccountEvent::TierChanged(parse(t, payload)?),
-            (INVOICE_RECORDED, 1) => AccountEvent::InvoiceRecorded(parse(t, payload)?),
-            _ if ALL.contains(&t) => {
-                return Err(UpcastError::UnknownVersion {
-                    event_type: t.to_owned(),
-                    version: schema_version,
-                });
-            }
-            _ => return Err(UpcastError::UnknownType(t.to_owned())),
-        })
+    /// Everything an account records.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum AccountEvent {
+        /// An account was created.
+        #[event(REGISTERED = "account.registered", version = 1)]
+        Registered(AccountRegistered),
+        /// A session began.
+        #[event(SESSION_STARTED = "account.session_started", version = 1)]
+        SessionStarted(SessionStarted),
+        /// A session ended.
+        #[event(SESSION_REVOKED = "account.session_revoked", version = 1)]
+        SessionRevoked(SessionRevoked),
+        /// The name or email changed.
+        #[event(PROFILE_UPDATED = "account.profile_updated", version = 1)]
+        ProfileUpdated(ProfileUpdated),
+        /// The profile image changed.
+        #[event(IMAGE_CHANGED = "account.image_changed", version = 1)]
+        ImageChanged(ImageChanged),
+        /// The Stripe customer was created.
+        #[event(STRIPE_CUSTOMER_LINKED = "account.stripe_customer_linked", version = 1)]
+        StripeCustomerLinked(StripeCustomerLinked),
+        /// A subscription changed.
+        #[event(SUBSCRIPTION_CHANGED = "account.subscription_changed", version = 1)]
+        SubscriptionChanged(SubscriptionChanged),
+        /// The billing tier changed.
+        #[event(TIER_CHANGED = "account.tier_changed", version = 1)]
+        TierChanged(TierChanged),
+        /// An invoice was recorded.
+        #[event(INVOICE_RECORDED = "account.invoice_recorded", version = 1)]
+        InvoiceRecorded(InvoiceRecorded),
     }
 }
 
@@ -730,47 +645,19 @@ pub struct EmailReleased {
     pub at: DateTime<Utc>,
 }
 
-/// Everything an email claim records.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EmailClaimEvent {
-    /// `email.claimed`
-    Claimed(EmailClaimed),
-    /// `email.released`
-    Released(EmailReleased),
-}
+crate::schema::event_schema! {
+    /// Stable type names of email claim events (also in [`event_types`]).
+    pub mod email_event_types;
 
-impl EventSchema for EmailClaimEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            EmailClaimEvent::Claimed(_) => event_types::EMAIL_CLAIMED,
-            EmailClaimEvent::Released(_) => event_types::EMAIL_RELEASED,
-        }
-    }
-    fn schema_version(&self) -> u32 {
-        1
-    }
-    fn to_payload(&self) -> serde_json::Value {
-        match self {
-            EmailClaimEvent::Claimed(e) => serde_json::to_value(e),
-            EmailClaimEvent::Released(e) => serde_json::to_value(e),
-        }
-        .unwrap_or(serde_json::Value::Null)
-    }
-    fn from_stored(
-        event_type: &str,
-        schema_version: u32,
-        payload: serde_json::Value,
-    ) -> Result<Self, UpcastError> {
-        use event_types::*;
-        match (event_type, schema_version) {
-            (EMAIL_CLAIMED, 1) => Ok(EmailClaimEvent::Claimed(parse(event_type, payload)?)),
-            (EMAIL_RELEASED, 1) => Ok(EmailClaimEvent::Released(parse(event_type, payload)?)),
-            (EMAIL_CLAIMED | EMAIL_RELEASED, v) => Err(UpcastError::UnknownVersion {
-                event_type: event_type.to_owned(),
-                version: v,
-            }),
-            _ => Err(UpcastError::UnknownType(event_type.to_owned())),
-        }
+    /// Everything an email claim records.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum EmailClaimEvent {
+        /// An address was claimed.
+        #[event(EMAIL_CLAIMED = "email.claimed", version = 1)]
+        Claimed(EmailClaimed),
+        /// An address was given up.
+        #[event(EMAIL_RELEASED = "email.released", version = 1)]
+        Released(EmailReleased),
     }
 }
 
@@ -838,6 +725,7 @@ impl Aggregate for EmailClaim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::EventSchema;
     use crate::testing::given;
     use chrono::TimeZone;
 
