@@ -22,6 +22,7 @@ use confab_domain::account::{
     Account, AccountCommand, AccountRole, DisplayName, Email, EmailClaim, EmailClaimCommand,
     EmailClaimError,
 };
+use confab_domain::session::{Session, SessionCommand, SessionKey};
 use confab_eventstore::aggregate::{ExecuteError, execute, load};
 use confab_eventstore::{EventMetadata, EventStore};
 use confab_projections::accounts::{self, UserRow};
@@ -215,12 +216,17 @@ async fn start_session(
 ) -> Result<(String, Option<u64>), ApiError> {
     let token = new_token();
     let at = now();
+    let session_id = Uuid::now_v7();
     let done = state
         .commands
-        .execute::<Account>(
-            &user_id,
-            AccountCommand::StartSession {
-                session_id: Uuid::now_v7(),
+        .execute::<Session>(
+            &SessionKey {
+                user_id,
+                session_id,
+            },
+            SessionCommand::Start {
+                user_id,
+                session_id,
                 token_hash: token_hash(&token),
                 expires_at: at + state.session_ttl,
                 at,
@@ -405,9 +411,12 @@ pub(crate) async fn signout(
 ) -> Result<(StatusCode, [(axum::http::HeaderName, HeaderValue); 1]), ApiError> {
     let done = state
         .commands
-        .execute::<Account>(
-            &auth.user.id,
-            AccountCommand::RevokeSession {
+        .execute::<Session>(
+            &SessionKey {
+                user_id: auth.user.id,
+                session_id: auth.session_id,
+            },
+            SessionCommand::Revoke {
                 session_id: auth.session_id,
                 at: now(),
             },

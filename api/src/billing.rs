@@ -21,8 +21,8 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{TimeZone, Utc};
-use confab_domain::account::{Account, AccountCommand, AccountError};
 use confab_domain::billing::{Price, PurchaseMode, StripeEvent, StripeEventCommand, find_price};
+use confab_domain::billing_account::{BillingAccount, BillingAccountCommand, BillingAccountError};
 use confab_eventstore::StoreError;
 use confab_eventstore::aggregate::ExecuteError;
 use confab_projections::accounts::UserRow;
@@ -211,9 +211,10 @@ async fn ensure_customer(
     let customer_id = customer.id.as_str().to_owned();
     let linked = state
         .commands
-        .execute::<Account>(
+        .execute::<BillingAccount>(
             &user.id,
-            AccountCommand::LinkStripeCustomer {
+            BillingAccountCommand::LinkStripeCustomer {
+                user_id: user.id,
                 customer_id: customer_id.clone(),
                 at: crate::auth::now(),
             },
@@ -228,7 +229,9 @@ async fn ensure_customer(
             Ok(customer_id)
         }
         // Another process recorded one first: that one is the account's.
-        Err(ExecuteError::Domain(AccountError::CustomerAlreadyLinked { existing })) => Ok(existing),
+        Err(ExecuteError::Domain(BillingAccountError::CustomerAlreadyLinked { existing })) => {
+            Ok(existing)
+        }
         Err(e) => Err(ApiError::Internal(anyhow::anyhow!("{e}"))),
     }
 }

@@ -493,6 +493,7 @@ impl StripeEvent {
 }
 
 impl Aggregate for StripeEvent {
+    type Id = Uuid;
     type Command = StripeEventCommand;
     type Event = StripeEventEvent;
     type Error = StripeEventError;

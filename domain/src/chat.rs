@@ -343,6 +343,7 @@ impl Chat {
 }
 
 impl Aggregate for Chat {
+    type Id = Uuid;
     type Command = ChatCommand;
     type Event = ChatEvent;
     type Error = ChatError;

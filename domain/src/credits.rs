@@ -266,6 +266,7 @@ pub fn period_of(at: DateTime<Utc>) -> String {
 }
 
 impl Aggregate for CreditAccount {
+    type Id = Uuid;
     type Command = CreditCommand;
     type Event = CreditEvent;
     type Error = CreditError;

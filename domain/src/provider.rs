@@ -63,6 +63,7 @@ pub struct Provider {
 }
 
 impl Aggregate for Provider {
+    type Id = Uuid;
     type Command = RegisterProvider;
     type Event = ProviderRegistered;
     type Error = ProviderError;
@@ -144,6 +145,7 @@ impl UserLlmConfig {
 }
 
 impl Aggregate for UserLlmConfig {
+    type Id = Uuid;
     type Command = SetUserKey;
     type Event = UserKeySet;
     type Error = UserLlmConfigError;

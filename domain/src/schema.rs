@@ -124,7 +124,7 @@ macro_rules! event_schema {
                 $(#[doc = $doc])*
                 pub const $CONST: &str = $name;
             )+
-            /// Every type name above, in declaration order.
+            #[doc = concat!("Every `", stringify!($Enum), "` type name, in declaration order.")]
             pub const ALL: &[&str] = &[$($CONST),+];
             $($extra)*
         }
@@ -394,7 +394,9 @@ mod tests {
     /// versions still read (the highest is the one written now).
     #[test]
     fn every_stored_type_name_and_version_is_still_read() {
-        use crate::{account, billing, chat, credits, provider, settings};
+        use crate::{
+            account, billing, billing_account, chat, credits, provider, session, settings,
+        };
         fn check<E: EventSchema + std::fmt::Debug>(all: &[&str], expected: &[(&str, &[u32])]) {
             let names: Vec<&str> = expected.iter().map(|(t, _)| *t).collect();
             assert_eq!(all, names);
@@ -435,15 +437,45 @@ mod tests {
             account::event_types::ALL,
             &[
                 ("account.registered", &[1]),
-                ("account.session_started", &[1]),
-                ("account.session_revoked", &[1]),
                 ("account.profile_updated", &[1]),
                 ("account.image_changed", &[1]),
+            ],
+        );
+        check::<session::SessionEvent>(
+            session::event_types::ALL,
+            &[
+                ("account.session_started", &[1]),
+                ("account.session_revoked", &[1]),
+            ],
+        );
+        check::<billing_account::BillingAccountEvent>(
+            billing_account::event_types::ALL,
+            &[
                 ("account.stripe_customer_linked", &[1]),
                 ("account.subscription_changed", &[1]),
                 ("account.tier_changed", &[1]),
                 ("account.invoice_recorded", &[1]),
             ],
+        );
+        // The constants of the types that moved out of the account keep their old paths.
+        use account::event_types as old;
+        assert_eq!(
+            [
+                old::SESSION_STARTED,
+                old::SESSION_REVOKED,
+                old::STRIPE_CUSTOMER_LINKED,
+                old::SUBSCRIPTION_CHANGED,
+                old::TIER_CHANGED,
+                old::INVOICE_RECORDED,
+            ],
+            [
+                "account.session_started",
+                "account.session_revoked",
+                "account.stripe_customer_linked",
+                "account.subscription_changed",
+                "account.tier_changed",
+                "account.invoice_recorded",
+            ]
         );
         check::<account::EmailClaimEvent>(
             account::email_event_types::ALL,

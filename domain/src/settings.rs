@@ -167,6 +167,7 @@ pub struct Settings {
 }
 
 impl Aggregate for Settings {
+    type Id = Uuid;
     type Command = UpdateSettings;
     type Event = SettingsUpdated;
     type Error = SettingsError;

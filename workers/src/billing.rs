@@ -30,16 +30,17 @@
 use apalis::prelude::*;
 use apalis_sqlite::SqliteStorage;
 use chrono::{DateTime, TimeZone, Utc};
-use confab_domain::account::{Account, AccountCommand, AccountError};
+use confab_domain::account::Account;
 use confab_domain::billing::{
     Invoice, Price, PriceGrant, StripeEvent, StripeEventCommand, SubscriptionReport,
     SubscriptionStatus, find_price,
 };
+use confab_domain::billing_account::{BillingAccount, BillingAccountCommand, BillingAccountError};
 use confab_domain::catalogue::Catalogue;
 use confab_domain::credits::{CreditAccount, CreditAction, CreditCommand, GrantKind};
 use confab_domain::{Aggregate, EventSchema};
 use confab_eventstore::EventMetadata;
-use confab_eventstore::aggregate::{CommandExecutor, ExecuteError};
+use confab_eventstore::aggregate::{CommandExecutor, ExecuteError, exists};
 use confab_projections::{Positions, ReadDb};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -374,17 +375,24 @@ impl Billing {
         Ok(appended.is_some())
     }
 
-    /// Runs an account command; `Ok(false)` when the account does not exist.
+    /// Runs a billing account command; `Ok(false)` when the account does not exist.
     async fn account(
         &self,
         user: Uuid,
-        command: AccountCommand,
+        command: BillingAccountCommand,
         meta: &EventMetadata,
         written: &mut Written,
     ) -> Result<bool, ProcessError> {
+        // The billing account has a stream of its own and cannot tell; the account's can.
+        if !exists::<Account>(self.commands.store().as_ref(), &user)
+            .await
+            .map_err(anyhow::Error::from)?
+        {
+            return Ok(false);
+        }
         match self
             .commands
-            .execute::<Account>(&user, command, meta.clone())
+            .execute::<BillingAccount>(&user, command, meta.clone())
             .await
         {
             Ok(done) => {
@@ -393,9 +401,10 @@ impl Billing {
                 Written::note(&mut written.accounts, pos);
                 Ok(true)
             }
-            Err(ExecuteError::Domain(AccountError::NotFound)) => Ok(false),
             // Another customer is linked already: the one recorded first stays.
-            Err(ExecuteError::Domain(AccountError::CustomerAlreadyLinked { .. })) => Ok(true),
+            Err(ExecuteError::Domain(BillingAccountError::CustomerAlreadyLinked { .. })) => {
+                Ok(true)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -409,7 +418,8 @@ impl Billing {
     ) -> Result<bool, ProcessError> {
         self.account(
             user,
-            AccountCommand::ApplySubscription {
+            BillingAccountCommand::ApplySubscription {
+                user_id: user,
                 report,
                 tiers: self.tiers(),
                 at: Utc::now(),
@@ -564,7 +574,8 @@ impl Billing {
         };
         if let Some(c) = &customer {
             // A customer Stripe created during checkout is this account's from now on.
-            let link = AccountCommand::LinkStripeCustomer {
+            let link = BillingAccountCommand::LinkStripeCustomer {
+                user_id: user,
                 customer_id: c.clone(),
                 at: Utc::now(),
             };
@@ -698,7 +709,8 @@ impl Billing {
             let known = self
                 .account(
                     user,
-                    AccountCommand::RecordInvoice {
+                    BillingAccountCommand::RecordInvoice {
+                        user_id: user,
                         invoice,
                         at: Utc::now(),
                     },
@@ -759,7 +771,8 @@ impl Billing {
         let known = self
             .account(
                 user,
-                AccountCommand::RecordInvoice {
+                BillingAccountCommand::RecordInvoice {
+                    user_id: user,
                     invoice,
                     at: Utc::now(),
                 },
