@@ -6,7 +6,7 @@
 //! stream of its own: that stream is the billing account's legacy stream, read first when
 //! loading, so a customer linked before the split is still the account's. The event type names
 //! stay `account.*`: they are a persisted contract. The billing account cannot tell whether the
-//! user exists (that is the [`Account`](crate::account::Account)'s stream): callers check.
+//! user exists (that is the [`Account`]'s stream): callers check.
 
 use crate::Aggregate;
 use crate::account::Account;
