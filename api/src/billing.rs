@@ -7,7 +7,7 @@ use crate::auth::{AuthUser, correlation_id};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::openapi::ErrorBody;
 use crate::resources::billing::{
-    CheckoutBody, Invoice, InvoiceList, InvoicesQuery, Redirect, WebhookAck,
+    CheckoutBody, Invoice, InvoiceList, InvoicesQuery, Redirect, StripeEventBody, WebhookAck,
 };
 use crate::stripe_signature::{self, SignatureError};
 use crate::{ApiError, AppState};
@@ -85,7 +85,7 @@ fn bad_signature(e: SignatureError) -> ApiError {
 /// signature or a body that is not a Stripe event. A redelivered event records nothing new.
 #[utoipa::path(post, path = "/api/webhooks/stripe", tag = "billing",
     params(("stripe-signature" = String, Header, description = "t=<unix time>,v1=<HMAC-SHA256 hex>[,v1=...]")),
-    request_body(content = Object, description = "The Stripe event, as Stripe sent it", content_type = "application/json"),
+    request_body(content = StripeEventBody, description = "The Stripe event, as Stripe sent it", content_type = "application/json"),
     responses(
         (status = 200, description = "Recorded", body = WebhookAck),
         (status = 400, description = "Bad or stale signature, or not a Stripe event", body = ErrorBody),

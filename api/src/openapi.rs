@@ -255,7 +255,12 @@ impl Modify for Conventions {
         crate::realtime::pusher::websocket,
         crate::realtime::sse::events,
     ),
-    components(schemas(ErrorBody, ErrorDetail, ErrorCode)),
+    components(schemas(
+        ErrorBody,
+        ErrorDetail,
+        ErrorCode,
+        crate::resources::chats::DateOrDateTime
+    )),
     modifiers(&Security, &Conventions),
     tags(
         (name = "auth", description = "Accounts and sessions"),

@@ -18,6 +18,7 @@ use confab_domain::account::{
     Account, AccountCommand, AccountRole, DisplayName, Email, EmailClaim, EmailClaimCommand,
     EmailClaimError,
 };
+use confab_domain::session::{Session, SessionCommand, SessionKey};
 use confab_eventstore::aggregate::{ExecuteError, execute, load};
 use confab_eventstore::{EventMetadata, EventStore};
 use confab_projections::accounts::{self, UserRow};
@@ -241,12 +242,17 @@ async fn start_session(
 ) -> Result<(String, Option<u64>), AppError> {
     let token = new_token();
     let at = now();
+    let session_id = Uuid::now_v7();
     let done = svc
         .commands
-        .execute::<Account>(
-            &user_id,
-            AccountCommand::StartSession {
-                session_id: Uuid::now_v7(),
+        .execute::<Session>(
+            &SessionKey {
+                user_id,
+                session_id,
+            },
+            SessionCommand::Start {
+                user_id,
+                session_id,
                 token_hash: token_hash(&token),
                 expires_at: at + svc.session_ttl,
                 at,
@@ -334,9 +340,12 @@ pub async fn sign_in(
 pub async fn sign_out(svc: &Services, actor: &Actor) -> Result<(), AppError> {
     let done = svc
         .commands
-        .execute::<Account>(
-            &actor.id(),
-            AccountCommand::RevokeSession {
+        .execute::<Session>(
+            &SessionKey {
+                user_id: actor.id(),
+                session_id: actor.session_id,
+            },
+            SessionCommand::Revoke {
                 session_id: actor.session_id,
                 at: now(),
             },

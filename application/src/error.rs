@@ -6,9 +6,11 @@
 
 use confab_domain::account::{AccountError, EmailClaimError};
 use confab_domain::billing::StripeEventError;
+use confab_domain::billing_account::BillingAccountError;
 use confab_domain::chat::ChatError;
 use confab_domain::credits::CreditError;
 use confab_domain::provider::{ProviderError, UserLlmConfigError};
+use confab_domain::session::SessionError;
 use confab_domain::settings::SettingsError;
 use confab_domain::{UpcastError, ValidationError};
 use confab_eventstore::StoreError;
@@ -303,10 +305,24 @@ impl From<AccountError> for AppError {
     fn from(e: AccountError) -> Self {
         match e {
             AccountError::NotFound => AppError::NotFound("account"),
-            AccountError::UnknownSession => AppError::NotFound("session"),
-            AccountError::AlreadyRegistered | AccountError::CustomerAlreadyLinked { .. } => {
-                AppError::conflict(e.to_string())
-            }
+            AccountError::AlreadyRegistered => AppError::conflict(e.to_string()),
+        }
+    }
+}
+
+impl From<SessionError> for AppError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Unknown => AppError::NotFound("session"),
+            SessionError::AlreadyStarted => AppError::conflict(e.to_string()),
+        }
+    }
+}
+
+impl From<BillingAccountError> for AppError {
+    fn from(e: BillingAccountError) -> Self {
+        match e {
+            BillingAccountError::CustomerAlreadyLinked { .. } => AppError::conflict(e.to_string()),
         }
     }
 }

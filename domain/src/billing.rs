@@ -9,9 +9,8 @@
 //! how final the status is, so the result never depends on arrival order), a cancelled
 //! subscription stays cancelled, and an invoice that was paid or voided stays so.
 
+use crate::Aggregate;
 use crate::catalogue::Catalogue;
-use crate::schema::parse;
-use crate::{Aggregate, EventSchema, UpcastError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -466,56 +465,19 @@ pub struct StripeEventProcessed {
     pub at: DateTime<Utc>,
 }
 
-/// Everything a Stripe event's stream records.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StripeEventEvent {
-    /// `stripe.event_received`
-    Received(StripeEventReceived),
-    /// `stripe.event_processed`
-    Processed(StripeEventProcessed),
-}
+crate::schema::event_schema! {
+    /// Stable type names of Stripe event records.
+    pub mod event_types;
 
-/// Stable type names of Stripe event records.
-pub mod event_types {
-    /// A verified delivery.
-    pub const RECEIVED: &str = "stripe.event_received";
-    /// Its effects applied.
-    pub const PROCESSED: &str = "stripe.event_processed";
-    /// Both.
-    pub const ALL: &[&str] = &[RECEIVED, PROCESSED];
-}
-
-impl EventSchema for StripeEventEvent {
-    fn event_type(&self) -> &'static str {
-        match self {
-            StripeEventEvent::Received(_) => event_types::RECEIVED,
-            StripeEventEvent::Processed(_) => event_types::PROCESSED,
-        }
-    }
-
-    fn schema_version(&self) -> u32 {
-        1
-    }
-
-    fn to_payload(&self) -> serde_json::Value {
-        match self {
-            StripeEventEvent::Received(e) => serde_json::to_value(e),
-            StripeEventEvent::Processed(e) => serde_json::to_value(e),
-        }
-        .unwrap_or(serde_json::Value::Null)
-    }
-
-    fn from_stored(t: &str, v: u32, payload: serde_json::Value) -> Result<Self, UpcastError> {
-        use event_types::*;
-        match (t, v) {
-            (RECEIVED, 1) => Ok(StripeEventEvent::Received(parse(t, payload)?)),
-            (PROCESSED, 1) => Ok(StripeEventEvent::Processed(parse(t, payload)?)),
-            _ if ALL.contains(&t) => Err(UpcastError::UnknownVersion {
-                event_type: t.to_owned(),
-                version: v,
-            }),
-            _ => Err(UpcastError::UnknownType(t.to_owned())),
-        }
+    /// Everything a Stripe event's stream records.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum StripeEventEvent {
+        /// A verified delivery.
+        #[event(RECEIVED = "stripe.event_received", version = 1)]
+        Received(StripeEventReceived),
+        /// Its effects applied.
+        #[event(PROCESSED = "stripe.event_processed", version = 1)]
+        Processed(StripeEventProcessed),
     }
 }
 
@@ -531,6 +493,7 @@ impl StripeEvent {
 }
 
 impl Aggregate for StripeEvent {
+    type Id = Uuid;
     type Command = StripeEventCommand;
     type Event = StripeEventEvent;
     type Error = StripeEventError;
@@ -591,6 +554,7 @@ impl Aggregate for StripeEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::EventSchema;
     use crate::testing::given;
     use chrono::TimeZone;
 

@@ -4,7 +4,7 @@
 //! author edits or deletes it; a deleted chat accepts nothing more, and its messages vanish with it.
 
 use crate::schema::parse;
-use crate::{Aggregate, ChatTitle, EventSchema, MessageContent, MessageKind, Role, UpcastError};
+use crate::{Aggregate, ChatTitle, MessageContent, MessageKind, Role, UpcastError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -234,124 +234,49 @@ pub struct MessageDeleted {
     pub at: DateTime<Utc>,
 }
 
-/// Everything a chat records.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ChatEvent {
-    /// `chat.created`
-    Created(ChatCreated),
-    /// `chat.renamed`
-    Renamed(ChatRenamed),
-    /// `chat.deleted`
-    Deleted(ChatDeleted),
-    /// `chat.message_sent`
-    MessageSent(MessageSent),
-    /// `chat.message_edited`
-    MessageEdited(MessageEdited),
-    /// `chat.message_deleted`
-    MessageDeleted(MessageDeleted),
-    /// `chat.attachment_added`
-    AttachmentAdded(AttachmentAdded),
+crate::schema::event_schema! {
+    /// Stable type names of chat events.
+    pub mod event_types;
+
+    /// Everything a chat records.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum ChatEvent {
+        /// A chat was created.
+        #[event(CREATED = "chat.created", version = 1)]
+        Created(ChatCreated),
+        /// A chat was renamed.
+        #[event(RENAMED = "chat.renamed", version = 1)]
+        Renamed(ChatRenamed),
+        /// A chat was deleted.
+        #[event(DELETED = "chat.deleted", version = 1)]
+        Deleted(ChatDeleted),
+        /// A message was sent.
+        #[event(MESSAGE_SENT = "chat.message_sent", version = 2, upcast(1 => message_sent_v1))]
+        MessageSent(MessageSent),
+        /// A message was edited.
+        #[event(MESSAGE_EDITED = "chat.message_edited", version = 1)]
+        MessageEdited(MessageEdited),
+        /// A message was deleted.
+        #[event(MESSAGE_DELETED = "chat.message_deleted", version = 1)]
+        MessageDeleted(MessageDeleted),
+        /// A file was attached to a message.
+        #[event(ATTACHMENT_ADDED = "chat.attachment_added", version = 1)]
+        AttachmentAdded(AttachmentAdded),
+    }
 }
 
-/// Stable type names of chat events.
-pub mod event_types {
-    /// A chat was created.
-    pub const CREATED: &str = "chat.created";
-    /// A chat was renamed.
-    pub const RENAMED: &str = "chat.renamed";
-    /// A chat was deleted.
-    pub const DELETED: &str = "chat.deleted";
-    /// A message was sent.
-    pub const MESSAGE_SENT: &str = "chat.message_sent";
-    /// A message was edited.
-    pub const MESSAGE_EDITED: &str = "chat.message_edited";
-    /// A message was deleted.
-    pub const MESSAGE_DELETED: &str = "chat.message_deleted";
-    /// A file was attached to a message.
-    pub const ATTACHMENT_ADDED: &str = "chat.attachment_added";
-    /// Every chat event type.
-    pub const ALL: &[&str] = &[
-        CREATED,
-        RENAMED,
-        DELETED,
-        MESSAGE_SENT,
-        MESSAGE_EDITED,
-        MESSAGE_DELETED,
-        ATTACHMENT_ADDED,
-    ];
-}
-
-impl EventSchema for ChatEvent {
-    fn event_type(&self) -> &'static str {
-        use event_types::*;
-        match self {
-            ChatEvent::Created(_) => CREATED,
-            ChatEvent::Renamed(_) => RENAMED,
-            ChatEvent::Deleted(_) => DELETED,
-            ChatEvent::MessageSent(_) => MESSAGE_SENT,
-            ChatEvent::MessageEdited(_) => MESSAGE_EDITED,
-            ChatEvent::MessageDeleted(_) => MESSAGE_DELETED,
-            ChatEvent::AttachmentAdded(_) => ATTACHMENT_ADDED,
-        }
-    }
-
-    fn schema_version(&self) -> u32 {
-        match self {
-            ChatEvent::MessageSent(_) => 2,
-            _ => 1,
-        }
-    }
-
-    fn to_payload(&self) -> serde_json::Value {
-        let v = match self {
-            ChatEvent::Created(e) => serde_json::to_value(e),
-            ChatEvent::Renamed(e) => serde_json::to_value(e),
-            ChatEvent::Deleted(e) => serde_json::to_value(e),
-            ChatEvent::MessageSent(e) => serde_json::to_value(e),
-            ChatEvent::MessageEdited(e) => serde_json::to_value(e),
-            ChatEvent::MessageDeleted(e) => serde_json::to_value(e),
-            ChatEvent::AttachmentAdded(e) => serde_json::to_value(e),
-        };
-        // Plain structs of strings, ids and timestamps always serialise.
-        v.unwrap_or(serde_json::Value::Null)
-    }
-
-    fn from_stored(
-        event_type: &str,
-        schema_version: u32,
-        payload: serde_json::Value,
-    ) -> Result<Self, UpcastError> {
-        use event_types::*;
-        let t = event_type;
-        Ok(match (t, schema_version) {
-            (CREATED, 1) => ChatEvent::Created(parse(t, payload)?),
-            (RENAMED, 1) => ChatEvent::Renamed(parse(t, payload)?),
-            (DELETED, 1) => ChatEvent::Deleted(parse(t, payload)?),
-            (MESSAGE_SENT, 1) => {
-                let v1: MessageSentV1 = parse(t, payload)?;
-                ChatEvent::MessageSent(MessageSent {
-                    chat_id: v1.chat_id,
-                    message_id: v1.message_id,
-                    author: v1.author,
-                    role: Role::User,
-                    content: v1.content,
-                    kind: v1.kind,
-                    at: v1.at,
-                })
-            }
-            (MESSAGE_SENT, 2) => ChatEvent::MessageSent(parse(t, payload)?),
-            (MESSAGE_EDITED, 1) => ChatEvent::MessageEdited(parse(t, payload)?),
-            (MESSAGE_DELETED, 1) => ChatEvent::MessageDeleted(parse(t, payload)?),
-            (ATTACHMENT_ADDED, 1) => ChatEvent::AttachmentAdded(parse(t, payload)?),
-            _ if event_types::ALL.contains(&t) => {
-                return Err(UpcastError::UnknownVersion {
-                    event_type: t.to_owned(),
-                    version: schema_version,
-                });
-            }
-            _ => return Err(UpcastError::UnknownType(t.to_owned())),
-        })
-    }
+/// Reads a version 1 `chat.message_sent`: from before roles, every message was the user's own.
+fn message_sent_v1(payload: serde_json::Value) -> Result<MessageSent, UpcastError> {
+    let v1: MessageSentV1 = parse(event_types::MESSAGE_SENT, payload)?;
+    Ok(MessageSent {
+        chat_id: v1.chat_id,
+        message_id: v1.message_id,
+        author: v1.author,
+        role: Role::User,
+        content: v1.content,
+        kind: v1.kind,
+        at: v1.at,
+    })
 }
 
 /// Where a chat is in its life.
@@ -418,6 +343,7 @@ impl Chat {
 }
 
 impl Aggregate for Chat {
+    type Id = Uuid;
     type Command = ChatCommand;
     type Event = ChatEvent;
     type Error = ChatError;
@@ -579,6 +505,7 @@ impl Aggregate for Chat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::EventSchema;
     use crate::testing::given;
     use chrono::TimeZone;
 

@@ -9,8 +9,7 @@
 //! is idempotent by its id: a retried reservation, consumption, release, reset or grant changes
 //! nothing the second time.
 
-use crate::schema::parse;
-use crate::{Aggregate, EventSchema, UpcastError};
+use crate::Aggregate;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -201,80 +200,28 @@ pub struct CreditsGranted {
     pub at: DateTime<Utc>,
 }
 
-/// Everything a credit account records.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CreditEvent {
-    /// `credits.reset`
-    Reset(CreditsReset),
-    /// `credits.reserved`
-    Reserved(CreditsReserved),
-    /// `credits.consumed`
-    Consumed(CreditsConsumed),
-    /// `credits.released`
-    Released(CreditsReleased),
-    /// `credits.granted`
-    Granted(CreditsGranted),
-}
+crate::schema::event_schema! {
+    /// Stable type names of credit events.
+    pub mod event_types;
 
-/// Stable type names of credit events.
-pub mod event_types {
-    /// A month's reset or the opening.
-    pub const RESET: &str = "credits.reset";
-    /// Credits held for a call.
-    pub const RESERVED: &str = "credits.reserved";
-    /// A call's cost charged.
-    pub const CONSUMED: &str = "credits.consumed";
-    /// A reservation given back.
-    pub const RELEASED: &str = "credits.released";
-    /// Credits bought or granted.
-    pub const GRANTED: &str = "credits.granted";
-    /// Every credit event type.
-    pub const ALL: &[&str] = &[RESET, RESERVED, CONSUMED, RELEASED, GRANTED];
-}
-
-impl EventSchema for CreditEvent {
-    fn event_type(&self) -> &'static str {
-        use event_types::*;
-        match self {
-            CreditEvent::Reset(_) => RESET,
-            CreditEvent::Reserved(_) => RESERVED,
-            CreditEvent::Consumed(_) => CONSUMED,
-            CreditEvent::Released(_) => RELEASED,
-            CreditEvent::Granted(_) => GRANTED,
-        }
-    }
-
-    fn schema_version(&self) -> u32 {
-        1
-    }
-
-    fn to_payload(&self) -> serde_json::Value {
-        let v = match self {
-            CreditEvent::Reset(e) => serde_json::to_value(e),
-            CreditEvent::Reserved(e) => serde_json::to_value(e),
-            CreditEvent::Consumed(e) => serde_json::to_value(e),
-            CreditEvent::Released(e) => serde_json::to_value(e),
-            CreditEvent::Granted(e) => serde_json::to_value(e),
-        };
-        v.unwrap_or(serde_json::Value::Null)
-    }
-
-    fn from_stored(t: &str, v: u32, payload: serde_json::Value) -> Result<Self, UpcastError> {
-        use event_types::*;
-        Ok(match (t, v) {
-            (RESET, 1) => CreditEvent::Reset(parse(t, payload)?),
-            (RESERVED, 1) => CreditEvent::Reserved(parse(t, payload)?),
-            (CONSUMED, 1) => CreditEvent::Consumed(parse(t, payload)?),
-            (RELEASED, 1) => CreditEvent::Released(parse(t, payload)?),
-            (GRANTED, 1) => CreditEvent::Granted(parse(t, payload)?),
-            _ if ALL.contains(&t) => {
-                return Err(UpcastError::UnknownVersion {
-                    event_type: t.to_owned(),
-                    version: v,
-                });
-            }
-            _ => return Err(UpcastError::UnknownType(t.to_owned())),
-        })
+    /// Everything a credit account records.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum CreditEvent {
+        /// A month's reset or the opening.
+        #[event(RESET = "credits.reset", version = 1)]
+        Reset(CreditsReset),
+        /// Credits held for a call.
+        #[event(RESERVED = "credits.reserved", version = 1)]
+        Reserved(CreditsReserved),
+        /// A call's cost charged.
+        #[event(CONSUMED = "credits.consumed", version = 1)]
+        Consumed(CreditsConsumed),
+        /// A reservation given back.
+        #[event(RELEASED = "credits.released", version = 1)]
+        Released(CreditsReleased),
+        /// Credits bought or granted.
+        #[event(GRANTED = "credits.granted", version = 1)]
+        Granted(CreditsGranted),
     }
 }
 
@@ -319,6 +266,7 @@ pub fn period_of(at: DateTime<Utc>) -> String {
 }
 
 impl Aggregate for CreditAccount {
+    type Id = Uuid;
     type Command = CreditCommand;
     type Event = CreditEvent;
     type Error = CreditError;
@@ -489,6 +437,7 @@ impl Aggregate for CreditAccount {
 mod tests {
     use super::*;
     use crate::testing::given;
+    use crate::{EventSchema, UpcastError};
     use chrono::TimeZone;
 
     fn user() -> Uuid {

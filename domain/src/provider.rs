@@ -1,8 +1,7 @@
 //! LLM providers (registered by admins) and each user's own key for a provider. The key arrives
 //! here already encrypted by the caller: the domain never sees it in the clear.
 
-use crate::schema::parse;
-use crate::{Aggregate, EventSchema, UpcastError};
+use crate::Aggregate;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -13,6 +12,8 @@ pub mod event_types {
     pub const PROVIDER_REGISTERED: &str = "provider.registered";
     /// A user set their key for a provider.
     pub const USER_KEY_SET: &str = "user_llm_config.key_set";
+    /// Both.
+    pub const ALL: &[&str] = &[PROVIDER_REGISTERED, USER_KEY_SET];
 }
 
 /// A provider was registered.
@@ -29,26 +30,8 @@ pub struct ProviderRegistered {
     pub at: DateTime<Utc>,
 }
 
-impl EventSchema for ProviderRegistered {
-    fn event_type(&self) -> &'static str {
-        event_types::PROVIDER_REGISTERED
-    }
-    fn schema_version(&self) -> u32 {
-        1
-    }
-    fn to_payload(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-    }
-    fn from_stored(t: &str, v: u32, payload: serde_json::Value) -> Result<Self, UpcastError> {
-        match (t, v) {
-            (event_types::PROVIDER_REGISTERED, 1) => parse(t, payload),
-            (event_types::PROVIDER_REGISTERED, v) => Err(UpcastError::UnknownVersion {
-                event_type: t.to_owned(),
-                version: v,
-            }),
-            _ => Err(UpcastError::UnknownType(t.to_owned())),
-        }
-    }
+crate::schema::event_schema! {
+    impl EventSchema for ProviderRegistered = event_types::PROVIDER_REGISTERED, version 1;
 }
 
 /// Register a provider.
@@ -80,6 +63,7 @@ pub struct Provider {
 }
 
 impl Aggregate for Provider {
+    type Id = Uuid;
     type Command = RegisterProvider;
     type Event = ProviderRegistered;
     type Error = ProviderError;
@@ -122,26 +106,8 @@ pub struct UserKeySet {
     pub at: DateTime<Utc>,
 }
 
-impl EventSchema for UserKeySet {
-    fn event_type(&self) -> &'static str {
-        event_types::USER_KEY_SET
-    }
-    fn schema_version(&self) -> u32 {
-        1
-    }
-    fn to_payload(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-    }
-    fn from_stored(t: &str, v: u32, payload: serde_json::Value) -> Result<Self, UpcastError> {
-        match (t, v) {
-            (event_types::USER_KEY_SET, 1) => parse(t, payload),
-            (event_types::USER_KEY_SET, v) => Err(UpcastError::UnknownVersion {
-                event_type: t.to_owned(),
-                version: v,
-            }),
-            _ => Err(UpcastError::UnknownType(t.to_owned())),
-        }
-    }
+crate::schema::event_schema! {
+    impl EventSchema for UserKeySet = event_types::USER_KEY_SET, version 1;
 }
 
 /// Set a user's key for a provider.
@@ -179,6 +145,7 @@ impl UserLlmConfig {
 }
 
 impl Aggregate for UserLlmConfig {
+    type Id = Uuid;
     type Command = SetUserKey;
     type Event = UserKeySet;
     type Error = UserLlmConfigError;

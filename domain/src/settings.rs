@@ -1,8 +1,7 @@
 //! The settings aggregate: one user's preferences. Only the fields a command changes are
 //! recorded; reads fill the rest with defaults.
 
-use crate::schema::parse;
-use crate::{Aggregate, EventSchema, UpcastError, ValidationError};
+use crate::{Aggregate, ValidationError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -140,30 +139,8 @@ pub struct SettingsUpdated {
 /// Stable type name of the settings event.
 pub const SETTINGS_UPDATED: &str = "settings.updated";
 
-impl EventSchema for SettingsUpdated {
-    fn event_type(&self) -> &'static str {
-        SETTINGS_UPDATED
-    }
-    fn schema_version(&self) -> u32 {
-        1
-    }
-    fn to_payload(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-    }
-    fn from_stored(
-        event_type: &str,
-        schema_version: u32,
-        payload: serde_json::Value,
-    ) -> Result<Self, UpcastError> {
-        match (event_type, schema_version) {
-            (SETTINGS_UPDATED, 1) => parse(event_type, payload),
-            (SETTINGS_UPDATED, v) => Err(UpcastError::UnknownVersion {
-                event_type: event_type.to_owned(),
-                version: v,
-            }),
-            _ => Err(UpcastError::UnknownType(event_type.to_owned())),
-        }
-    }
+crate::schema::event_schema! {
+    impl EventSchema for SettingsUpdated = SETTINGS_UPDATED, version 1;
 }
 
 /// Change settings.
@@ -190,6 +167,7 @@ pub struct Settings {
 }
 
 impl Aggregate for Settings {
+    type Id = Uuid;
     type Command = UpdateSettings;
     type Event = SettingsUpdated;
     type Error = SettingsError;

@@ -1,4 +1,8 @@
 //! Running domain commands against the store: load, decide, append with the expected version.
+//!
+//! An aggregate split out of another one ([`Aggregate::legacy_stream`]) is loaded from the
+//! stream its history began in and then its own; only the own stream's version is expected on
+//! append, since nothing is appended to the legacy stream any more.
 
 use crate::{
     AppendResult, EventMetadata, EventStore, ExpectedVersion, Limits, NewEvent, StoreError,
@@ -61,20 +65,33 @@ fn to_new_events<E: EventSchema>(events: &[E], metadata: &EventMetadata) -> Vec<
         .collect()
 }
 
-/// Loads aggregate `id` and its version from its stream.
+/// Loads aggregate `id` and the version of its own stream: its legacy stream's events first
+/// (those that are its own), then its own stream's.
 pub async fn load<A: Aggregate>(
     store: &dyn EventStore,
-    id: &Uuid,
+    id: &A::Id,
 ) -> Result<(A, u64), ExecuteError<A::Error>> {
-    let stream = A::stream_name(id);
     let mut state = A::default();
+    if let Some(legacy) = A::legacy_stream(id) {
+        for e in crate::read_whole_stream(store, &legacy).await? {
+            state = state.evolve_legacy(id, &e.event_type, e.schema_version, e.payload)?;
+        }
+    }
     let mut version = 0;
-    for e in crate::read_whole_stream(store, &stream).await? {
-        let event = A::Event::from_stored(&e.event_type, e.schema_version, e.payload)?;
-        state = state.evolve(&event);
+    for e in crate::read_whole_stream(store, &A::stream_name(id)).await? {
+        state = state.evolve_stored(&e.event_type, e.schema_version, e.payload)?;
         version = e.version;
     }
     Ok((state, version))
+}
+
+/// Whether aggregate `id`'s own stream holds any event (its legacy stream is not read): for an
+/// aggregate whose first event is its creation, whether it exists.
+pub async fn exists<A: Aggregate>(store: &dyn EventStore, id: &A::Id) -> Result<bool, StoreError> {
+    Ok(!store
+        .read_stream(&A::stream_name(id), 1, 1)
+        .await?
+        .is_empty())
 }
 
 /// Decides `command` against the current state of aggregate `id` and appends the events with
@@ -82,7 +99,7 @@ pub async fn load<A: Aggregate>(
 #[tracing::instrument(skip_all, fields(stream = %A::stream_name(id)))]
 pub async fn execute<A: Aggregate>(
     store: &dyn EventStore,
-    id: &Uuid,
+    id: &A::Id,
     command: A::Command,
     metadata: EventMetadata,
 ) -> Result<Executed<A>, ExecuteError<A::Error>>
@@ -214,7 +231,7 @@ impl CommandExecutor {
     /// stops waiting.
     pub async fn execute<A: Aggregate>(
         self: &Arc<Self>,
-        id: &Uuid,
+        id: &A::Id,
         command: A::Command,
         metadata: EventMetadata,
     ) -> ExecuteResult<A>
@@ -229,7 +246,7 @@ impl CommandExecutor {
     /// read that comes after.
     pub async fn execute_then<A: Aggregate, R: Send + 'static>(
         self: &Arc<Self>,
-        id: &Uuid,
+        id: &A::Id,
         command: A::Command,
         metadata: EventMetadata,
         view: impl Fn(&A) -> R + Send + Sync + 'static,
@@ -247,7 +264,7 @@ impl CommandExecutor {
 
     async fn submit<A: Aggregate>(
         self: &Arc<Self>,
-        id: &Uuid,
+        id: &A::Id,
         command: A::Command,
         metadata: EventMetadata,
         view: Option<View<A>>,
@@ -255,7 +272,7 @@ impl CommandExecutor {
     where
         A::Command: Clone + Send,
     {
-        let id = *id;
+        let id = id.clone();
         let stream = A::stream_name(&id);
         let line = self.line::<A>(&stream);
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -305,7 +322,7 @@ impl CommandExecutor {
     }
 
     /// Works the queue of one line until it is empty.
-    async fn work<A: Aggregate>(self: Arc<Self>, id: Uuid, stream: String, line: Arc<Line<A>>)
+    async fn work<A: Aggregate>(self: Arc<Self>, id: A::Id, stream: String, line: Arc<Line<A>>)
     where
         A::Command: Clone + Send,
     {
@@ -335,7 +352,7 @@ impl CommandExecutor {
     /// because their events would have made the append longer than the store accepts.
     async fn run_batch<A: Aggregate>(
         &self,
-        id: &Uuid,
+        id: &A::Id,
         stream: &str,
         cached: Option<(A, u64)>,
         mut batch: Vec<Pending<A>>,

@@ -1,16 +1,31 @@
 //! The command executor against both SQL adapters: concurrent commands of one aggregate share
 //! appends without losing any, refusals stay with their own command, and a second process
 //! writing the same stream (a second executor over the same database) is caught by the expected
-//! version and absorbed by reloading.
+//! version and absorbed by reloading. Aggregates split out of the account still see the history
+//! written to account streams before the split.
 
 use chrono::Utc;
+use confab_domain::EventSchema;
+use confab_domain::account::{
+    Account, AccountCommand, AccountEvent, AccountRegistered, AccountRole, DisplayName, Email,
+};
+use confab_domain::billing::{SubscriptionReport, SubscriptionStatus};
+use confab_domain::billing_account::{
+    BillingAccount, BillingAccountCommand, BillingAccountError, BillingAccountEvent,
+    StripeCustomerLinked, TierChanged,
+};
 use confab_domain::chat::{Chat, ChatCommand, ChatError};
+use confab_domain::session::{
+    Session, SessionCommand, SessionError, SessionEvent, SessionKey, SessionStarted,
+};
 use confab_domain::{Aggregate, ChatTitle, MessageContent, MessageKind, Role};
-use confab_eventstore::aggregate::{CommandExecutor, ExecuteError, load};
+use confab_eventstore::aggregate::{CommandExecutor, ExecuteError, execute, exists, load};
 use confab_eventstore::postgres::PostgresStore;
 use confab_eventstore::sqlite::{SqliteStore, connect_options, read_pool};
 use confab_eventstore::testing::fresh_postgres_database;
-use confab_eventstore::{EventMetadata, EventStore, Limits, StoreError, read_whole_stream};
+use confab_eventstore::{
+    EventMetadata, EventStore, ExpectedVersion, Limits, NewEvent, StoreError, read_whole_stream,
+};
 use futures::future::join_all;
 use sqlx::postgres::PgPoolOptions;
 use std::sync::Arc;
@@ -307,6 +322,225 @@ async fn a_small_cache_evicts_and_reloads(b: Backend) {
     }
 }
 
+/// Writes an `account-{user}` stream as it was before sessions and billing had streams of their
+/// own: registration, two sign-ins (one signed out), a Stripe customer and the tier it paid for.
+async fn old_account_layout(store: &dyn EventStore, user: Uuid, sessions: [Uuid; 2]) {
+    let at = Utc::now();
+    let started = |session_id| {
+        stored(&SessionEvent::Started(SessionStarted {
+            user_id: user,
+            session_id,
+            token_hash: format!("hash-{session_id}"),
+            expires_at: at + chrono::Duration::days(30),
+            at,
+        }))
+    };
+    let history = vec![
+        stored(&AccountEvent::Registered(AccountRegistered {
+            user_id: user,
+            email: Email::parse("old@example.com").expect("email"),
+            name: DisplayName::parse("Old").expect("name"),
+            password_hash: "$argon2id$...".into(),
+            role: AccountRole::User,
+            at,
+        })),
+        started(sessions[0]),
+        stored(&BillingAccountEvent::StripeCustomerLinked(
+            StripeCustomerLinked {
+                user_id: user,
+                customer_id: "cus_old".into(),
+                at,
+            },
+        )),
+        stored(&BillingAccountEvent::TierChanged(TierChanged {
+            user_id: user,
+            from: "free".into(),
+            to: "pro".into(),
+            subscription_id: "sub_old".into(),
+            source_event: "evt_old".into(),
+            at,
+        })),
+        started(sessions[1]),
+    ];
+    store
+        .append(
+            &Account::stream_name(&user),
+            ExpectedVersion::NoStream,
+            history,
+        )
+        .await
+        .expect("old layout");
+}
+
+fn stored(e: &impl EventSchema) -> NewEvent {
+    NewEvent::new(
+        e.event_type(),
+        e.schema_version(),
+        e.to_payload(),
+        EventMetadata::default(),
+    )
+}
+
+async fn stream_types(store: &dyn EventStore, stream: &str) -> Vec<String> {
+    read_whole_stream(store, stream)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect()
+}
+
+async fn an_old_account_stream_feeds_the_aggregates_split_out_of_it(b: Backend) {
+    let (user, old, older) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    old_account_layout(b.first.as_ref(), user, [older, old]).await;
+    let executor = CommandExecutor::new(b.first.clone());
+    let meta = EventMetadata::default;
+    let account_stream = Account::stream_name(&user);
+
+    // The account skips the session and billing events, and appends after them.
+    assert!(
+        exists::<Account>(b.first.as_ref(), &user)
+            .await
+            .expect("exists")
+    );
+    let (account, version) = load::<Account>(b.first.as_ref(), &user)
+        .await
+        .expect("load");
+    assert_eq!((account.user_id, version), (Some(user), 5));
+    let renamed = executor
+        .execute::<Account>(
+            &user,
+            AccountCommand::UpdateProfile {
+                name: Some(DisplayName::parse("New").expect("name")),
+                email: None,
+                at: Utc::now(),
+            },
+            meta(),
+        )
+        .await
+        .expect("rename");
+    assert_eq!(renamed.events.len(), 1);
+
+    // The customer linked before the split is still the account's: no second one.
+    let link = |customer: &str| BillingAccountCommand::LinkStripeCustomer {
+        user_id: user,
+        customer_id: customer.into(),
+        at: Utc::now(),
+    };
+    match executor
+        .execute::<BillingAccount>(&user, link("cus_new"), meta())
+        .await
+    {
+        Err(ExecuteError::Domain(BillingAccountError::CustomerAlreadyLinked { existing })) => {
+            assert_eq!(existing, "cus_old")
+        }
+        other => panic!("expected the old customer, got {other:?}"),
+    }
+    let again = execute::<BillingAccount>(b.second.as_ref(), &user, link("cus_old"), meta())
+        .await
+        .expect("link the same customer");
+    assert!(again.events.is_empty());
+    // The tier paid for before the split is where a subscription report starts from.
+    let report = BillingAccountCommand::ApplySubscription {
+        user_id: user,
+        report: SubscriptionReport {
+            subscription_id: "sub_old".into(),
+            status: SubscriptionStatus::Active,
+            tier: "pro".into(),
+            current_period_end: None,
+            cancel_at_period_end: None,
+            observed_at: Utc::now(),
+            source_event: "evt_new".into(),
+        },
+        tiers: vec!["free".into(), "pro".into()],
+        at: Utc::now(),
+    };
+    let applied = executor
+        .execute::<BillingAccount>(&user, report, meta())
+        .await
+        .expect("subscription");
+    assert_eq!(
+        applied.events.len(),
+        1,
+        "no tier change: {:?}",
+        applied.events
+    );
+    let (billing, billing_version) = load::<BillingAccount>(b.first.as_ref(), &user)
+        .await
+        .expect("load billing");
+    assert_eq!(billing.stripe_customer.as_deref(), Some("cus_old"));
+    assert_eq!(
+        billing_version, 1,
+        "the version is the billing stream's own"
+    );
+
+    // A session started before the split can be signed out, once; one never started cannot.
+    let revoke = |session_id| SessionCommand::Revoke {
+        session_id,
+        at: Utc::now(),
+    };
+    let key = |session_id| SessionKey {
+        user_id: user,
+        session_id,
+    };
+    let revoked = executor
+        .execute::<Session>(&key(old), revoke(old), meta())
+        .await
+        .expect("revoke an old session");
+    assert!(matches!(revoked.events[..], [SessionEvent::Revoked(_)]));
+    let twice = execute::<Session>(b.second.as_ref(), &key(old), revoke(old), meta())
+        .await
+        .expect("revoke again");
+    assert!(twice.events.is_empty());
+    let stranger = Uuid::now_v7();
+    assert!(matches!(
+        executor
+            .execute::<Session>(&key(stranger), revoke(stranger), meta())
+            .await,
+        Err(ExecuteError::Domain(SessionError::Unknown))
+    ));
+    // A new sign-in gets a stream of its own.
+    let new = Uuid::now_v7();
+    executor
+        .execute::<Session>(
+            &key(new),
+            SessionCommand::Start {
+                user_id: user,
+                session_id: new,
+                token_hash: "new".into(),
+                expires_at: Utc::now(),
+                at: Utc::now(),
+            },
+            meta(),
+        )
+        .await
+        .expect("sign in");
+
+    // Nothing more went to the old stream than the profile change; the rest has its own.
+    let store = b.first.as_ref();
+    assert_eq!(
+        stream_types(store, &account_stream).await[5..],
+        ["account.profile_updated"]
+    );
+    assert_eq!(
+        stream_types(store, &BillingAccount::stream_name(&user)).await,
+        ["account.subscription_changed"]
+    );
+    assert_eq!(
+        stream_types(store, &Session::stream_name(&key(old))).await,
+        ["account.session_revoked"]
+    );
+    assert_eq!(
+        stream_types(store, &Session::stream_name(&key(new))).await,
+        ["account.session_started"]
+    );
+    assert!(
+        stream_types(store, &Session::stream_name(&key(older)))
+            .await
+            .is_empty()
+    );
+}
+
 fn small_events() -> Limits {
     Limits {
         max_event_bytes: 4_096,
@@ -345,4 +579,5 @@ on_both!(
     more_events_than_one_append_takes_are_split(small_events()),
     two_processes_writing_one_stream_lose_nothing(Limits::default()),
     a_small_cache_evicts_and_reloads(Limits::default()),
+    an_old_account_stream_feeds_the_aggregates_split_out_of_it(Limits::default()),
 );

@@ -6,8 +6,10 @@ use crate::engine::{Projection, ProjectionError};
 use crate::{execute, query_as};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use confab_domain::EventSchema;
 use confab_domain::account::{AccountEvent, event_types};
+use confab_domain::billing_account::{BillingAccountEvent, event_types as billing_types};
+use confab_domain::session::{SessionEvent, event_types as session_types};
+use confab_domain::{EventSchema, UpcastError};
 use confab_eventstore::RecordedEvent;
 use uuid::Uuid;
 
@@ -24,17 +26,14 @@ impl Projection for AccountsProjection {
     }
 
     fn handles(&self, event_type: &str) -> bool {
-        event_types::ALL.contains(&event_type)
+        [event_types::ALL, session_types::ALL, billing_types::ALL]
+            .iter()
+            .any(|all| all.contains(&event_type))
     }
 
     async fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ProjectionError> {
-        let e = AccountEvent::from_stored(
-            &event.event_type,
-            event.schema_version,
-            event.payload.clone(),
-        )?;
-        match e {
-            AccountEvent::Registered(r) => {
+        match Decoded::from(event)? {
+            Decoded::Account(AccountEvent::Registered(r)) => {
                 execute!(
                     tx,
                     "INSERT INTO users (id, email, name, role, password_hash, created_at, \
@@ -47,7 +46,7 @@ impl Projection for AccountsProjection {
                     r.at
                 )?;
             }
-            AccountEvent::SessionStarted(s) => {
+            Decoded::Session(SessionEvent::Started(s)) => {
                 execute!(
                     tx,
                     "INSERT INTO sessions (token_hash, session_id, user_id, created_at, \
@@ -59,7 +58,7 @@ impl Projection for AccountsProjection {
                     s.expires_at
                 )?;
             }
-            AccountEvent::ProfileUpdated(p) => {
+            Decoded::Account(AccountEvent::ProfileUpdated(p)) => {
                 execute!(
                     tx,
                     "UPDATE users SET name = COALESCE($2, name), email = COALESCE($3, email), \
@@ -70,7 +69,7 @@ impl Projection for AccountsProjection {
                     p.at
                 )?;
             }
-            AccountEvent::ImageChanged(i) => {
+            Decoded::Account(AccountEvent::ImageChanged(i)) => {
                 execute!(
                     tx,
                     "UPDATE users SET image_url = $2, updated_at = $3 WHERE id = $1",
@@ -79,7 +78,7 @@ impl Projection for AccountsProjection {
                     i.at
                 )?;
             }
-            AccountEvent::SessionRevoked(s) => {
+            Decoded::Session(SessionEvent::Revoked(s)) => {
                 execute!(
                     tx,
                     "UPDATE sessions SET revoked_at = $2 WHERE session_id = $1 \
@@ -89,7 +88,7 @@ impl Projection for AccountsProjection {
                 )?;
             }
             // Not a profile edit: `updated_at` stays the profile's.
-            AccountEvent::TierChanged(t) => {
+            Decoded::Billing(BillingAccountEvent::TierChanged(t)) => {
                 execute!(
                     tx,
                     "UPDATE users SET tier = $2 WHERE id = $1",
@@ -97,10 +96,8 @@ impl Projection for AccountsProjection {
                     t.to
                 )?;
             }
-            // The billing projection keeps these.
-            AccountEvent::StripeCustomerLinked(_)
-            | AccountEvent::SubscriptionChanged(_)
-            | AccountEvent::InvoiceRecorded(_) => {}
+            // The billing projection keeps the rest.
+            Decoded::Billing(_) => {}
         }
         Ok(())
     }
@@ -109,6 +106,27 @@ impl Projection for AccountsProjection {
         execute!(tx, "DELETE FROM sessions")?;
         execute!(tx, "DELETE FROM users")?;
         Ok(())
+    }
+}
+
+/// An event this projection reads, from whichever aggregate records it: the account, a
+/// session or the billing account (all once in the account stream; type names unchanged).
+enum Decoded {
+    Account(AccountEvent),
+    Session(SessionEvent),
+    Billing(BillingAccountEvent),
+}
+
+impl Decoded {
+    fn from(e: &RecordedEvent) -> Result<Self, UpcastError> {
+        let (t, v, payload) = (e.event_type.as_str(), e.schema_version, e.payload.clone());
+        Ok(if session_types::ALL.contains(&t) {
+            Decoded::Session(SessionEvent::from_stored(t, v, payload)?)
+        } else if billing_types::ALL.contains(&t) {
+            Decoded::Billing(BillingAccountEvent::from_stored(t, v, payload)?)
+        } else {
+            Decoded::Account(AccountEvent::from_stored(t, v, payload)?)
+        })
     }
 }
 

@@ -8,8 +8,8 @@ use crate::{execute, query_as};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use confab_domain::EventSchema;
-use confab_domain::account::{AccountEvent, event_types as account_types};
 use confab_domain::billing::{StripeEventEvent, event_types as stripe_types};
+use confab_domain::billing_account::{BillingAccountEvent, event_types as billing_types};
 use confab_eventstore::RecordedEvent;
 use uuid::Uuid;
 
@@ -28,9 +28,9 @@ impl Projection for BillingProjection {
     fn handles(&self, event_type: &str) -> bool {
         matches!(
             event_type,
-            account_types::STRIPE_CUSTOMER_LINKED
-                | account_types::SUBSCRIPTION_CHANGED
-                | account_types::INVOICE_RECORDED
+            billing_types::STRIPE_CUSTOMER_LINKED
+                | billing_types::SUBSCRIPTION_CHANGED
+                | billing_types::INVOICE_RECORDED
                 | stripe_types::RECEIVED
                 | stripe_types::PROCESSED
         )
@@ -68,13 +68,13 @@ impl Projection for BillingProjection {
             }
             return Ok(());
         }
-        let e = AccountEvent::from_stored(
+        let e = BillingAccountEvent::from_stored(
             &event.event_type,
             event.schema_version,
             event.payload.clone(),
         )?;
         match e {
-            AccountEvent::StripeCustomerLinked(c) => {
+            BillingAccountEvent::StripeCustomerLinked(c) => {
                 execute!(
                     tx,
                     "INSERT INTO billing_customers (customer_id, user_id, created_at) \
@@ -84,7 +84,7 @@ impl Projection for BillingProjection {
                     c.at
                 )?;
             }
-            AccountEvent::SubscriptionChanged(c) => {
+            BillingAccountEvent::SubscriptionChanged(c) => {
                 let s = c.subscription;
                 execute!(
                     tx,
@@ -102,7 +102,7 @@ impl Projection for BillingProjection {
                     c.at
                 )?;
             }
-            AccountEvent::InvoiceRecorded(r) => {
+            BillingAccountEvent::InvoiceRecorded(r) => {
                 let i = r.invoice;
                 execute!(
                     tx,

@@ -3,8 +3,8 @@
 //! from the chat events of the log.
 
 use chrono::{DateTime, Utc};
-use confab_domain::account::{AccountEvent, event_types as account_types};
 use confab_domain::chat::{ChatEvent, event_types as chat_types};
+use confab_domain::session::{SessionEvent, event_types as session_types};
 use confab_domain::{EventSchema, UpcastError};
 use confab_eventstore::RecordedEvent;
 use serde_json::{Value, json};
@@ -73,9 +73,9 @@ pub fn decode(event: &RecordedEvent) -> Result<Decoded, UpcastError> {
         let e = ChatEvent::from_stored(t, event.schema_version, event.payload.clone())?;
         return Ok(Decoded::Chat(chat_of(&e), e));
     }
-    if t == account_types::SESSION_REVOKED
-        && let AccountEvent::SessionRevoked(r) =
-            AccountEvent::from_stored(t, event.schema_version, event.payload.clone())?
+    if t == session_types::SESSION_REVOKED
+        && let SessionEvent::Revoked(r) =
+            SessionEvent::from_stored(t, event.schema_version, event.payload.clone())?
     {
         return Ok(Decoded::SessionRevoked {
             user: r.user_id,

@@ -89,3 +89,31 @@ pub struct WebhookAck {
     /// Always true: the event is recorded.
     pub received: bool,
 }
+
+/// What the webhook needs of a Stripe event; the rest of it (the object's fields) is kept as
+/// Stripe sent it and read by the job that applies it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct StripeEventBody {
+    /// Stripe's event id (`evt_...`).
+    #[schema(min_length = 1, max_length = 255)]
+    pub id: String,
+    /// The event type, such as `invoice.paid`.
+    #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 255)]
+    pub kind: String,
+    /// When Stripe created it, in Unix seconds.
+    #[schema(minimum = 0, maximum = 253_402_300_799_i64)]
+    pub created: i64,
+    /// The object the event is about.
+    pub data: StripeEventData,
+}
+
+/// `{object}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct StripeEventData {
+    /// The object (a checkout session, an invoice, a subscription, ...).
+    #[schema(value_type = Object)]
+    pub object: serde_json::Map<String, serde_json::Value>,
+}

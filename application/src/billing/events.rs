@@ -25,15 +25,16 @@
 use crate::jobs::{Job, ProcessStripeEvent};
 use crate::{AppError, Services};
 use chrono::{DateTime, TimeZone, Utc};
-use confab_domain::account::{Account, AccountCommand, AccountError};
+use confab_domain::account::Account;
 use confab_domain::billing::{
     Invoice, PriceGrant, StripeEvent, StripeEventCommand, SubscriptionReport, SubscriptionStatus,
     find_price,
 };
+use confab_domain::billing_account::{BillingAccount, BillingAccountCommand, BillingAccountError};
 use confab_domain::credits::{CreditAccount, CreditAction, CreditCommand, GrantKind};
 use confab_domain::{Aggregate, EventSchema};
 use confab_eventstore::EventMetadata;
-use confab_eventstore::aggregate::ExecuteError;
+use confab_eventstore::aggregate::{ExecuteError, exists};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -210,18 +211,22 @@ impl Processor<'_> {
         Ok(appended.is_some())
     }
 
-    /// Runs an account command; `Ok(false)` when the account does not exist.
+    /// Runs a billing account command; `Ok(false)` when the account does not exist.
     async fn account(
         &self,
         user: Uuid,
-        command: AccountCommand,
+        command: BillingAccountCommand,
         meta: &EventMetadata,
         written: &mut Written,
     ) -> Result<bool, AppError> {
+        // The billing account has a stream of its own and cannot tell; the account's can.
+        if !exists::<Account>(self.svc.store.as_ref(), &user).await? {
+            return Ok(false);
+        }
         match self
             .svc
             .commands
-            .execute::<Account>(&user, command, meta.clone())
+            .execute::<BillingAccount>(&user, command, meta.clone())
             .await
         {
             Ok(done) => {
@@ -230,9 +235,10 @@ impl Processor<'_> {
                 Written::note(&mut written.accounts, pos);
                 Ok(true)
             }
-            Err(ExecuteError::Domain(AccountError::NotFound)) => Ok(false),
             // Another customer is linked already: the one recorded first stays.
-            Err(ExecuteError::Domain(AccountError::CustomerAlreadyLinked { .. })) => Ok(true),
+            Err(ExecuteError::Domain(BillingAccountError::CustomerAlreadyLinked { .. })) => {
+                Ok(true)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -246,7 +252,8 @@ impl Processor<'_> {
     ) -> Result<bool, AppError> {
         self.account(
             user,
-            AccountCommand::ApplySubscription {
+            BillingAccountCommand::ApplySubscription {
+                user_id: user,
                 report,
                 tiers: self.tiers(),
                 at: Utc::now(),
@@ -390,7 +397,8 @@ impl Processor<'_> {
         };
         if let Some(c) = &customer {
             // A customer Stripe created during checkout is this account's from now on.
-            let link = AccountCommand::LinkStripeCustomer {
+            let link = BillingAccountCommand::LinkStripeCustomer {
+                user_id: user,
                 customer_id: c.clone(),
                 at: Utc::now(),
             };
@@ -524,7 +532,8 @@ impl Processor<'_> {
             let known = self
                 .account(
                     user,
-                    AccountCommand::RecordInvoice {
+                    BillingAccountCommand::RecordInvoice {
+                        user_id: user,
                         invoice,
                         at: Utc::now(),
                     },
@@ -585,7 +594,8 @@ impl Processor<'_> {
         let known = self
             .account(
                 user,
-                AccountCommand::RecordInvoice {
+                BillingAccountCommand::RecordInvoice {
+                    user_id: user,
                     invoice,
                     at: Utc::now(),
                 },

@@ -14,8 +14,8 @@ pub use events::{process_stripe_event, requeue_unprocessed};
 use crate::jobs::{Job, ProcessStripeEvent};
 use crate::{Actor, AppError, Details, Problems, Services, now};
 use chrono::{TimeZone, Utc};
-use confab_domain::account::{Account, AccountCommand, AccountError};
 use confab_domain::billing::{Price, PurchaseMode, StripeEvent, StripeEventCommand, find_price};
+use confab_domain::billing_account::{BillingAccount, BillingAccountCommand, BillingAccountError};
 use confab_eventstore::aggregate::ExecuteError;
 use confab_projections::accounts::UserRow;
 use confab_projections::billing::{self as read, InvoiceRow};
@@ -27,8 +27,11 @@ use std::sync::Arc;
 use stripe::{IdempotencyKey, RequestStrategy, StripeRequest};
 use uuid::Uuid;
 
-/// Longest Stripe id (event, customer, type) accepted.
+/// Longest Stripe id (event, customer, type) accepted, in characters.
 pub const MAX_ID_LEN: usize = 255;
+
+/// The latest event time accepted: the last second of year 9999.
+const MAX_CREATED: i64 = 253_402_300_799;
 
 /// Per-user locks (striped), so that one process never creates two Stripe customers for one
 /// user; other processes are covered by Stripe's idempotency key and the account's rule that
@@ -190,9 +193,10 @@ async fn ensure_customer(svc: &Services, actor: &Actor) -> Result<String, AppErr
     let customer_id = customer.id.as_str().to_owned();
     let linked = svc
         .commands
-        .execute::<Account>(
+        .execute::<BillingAccount>(
             &user.id,
-            AccountCommand::LinkStripeCustomer {
+            BillingAccountCommand::LinkStripeCustomer {
+                user_id: user.id,
                 customer_id: customer_id.clone(),
                 at: now(),
             },
@@ -206,7 +210,9 @@ async fn ensure_customer(svc: &Services, actor: &Actor) -> Result<String, AppErr
             Ok(customer_id)
         }
         // Another process recorded one first: that one is the account's.
-        Err(ExecuteError::Domain(AccountError::CustomerAlreadyLinked { existing })) => Ok(existing),
+        Err(ExecuteError::Domain(BillingAccountError::CustomerAlreadyLinked { existing })) => {
+            Ok(existing)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -332,14 +338,22 @@ pub async fn record_stripe_event(
     let text = |field: &str| {
         payload[field]
             .as_str()
-            .filter(|s| !s.is_empty() && s.len() <= MAX_ID_LEN)
+            .filter(|s| !s.is_empty() && s.chars().count() <= MAX_ID_LEN)
             .map(str::to_owned)
     };
     let event_id = text("id");
     let event_type = text("type");
-    let created = payload["created"]
-        .as_i64()
-        .and_then(|s| Utc.timestamp_opt(s, 0).single());
+    // Whole seconds from 1970 to the end of year 9999 (JSON may write a whole number as 1e9).
+    let created = match &payload["created"] {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+                .map(|f| f as i64)
+        }),
+        _ => None,
+    }
+    .filter(|s| (0..=MAX_CREATED).contains(s))
+    .and_then(|s| Utc.timestamp_opt(s, 0).single());
     if event_id.is_none() {
         problems.add("id", "must be the event's id");
     }
