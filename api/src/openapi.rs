@@ -314,10 +314,47 @@ pub fn json() -> Value {
     doc
 }
 
+/// The parts of the document this deployment's configuration decides: which prices are sold
+/// (and how each is bought) and which models exist, so that a client knows the accepted
+/// values before it asks.
+fn configured(mut doc: Value, app: &confab_application::Services) -> Value {
+    use confab_domain::billing::PurchaseMode;
+    let schemas = &mut doc["components"]["schemas"];
+    let prices = app.billing.prices();
+    if !prices.is_empty() {
+        let choices: Vec<Value> = prices
+            .iter()
+            .map(|p| {
+                let mode = match p.mode() {
+                    PurchaseMode::Subscription => "subscription",
+                    PurchaseMode::OneTime => "one-time",
+                };
+                serde_json::json!({ "properties": {
+                    "priceId": { "const": p.id },
+                    "mode": { "const": mode },
+                } })
+            })
+            .collect();
+        schemas["CheckoutBody"]["oneOf"] = Value::Array(choices);
+    }
+    let models: Vec<Value> = app
+        .catalogue
+        .models
+        .iter()
+        .map(|m| Value::from(m.id.clone()))
+        .collect();
+    if let Some(model) = schemas["ChatBody"]["properties"].get_mut("modelId") {
+        model["enum"] = Value::Array(models);
+    }
+    doc
+}
+
 /// `GET /openapi.json`.
-pub async fn document() -> Json<Value> {
+pub async fn document(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+) -> Json<Value> {
     static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-    Json(DOC.get_or_init(json).clone())
+    Json(configured(DOC.get_or_init(json).clone(), &state.app))
 }
 
 /// `GET /docs`: renders `/openapi.json` in the browser (the viewer's script comes from a CDN,

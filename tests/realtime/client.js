@@ -1,6 +1,6 @@
 // Connects to Confab with the official pusher-js client, configured as the seed product's front
 // end would be, and prints what it sees as one JSON object per line on stdout. Driven by
-// tests/realtime.rs; its settings come as JSON in the CONFAB_PUSHER_TEST environment variable:
+// tests/api/realtime.rs; its settings come as JSON in the CONFAB_PUSHER_TEST environment variable:
 // {key, host, port, authEndpoint, token, channels, timeoutMs}.
 'use strict';
 

@@ -20,8 +20,8 @@ pub struct InTurn {
     /// Who speaks.
     #[schema(value_type = super::chats::RoleName)]
     pub role: String,
-    /// The text: not blank.
-    #[schema(pattern = "patterns::NOT_BLANK")]
+    /// The text: not blank, at most 100,000 characters.
+    #[schema(max_length = 100_000, pattern = "patterns::NOT_BLANK")]
     pub content: String,
 }
 
@@ -29,7 +29,7 @@ pub struct InTurn {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChatBody {
-    /// The conversation, 1 to 200 messages; the last one is the user's.
+    /// The conversation, 1 to 200 messages; the last one must be the user's (422 otherwise).
     #[schema(min_items = 1, max_items = 200)]
     pub messages: Vec<InTurn>,
     /// The chat to answer in (the caller's); a new chat when absent.
@@ -38,8 +38,9 @@ pub struct ChatBody {
     /// A model of `GET /api/models`; the default model when absent.
     #[schema(nullable = false)]
     pub model_id: Option<String>,
-    /// Documents whose relevant passages ground the answer.
-    #[schema(nullable = false)]
+    /// Documents whose relevant passages ground the answer (none yet: document retrieval is
+    /// not served, and any id is refused).
+    #[schema(nullable = false, max_items = 0)]
     pub document_ids: Option<Vec<Uuid>>,
 }
 

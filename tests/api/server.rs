@@ -1,9 +1,7 @@
 //! The real server on a random port, on SQLite and PostgreSQL: health, readiness, the error body
 //! for unknown routes, and graceful shutdown.
 
-mod common;
-
-use common::{Db, assert_error, spawn_app};
+use crate::helpers::{Db, assert_error, on_both, parts, spawn_app};
 use confab::{Application, Config};
 use confab_eventstore::testing::fresh_postgres_database;
 
@@ -35,7 +33,7 @@ async fn the_server_answers_health_readiness_and_error_bodies(db: Db) {
         .send()
         .await
         .expect("request");
-    let (status, body) = common::parts(r).await;
+    let (status, body) = parts(r).await;
     assert_eq!(status, 405);
     assert!(body["error"]["code"].is_string());
     app.shutdown().await;

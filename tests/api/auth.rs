@@ -1,9 +1,7 @@
 //! Sign-up, sign-in, sign-out and `GET /api/me` over HTTP, on SQLite and PostgreSQL: the happy
 //! paths, every documented error, bad bodies, and concurrent sign-ups racing for one address.
 
-mod common;
-
-use common::{Db, assert_error, parts, spawn_app};
+use crate::helpers::{Db, PASSWORD, assert_error, on_both, parts, spawn_app};
 use reqwest::Method;
 use serde_json::json;
 
@@ -22,7 +20,7 @@ async fn signing_up_returns_the_user_and_a_working_token(db: Db) {
     let app = spawn_app(db).await;
     let r = app
         .request(Method::POST, "/api/auth/signup", None)
-        .json(&json!({ "email": " Ann@Example.com ", "password": "correct horse battery", "name": " Ann " }))
+        .json(&json!({ "email": " Ann@Example.com ", "password": PASSWORD, "name": " Ann " }))
         .send()
         .await
         .expect("request");
@@ -67,9 +65,7 @@ async fn a_taken_email_is_a_conflict_whatever_its_case(db: Db) {
     let app = spawn_app(db).await;
     app.sign_up("bob@example.com").await;
     let (status, body) = app
-        .post(
-            "/api/auth/signup",
-            None,
+        .try_sign_up(
             &json!({ "email": "BOB@example.com", "password": "another password", "name": "Bob 2" }),
         )
         .await;
@@ -81,11 +77,7 @@ async fn a_taken_email_is_a_conflict_whatever_its_case(db: Db) {
 async fn bad_sign_up_bodies_name_the_offending_fields(db: Db) {
     let app = spawn_app(db).await;
     let (status, body) = app
-        .post(
-            "/api/auth/signup",
-            None,
-            &json!({ "email": "not-an-email", "password": "short", "name": "  " }),
-        )
+        .try_sign_up(&json!({ "email": "not-an-email", "password": "short", "name": "  " }))
         .await;
     assert_eq!(status, 400);
     assert_error(&body, "validation_error");
@@ -95,21 +87,11 @@ async fn bad_sign_up_bodies_name_the_offending_fields(db: Db) {
             "{field}: {body}"
         );
     }
-    let (status, body) = app
-        .post(
-            "/api/auth/signup",
-            None,
-            &json!({ "email": "x@example.com" }),
-        )
-        .await;
+    let (status, body) = app.try_sign_up(&json!({ "email": "x@example.com" })).await;
     assert_eq!(status, 400);
     assert_error(&body, "validation_error");
     let (status, body) = app
-        .post(
-            "/api/auth/signup",
-            None,
-            &json!({ "email": "x@example.com", "password": "p".repeat(129), "name": "X" }),
-        )
+        .try_sign_up(&json!({ "email": "x@example.com", "password": "p".repeat(129), "name": "X" }))
         .await;
     assert_eq!(status, 400);
     assert!(body["error"]["details"]["password"].is_string(), "{body}");
@@ -120,35 +102,20 @@ async fn bad_sign_up_bodies_name_the_offending_fields(db: Db) {
 
 async fn malformed_or_mislabelled_bodies_get_the_error_body(db: Db) {
     let app = spawn_app(db).await;
-    let send = |body: &'static str, content_type: &'static str| {
-        app.request(Method::POST, "/api/auth/signup", None)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
+    let send = |body: String, content_type: &'static str| {
+        app.post_raw("/api/auth/signup", None, content_type, body)
     };
-    let (status, body) = parts(
-        send("{\"email\": ", "application/json")
-            .await
-            .expect("send"),
-    )
-    .await;
+    let (status, body) = send("{\"email\": ".into(), "application/json").await;
     assert_eq!(status, 400);
     assert_error(&body, "validation_error");
-    let (status, body) = parts(send("[1, 2]", "application/json").await.expect("send")).await;
+    let (status, body) = send("[1, 2]".into(), "application/json").await;
     assert_eq!(status, 400);
     assert_error(&body, "validation_error");
-    let (status, body) = parts(send("email=a", "text/plain").await.expect("send")).await;
+    let (status, body) = send("email=a".into(), "text/plain").await;
     assert_eq!(status, 415);
     assert_error(&body, "unsupported_media_type");
     let huge = format!("{{\"email\": \"{}\"}}", "a".repeat(3 * 1024 * 1024));
-    let r = app
-        .request(Method::POST, "/api/auth/signup", None)
-        .header("content-type", "application/json")
-        .body(huge)
-        .send()
-        .await
-        .expect("send");
-    let (status, body) = parts(r).await;
+    let (status, body) = send(huge, "application/json").await;
     assert_eq!(status, 413);
     assert_error(&body, "payload_too_large");
     app.shutdown().await;
@@ -157,32 +124,18 @@ async fn malformed_or_mislabelled_bodies_get_the_error_body(db: Db) {
 async fn sign_in_accepts_the_password_and_refuses_anything_else(db: Db) {
     let app = spawn_app(db).await;
     let (first, user) = app.sign_up("cat@example.com").await;
-    let (status, body) = app
-        .post(
-            "/api/auth/signin",
-            None,
-            &json!({ "email": "CAT@example.com", "password": "correct horse battery" }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["user"]["id"], user["id"]);
-    let second = body["token"].as_str().expect("token").to_owned();
+    let (second, signed_in) = app.sign_in("CAT@example.com", PASSWORD).await;
+    assert_eq!(signed_in["id"], user["id"]);
     assert_ne!(second, first);
     assert_eq!(app.get("/api/me", Some(&second)).await.0, 200);
     assert_eq!(app.get("/api/me", Some(&first)).await.0, 200);
 
     for (email, password) in [
         ("cat@example.com", "wrong password!"),
-        ("nobody@example.com", "correct horse battery"),
-        ("not an email", "correct horse battery"),
+        ("nobody@example.com", PASSWORD),
+        ("not an email", PASSWORD),
     ] {
-        let (status, body) = app
-            .post(
-                "/api/auth/signin",
-                None,
-                &json!({ "email": email, "password": password }),
-            )
-            .await;
+        let (status, body) = app.try_sign_in(email, password).await;
         assert_eq!(status, 401, "{email}");
         assert_error(&body, "unauthorized");
     }
@@ -192,23 +145,8 @@ async fn sign_in_accepts_the_password_and_refuses_anything_else(db: Db) {
 async fn signing_out_revokes_the_token_at_once(db: Db) {
     let app = spawn_app(db).await;
     let (token, _) = app.sign_up("dan@example.com").await;
-    let (other, _) = {
-        let (status, body) = app
-            .post(
-                "/api/auth/signin",
-                None,
-                &json!({ "email": "dan@example.com", "password": "correct horse battery" }),
-            )
-            .await;
-        assert_eq!(status, 200);
-        (body["token"].as_str().expect("token").to_owned(), ())
-    };
-    let r = app
-        .request(Method::POST, "/api/auth/signout", Some(&token))
-        .send()
-        .await
-        .expect("signout");
-    assert_eq!(r.status().as_u16(), 204);
+    let (other, _) = app.sign_in("dan@example.com", PASSWORD).await;
+    assert_eq!(app.sign_out(&token).await, 204);
     let (status, body) = app.get("/api/me", Some(&token)).await;
     assert_eq!(status, 401, "the revoked token still worked: {body}");
     assert_eq!(
@@ -216,21 +154,16 @@ async fn signing_out_revokes_the_token_at_once(db: Db) {
         200,
         "only that session ends"
     );
-    let r = app
-        .request(Method::POST, "/api/auth/signout", Some(&token))
-        .send()
-        .await
-        .expect("signout");
-    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(app.sign_out(&token).await, 401);
     app.shutdown().await;
 }
 
 async fn concurrent_sign_ups_for_one_email_let_exactly_one_in(db: Db) {
     let app = spawn_app(db).await;
     let bodies: Vec<_> = (0..8)
-        .map(|i| json!({ "email": "race@example.com", "password": "correct horse battery", "name": format!("R{i}") }))
+        .map(|i| json!({ "email": "race@example.com", "password": PASSWORD, "name": format!("R{i}") }))
         .collect();
-    let attempts = bodies.iter().map(|b| app.post("/api/auth/signup", None, b));
+    let attempts = bodies.iter().map(|b| app.try_sign_up(b));
     let results = futures::future::join_all(attempts).await;
     let created = results.iter().filter(|(s, _)| *s == 201).count();
     let conflicts = results.iter().filter(|(s, _)| *s == 409).count();

@@ -6,20 +6,11 @@
 //! The server runs as the real `confab serve` process, configured as an operator would: by
 //! `CONFAB_OBJECT_STORE_URL` and the standard AWS_* environment variables.
 
+use crate::helpers::{Killed, confab_command, eventually, free_port, listening, png, spawn_quiet};
 use reqwest::multipart::{Form, Part};
 use serde_json::json;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// A child process, killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn moto_server_available() -> bool {
     Command::new("moto_server")
@@ -41,36 +32,15 @@ async fn start_moto() -> (Killed, String) {
             "could not install moto_server: run `python3 -m pip install 'moto[s3,server]'`"
         );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto_server");
-    let moto = Killed(child);
+    let port = free_port();
+    let moto =
+        spawn_quiet(Command::new("moto_server").args(["-H", "127.0.0.1", "-p", &port.to_string()]));
     let endpoint = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if client.get(&endpoint).send().await.is_ok() {
-            return (moto, endpoint);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("moto_server did not start on {endpoint}");
-}
-
-fn png(w: u32, h: u32) -> Vec<u8> {
-    let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
-    v.extend(w.to_be_bytes());
-    v.extend(h.to_be_bytes());
-    v.extend([8, 2, 0, 0, 0, 0, 0, 0, 0]);
-    v.extend(b"\0\0\0\0IEND\xaeB`\x82");
-    v
+    assert!(
+        listening(port).await,
+        "moto_server did not start on {endpoint}"
+    );
+    (moto, endpoint)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -84,40 +54,27 @@ async fn profile_images_are_kept_in_an_s3_compatible_bucket() {
         .expect("create bucket");
     assert!(created.status().is_success(), "{}", created.status());
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let server = Command::new(env!("CARGO_BIN_EXE_confab"))
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .env("CONFAB_DATA_DIR", dir.path())
-        .env("CONFAB_OBJECT_STORE_URL", "s3://confab-test/uploads")
-        .env("CONFAB_RATE_LIMIT_ENABLED", "false")
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT", &endpoint)
-        .env("AWS_ALLOW_HTTP", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start confab serve");
-    let _server = Killed(server);
+    let port = free_port();
+    let _server = spawn_quiet(
+        confab_command()
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .env("CONFAB_DATA_DIR", dir.path())
+            .env("CONFAB_OBJECT_STORE_URL", "s3://confab-test/uploads")
+            .env("CONFAB_RATE_LIMIT_ENABLED", "false")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT", &endpoint)
+            .env("AWS_ALLOW_HTTP", "true"),
+    );
     let base = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..300 {
-        if client
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let health = format!("{base}/healthz");
+    let (client_ref, health) = (&client, health.as_str());
+    let healthy = move || async move {
+        let r = client_ref.get(health).send().await;
+        r.is_ok_and(|r| r.status().is_success())
+    };
+    let up = eventually(Duration::from_secs(15), Duration::from_millis(50), healthy).await;
     assert!(up, "confab serve did not start");
     let signup: serde_json::Value = client
         .post(format!("{base}/api/auth/signup"))

@@ -1,5 +1,5 @@
-//! Stripe billing over HTTP, against a local server that speaks Stripe's wire format
-//! (form-encoded requests, JSON objects and JSON errors): checkout and the billing portal; the
+//! Stripe billing over HTTP, against the Stripe stand-in of `confab-testkit` (a local server
+//! that speaks Stripe's wire format): checkout and the billing portal; the
 //! webhook's signatures; redeliveries, concurrency and out-of-order events; subscriptions,
 //! tiers and credits; invoices.
 //!
@@ -7,22 +7,16 @@
 //! read model to show an event processed (the worker marks it so only once every effect is
 //! readable) and for the job queue to drain; they never sleep to let work happen.
 
-mod common;
-
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use common::{Db, TestApp, assert_error, spawn_app_with};
+use crate::helpers::{
+    Db, PATIENCE, Queue, TestApp, assert_error, database_for, error_message, on_both, parts, poll,
+    spawn_app_with,
+};
 use confab_domain::billing::Price;
 use confab_projections::ReadDb;
-use hmac::{Hmac, Mac};
+use confab_testkit::stripe::{SECRET_KEY, StripeStandIn, WEBHOOK_SECRET, sign, signature};
 use reqwest::Method;
 use serde_json::{Value, json};
-use sha2::Sha256;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 on_both!(
@@ -38,192 +32,11 @@ on_both!(
     an_event_recorded_but_never_queued_is_applied_at_start_up,
 );
 
-const SECRET_KEY: &str = "sk_test_confab_4242";
-const WEBHOOK_SECRET: &str = "whsec_test_confab";
 const PRO: &str = "price_pro_monthly";
 const TOPUP: &str = "price_topup_5000";
 
-// ---------------------------------------------------------------------------------------------
-// The Stripe stand-in.
-
-/// One request the stand-in received.
-#[derive(Debug, Clone)]
-struct Seen {
-    path: String,
-    authorization: String,
-    idempotency_key: Option<String>,
-    form: HashMap<String, String>,
-}
-
-/// A scripted failure: status, Stripe error type, message.
-type Failure = (u16, &'static str, String);
-
-#[derive(Clone, Default)]
-struct FakeStripe {
-    seen: Arc<Mutex<Vec<Seen>>>,
-    /// Answers to give instead, by path: (status, error type, message).
-    failures: Arc<Mutex<HashMap<String, Failure>>>,
-    /// Customers by idempotency key, as Stripe replays them.
-    replays: Arc<Mutex<HashMap<String, Value>>>,
-    counter: Arc<Mutex<u64>>,
-}
-
-impl FakeStripe {
-    fn fail(&self, path: &str, status: u16, kind: &'static str, message: &str) {
-        self.failures
-            .lock()
-            .unwrap()
-            .insert(path.to_owned(), (status, kind, message.to_owned()));
-    }
-    fn heal(&self) {
-        self.failures.lock().unwrap().clear();
-    }
-    fn requests(&self, path: &str) -> Vec<Seen> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.path == path)
-            .cloned()
-            .collect()
-    }
-    fn next(&self) -> u64 {
-        let mut n = self.counter.lock().unwrap();
-        *n += 1;
-        *n
-    }
-}
-
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
-}
-
-async fn stripe_api(
-    State(fake): State<FakeStripe>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    body: String,
-) -> Response {
-    let path = uri.path().to_owned();
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    assert_eq!(
-        header("content-type").as_deref(),
-        Some("application/x-www-form-urlencoded"),
-        "Stripe takes form-encoded bodies"
-    );
-    let form: HashMap<String, String> = serde_urlencoded::from_str(&body).expect("a form body");
-    let seen = Seen {
-        path: path.clone(),
-        authorization: header("authorization").unwrap_or_default(),
-        idempotency_key: header("idempotency-key"),
-        form: form.clone(),
-    };
-    fake.seen.lock().unwrap().push(seen.clone());
-    let error = |status: u16, kind: &str, message: &str| {
-        (
-            StatusCode::from_u16(status).unwrap(),
-            axum::Json(json!({ "error": { "type": kind, "message": message } })),
-        )
-            .into_response()
-    };
-    if seen.authorization != format!("Bearer {SECRET_KEY}") {
-        return error(
-            401,
-            "invalid_request_error",
-            "Invalid API Key provided: sk_test_****",
-        );
-    }
-    if let Some((status, kind, message)) = fake.failures.lock().unwrap().get(&path).cloned() {
-        return error(status, kind, &message);
-    }
-    let created = now();
-    let object = match path.as_str() {
-        "/v1/customers" => {
-            if let Some(key) = &seen.idempotency_key
-                && let Some(replay) = fake.replays.lock().unwrap().get(key)
-            {
-                return axum::Json(replay.clone()).into_response();
-            }
-            let customer = json!({
-                "id": format!("cus_test_{}", fake.next()),
-                "object": "customer",
-                "created": created,
-                "livemode": false,
-                "email": form.get("email"),
-                "name": form.get("name"),
-                "metadata": { "user_id": form.get("metadata[user_id]") },
-            });
-            if let Some(key) = &seen.idempotency_key {
-                fake.replays
-                    .lock()
-                    .unwrap()
-                    .insert(key.clone(), customer.clone());
-            }
-            customer
-        }
-        "/v1/checkout/sessions" => {
-            let id = format!("cs_test_{}", fake.next());
-            json!({
-                "id": id,
-                "object": "checkout.session",
-                "automatic_tax": { "enabled": false, "liability": null, "provider": null, "status": null },
-                "cancel_url": form.get("cancel_url"),
-                "client_reference_id": form.get("client_reference_id"),
-                "created": created,
-                "currency": "usd",
-                "custom_fields": [],
-                "custom_text": { "after_submit": null, "shipping_address": null, "submit": null, "terms_of_service_acceptance": null },
-                "customer": form.get("customer"),
-                "expires_at": created + 86_400,
-                "livemode": false,
-                "metadata": {},
-                "mode": form.get("mode"),
-                "payment_method_types": ["card"],
-                "payment_status": "unpaid",
-                "shipping_options": [],
-                "status": "open",
-                "success_url": form.get("success_url"),
-                "url": format!("https://checkout.stripe.test/c/pay/{id}"),
-            })
-        }
-        "/v1/billing_portal/sessions" => {
-            let id = format!("bps_test_{}", fake.next());
-            json!({
-                "id": id,
-                "object": "billing_portal.session",
-                "configuration": "bpc_test_1",
-                "created": created,
-                "customer": form.get("customer"),
-                "livemode": false,
-                "return_url": form.get("return_url"),
-                "url": format!("https://billing.stripe.test/p/session/{id}"),
-            })
-        }
-        other => {
-            return error(
-                404,
-                "invalid_request_error",
-                &format!("Unrecognized request URL (POST: {other})"),
-            );
-        }
-    };
-    axum::Json(object).into_response()
-}
-
-async fn start_stripe() -> (FakeStripe, String) {
-    let fake = FakeStripe::default();
-    let app = Router::new()
-        .route("/v1/{*rest}", post(stripe_api))
-        .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (fake, base)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -232,8 +45,7 @@ async fn start_stripe() -> (FakeStripe, String) {
 struct Billing {
     app: TestApp,
     db: ReadDb,
-    stripe: FakeStripe,
-    data_dir: std::path::PathBuf,
+    stripe: StripeStandIn,
 }
 
 async fn billing_app(db: Db) -> Billing {
@@ -241,15 +53,12 @@ async fn billing_app(db: Db) -> Billing {
 }
 
 async fn billing_app_with(db: Db, tweak: impl FnOnce(&mut confab::Config)) -> Billing {
-    let (stripe, base) = start_stripe().await;
-    let mut database_url = None;
-    let mut data_dir = None;
+    let stripe = StripeStandIn::start().await;
     let app = spawn_app_with(db, |c| {
         tweak(c);
-        data_dir = Some(c.data_dir.clone());
         c.stripe_secret_key = Some(SECRET_KEY.to_owned().into());
         c.stripe_webhook_secret = Some(WEBHOOK_SECRET.to_owned().into());
-        c.stripe_api_base = base;
+        c.stripe_api_base = stripe.base_url().to_owned();
         c.billing.prices = vec![
             Price {
                 id: PRO.into(),
@@ -262,41 +71,10 @@ async fn billing_app_with(db: Db, tweak: impl FnOnce(&mut confab::Config)) -> Bi
                 credits: Some(5_000),
             },
         ];
-        database_url = c
-            .database_url
-            .as_ref()
-            .map(|u| secrecy::ExposeSecret::expose_secret(u).to_owned());
     })
     .await;
-    let data_dir = data_dir.expect("data dir");
-    let db = match database_url {
-        Some(url) => ReadDb::Postgres(sqlx::PgPool::connect(&url).await.expect("postgres")),
-        None => {
-            let path = data_dir.join("confab.db");
-            ReadDb::Sqlite(
-                sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-                    .await
-                    .expect("sqlite"),
-            )
-        }
-    };
-    Billing {
-        app,
-        db,
-        stripe,
-        data_dir,
-    }
-}
-
-fn sign_with(secret: &str, t: i64, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{t}.{body}").as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
-
-fn signature(body: &str) -> String {
-    let t = now();
-    format!("t={t},v1={}", sign_with(WEBHOOK_SECRET, t, body))
+    let db = app.read_db().await;
+    Billing { app, db, stripe }
 }
 
 impl Billing {
@@ -310,7 +88,7 @@ impl Billing {
         if let Some(s) = signature {
             r = r.header("stripe-signature", s);
         }
-        common::parts(r.send().await.expect("webhook")).await
+        parts(r.send().await.expect("webhook")).await
     }
 
     /// Delivers `event`, validly signed; expects 200 `{received: true}`.
@@ -328,64 +106,34 @@ impl Billing {
 
     /// Waits until the read model shows `event_id` processed; returns the outcome.
     async fn processed(&self, event_id: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        let outcome = || async {
             let row = confab_projections::billing::stripe_event(&self.db, event_id)
                 .await
                 .expect("read");
-            if let Some(r) = row
-                && r.processed_at.is_some()
-            {
-                return r.outcome.unwrap_or_default();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "stripe event {event_id} was not processed"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            row.filter(|r| r.processed_at.is_some())
+                .map(|r| r.outcome.unwrap_or_default())
+        };
+        let every = Duration::from_millis(20);
+        let outcome = poll(PATIENCE, every, outcome, Option::is_some).await;
+        outcome.unwrap_or_else(|| panic!("stripe event {event_id} was not processed"))
     }
 
     /// Waits until no Stripe job is left in the queue.
     async fn drained(&self) {
-        let path = self.data_dir.join("stripe-jobs.db");
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-            .await
-            .expect("stripe-jobs.db");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM Jobs WHERE job_type = 'process_stripe_event' AND \
-                 (status IN ('Pending', 'Queued', 'Running') OR \
-                 (status = 'Failed' AND attempts < max_attempts))",
-            )
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-            if n == 0 {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the Stripe queue did not drain"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        pool.close().await;
+        self.app.drained(Queue::Stripe).await;
     }
 
-    /// Signs `email` up and starts a checkout for `price` so that their Stripe customer exists;
-    /// returns (token, user id, customer id).
-    async fn customer(&self, email: &str) -> (String, String, String) {
+    /// Waits for the Stripe queue to drain, then stops the app.
+    async fn finish(self) {
+        self.drained().await;
+        self.app.shutdown().await;
+    }
+
+    /// Signs `email` up and starts a checkout for the subscription so that their Stripe
+    /// customer exists.
+    async fn customer(&self, email: &str) -> Buyer {
         let (token, user) = self.app.sign_up(email).await;
-        let (s, b) = self
-            .app
-            .post(
-                "/api/billing/checkout",
-                Some(&token),
-                &json!({ "priceId": PRO, "mode": "subscription" }),
-            )
-            .await;
+        let (s, b) = post_checkout(&self.app, Some(&token), &pro_monthly()).await;
         assert_eq!(s, 200, "{b}");
         let user_id = user["id"].as_str().unwrap().to_owned();
         let customer = confab_projections::billing::customer_of(
@@ -395,21 +143,19 @@ impl Billing {
         .await
         .unwrap()
         .expect("the customer is recorded before checkout answers");
-        (token, user_id, customer)
+        Buyer {
+            token,
+            user: user_id,
+            customer,
+        }
     }
 
     async fn me(&self, token: &str) -> Value {
-        let (s, me) = self.app.get("/api/me", Some(token)).await;
-        assert_eq!(s, 200, "{me}");
-        me["user"].clone()
+        self.app.me(token).await
     }
 
     async fn history(&self, token: &str) -> Vec<(String, i64, i64)> {
-        let (s, h) = self
-            .app
-            .get("/api/billing/credit-history?limit=100", Some(token))
-            .await;
-        assert_eq!(s, 200, "{h}");
+        let h = self.app.credit_history(token, "?limit=100").await;
         let mut rows: Vec<(String, i64, i64)> = h["transactions"]
             .as_array()
             .unwrap()
@@ -439,6 +185,21 @@ impl Billing {
     }
 }
 
+/// `POST /api/billing/checkout` with `body`, as `token` if given.
+async fn post_checkout(app: &TestApp, token: Option<&str>, body: &Value) -> (u16, Value) {
+    app.post("/api/billing/checkout", token, body).await
+}
+
+/// The checkout body for the Pro subscription.
+fn pro_monthly() -> Value {
+    json!({ "priceId": PRO, "mode": "subscription" })
+}
+
+/// `POST /api/billing/portal`, as `token` if given.
+async fn open_portal(app: &TestApp, token: Option<&str>) -> (u16, Value) {
+    app.post("/api/billing/portal", token, &json!({})).await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Stripe events, in Stripe's shapes.
 
@@ -456,43 +217,15 @@ fn event(id: &str, kind: &str, created: i64, object: Value) -> Value {
     })
 }
 
-fn checkout_completed(
-    id: &str,
-    created: i64,
-    session: &str,
-    customer: &str,
-    user: &str,
-    price: &str,
-    subscription: Option<&str>,
-) -> Value {
-    let mode = if subscription.is_some() {
-        "subscription"
-    } else {
-        "payment"
-    };
-    event(
-        id,
-        "checkout.session.completed",
-        created,
-        json!({
-            "id": session,
-            "object": "checkout.session",
-            "mode": mode,
-            "status": "complete",
-            "payment_status": "paid",
-            "customer": customer,
-            "subscription": subscription,
-            "client_reference_id": user,
-            "metadata": { "user_id": user, "price_id": price },
-            "amount_total": 900,
-            "currency": "usd",
-        }),
-    )
+/// Which layout an invoice has: 2025's (the subscription under `parent`, the price under
+/// `pricing`) or the older one.
+#[derive(Clone, Copy)]
+enum Shape {
+    New,
+    Old,
 }
 
-/// An `invoice.*` event; `new_shape` uses the 2025 layout (subscription under `parent`,
-/// the price under `pricing`), otherwise the older one.
-#[allow(clippy::too_many_arguments)]
+/// An `invoice.{kind}` event (`paid` or `payment_failed`, which leaves the invoice open).
 fn invoice_event(
     id: &str,
     kind: &str,
@@ -500,9 +233,9 @@ fn invoice_event(
     invoice: &str,
     customer: &str,
     subscription: &str,
-    status: &str,
-    new_shape: bool,
+    shape: Shape,
 ) -> Value {
+    let status = if kind == "paid" { "paid" } else { "open" };
     let mut object = json!({
         "id": invoice,
         "object": "invoice",
@@ -516,15 +249,18 @@ fn invoice_event(
         "description": null,
         "billing_reason": "subscription_cycle",
     });
-    let line_price = if new_shape {
-        object["parent"] = json!({
-            "type": "subscription_details",
-            "subscription_details": { "subscription": subscription, "metadata": {} },
-        });
-        json!({ "pricing": { "type": "price_details", "price_details": { "price": PRO, "product": "prod_1" } } })
-    } else {
-        object["subscription"] = json!(subscription);
-        json!({ "price": { "id": PRO, "object": "price" } })
+    let line_price = match shape {
+        Shape::New => {
+            object["parent"] = json!({
+                "type": "subscription_details",
+                "subscription_details": { "subscription": subscription, "metadata": {} },
+            });
+            json!({ "pricing": { "type": "price_details", "price_details": { "price": PRO, "product": "prod_1" } } })
+        }
+        Shape::Old => {
+            object["subscription"] = json!(subscription);
+            json!({ "price": { "id": PRO, "object": "price" } })
+        }
     };
     let mut line = json!({
         "id": format!("il_{invoice}"),
@@ -537,38 +273,108 @@ fn invoice_event(
         line[k] = v.clone();
     }
     object["lines"] = json!({ "object": "list", "data": [line] });
-    event(id, kind, created, object)
+    event(id, &format!("invoice.{kind}"), created, object)
 }
 
-fn subscription_event(
-    id: &str,
-    kind: &str,
-    created: i64,
-    subscription: &str,
-    customer: &str,
-    status: &str,
-    cancel_at_period_end: bool,
-) -> Value {
-    event(
-        id,
-        kind,
-        created,
-        json!({
-            "id": subscription,
-            "object": "subscription",
-            "customer": customer,
-            "status": status,
-            "cancel_at_period_end": cancel_at_period_end,
-            "metadata": {},
-            "items": { "object": "list", "data": [{
-                "id": "si_1",
-                "object": "subscription_item",
-                "price": { "id": PRO, "object": "price" },
-                "current_period_start": created,
-                "current_period_end": created + 30 * 86_400,
-            }]},
-        }),
-    )
+/// A signed-up user with a Stripe customer, and the events Stripe sends about them.
+struct Buyer {
+    token: String,
+    user: String,
+    customer: String,
+}
+
+impl Buyer {
+    /// `checkout.session.completed`, paid: a subscription if `subscription` is given, else a
+    /// one-time payment.
+    fn checkout_completed(
+        &self,
+        id: &str,
+        created: i64,
+        session: &str,
+        price: &str,
+        subscription: Option<&str>,
+    ) -> Value {
+        let mode = if subscription.is_some() {
+            "subscription"
+        } else {
+            "payment"
+        };
+        event(
+            id,
+            "checkout.session.completed",
+            created,
+            json!({
+                "id": session,
+                "object": "checkout.session",
+                "mode": mode,
+                "status": "complete",
+                "payment_status": "paid",
+                "customer": self.customer,
+                "subscription": subscription,
+                "client_reference_id": self.user,
+                "metadata": { "user_id": self.user, "price_id": price },
+                "amount_total": 900,
+                "currency": "usd",
+            }),
+        )
+    }
+
+    /// An `invoice.{kind}` event about their subscription.
+    fn invoice(
+        &self,
+        id: &str,
+        kind: &str,
+        created: i64,
+        invoice: &str,
+        subscription: &str,
+        shape: Shape,
+    ) -> Value {
+        invoice_event(
+            id,
+            kind,
+            created,
+            invoice,
+            &self.customer,
+            subscription,
+            shape,
+        )
+    }
+
+    /// A `customer.subscription.{kind}` event (`updated`: active; `deleted`: canceled).
+    fn subscription(
+        &self,
+        id: &str,
+        kind: &str,
+        created: i64,
+        subscription: &str,
+        cancel_at_period_end: bool,
+    ) -> Value {
+        let status = if kind == "deleted" {
+            "canceled"
+        } else {
+            "active"
+        };
+        event(
+            id,
+            &format!("customer.subscription.{kind}"),
+            created,
+            json!({
+                "id": subscription,
+                "object": "subscription",
+                "customer": self.customer,
+                "status": status,
+                "cancel_at_period_end": cancel_at_period_end,
+                "metadata": {},
+                "items": { "object": "list", "data": [{
+                    "id": "si_1",
+                    "object": "subscription_item",
+                    "price": { "id": PRO, "object": "price" },
+                    "current_period_start": created,
+                    "current_period_end": created + 30 * 86_400,
+                }]},
+            }),
+        )
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -582,22 +388,16 @@ async fn signatures_are_verified_on_the_raw_body(db: Db) {
     let refused = |(s, v): (u16, Value)| {
         assert_eq!(s, 400, "{v}");
         assert_error(&v, "validation_error");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("signature"),
-            "{v}"
-        );
+        assert!(error_message(&v).contains("signature"), "{v}");
     };
     // Missing header.
     refused(b.deliver_raw(&body, None).await);
     // Signed with another secret.
-    let wrong = format!("t={t},v1={}", sign_with("whsec_someone_else", t, &body));
+    let wrong = format!("t={t},v1={}", sign("whsec_someone_else", t, &body));
     refused(b.deliver_raw(&body, Some(wrong)).await);
     // A good signature of an old timestamp.
     let old = t - 301;
-    let stale = format!("t={old},v1={}", sign_with(WEBHOOK_SECRET, old, &body));
+    let stale = format!("t={old},v1={}", sign(WEBHOOK_SECRET, old, &body));
     refused(b.deliver_raw(&body, Some(stale)).await);
     // The body changed after signing.
     let tampered = body.replace("ping.test", "invoice.paid");
@@ -612,8 +412,8 @@ async fn signatures_are_verified_on_the_raw_body(db: Db) {
     // Several v1 values (a secret being rolled), one of them right.
     let several = format!(
         "t={t},v1={},v1={}",
-        sign_with("whsec_old", t, &body),
-        sign_with(WEBHOOK_SECRET, t, &body)
+        sign("whsec_old", t, &body),
+        sign(WEBHOOK_SECRET, t, &body)
     );
     let (s, v) = b.deliver_raw(&body, Some(several)).await;
     assert_eq!((s, v), (200, json!({ "received": true })));
@@ -623,38 +423,21 @@ async fn signatures_are_verified_on_the_raw_body(db: Db) {
     let (s, v) = b.deliver_raw(junk, Some(signature(junk))).await;
     assert_eq!(s, 400, "{v}");
     assert_error(&v, "validation_error");
-    b.drained().await;
-    b.app.shutdown().await;
+    b.finish().await;
 }
 
 async fn a_redelivered_event_changes_nothing_even_twenty_at_once(db: Db) {
     let b = Arc::new(billing_app(db).await);
-    let (token, user, customer) = b.customer("again@example.com").await;
+    let buyer = b.customer("again@example.com").await;
+    let token = buyer.token.as_str();
     let t = now();
     // A top-up delivered twice, one after the other.
-    let topup = checkout_completed(
-        "evt_topup_1",
-        t,
-        "cs_topup_1",
-        &customer,
-        &user,
-        TOPUP,
-        None,
-    );
+    let topup = buyer.checkout_completed("evt_topup_1", t, "cs_topup_1", TOPUP, None);
     b.apply(&topup).await;
     b.apply(&topup).await;
-    assert_eq!(b.me(&token).await["credits"], 1_000 + 5_000);
+    assert_eq!(b.me(token).await["credits"], 1_000 + 5_000);
     // A renewal delivered 20 times at once.
-    let paid = invoice_event(
-        "evt_paid_1",
-        "invoice.paid",
-        t + 1,
-        "in_1",
-        &customer,
-        "sub_1",
-        "paid",
-        true,
-    );
+    let paid = buyer.invoice("evt_paid_1", "paid", t + 1, "in_1", "sub_1", Shape::New);
     let mut deliveries = Vec::new();
     for _ in 0..20 {
         let (b, paid) = (b.clone(), paid.clone());
@@ -665,20 +448,20 @@ async fn a_redelivered_event_changes_nothing_even_twenty_at_once(db: Db) {
     }
     b.processed("evt_paid_1").await;
     b.drained().await;
-    assert_eq!(b.me(&token).await["credits"], 1_000 + 5_000 + 20_000);
+    assert_eq!(b.me(token).await["credits"], 1_000 + 5_000 + 20_000);
     assert_eq!(
-        b.history(&token).await,
+        b.history(token).await,
         vec![
             ("reset".to_owned(), 1_000, 1_000),
             ("topup".to_owned(), 5_000, 6_000),
             ("subscription".to_owned(), 20_000, 26_000),
         ]
     );
-    assert_eq!(b.invoices(&token).await.len(), 1);
+    assert_eq!(b.invoices(token).await.len(), 1);
     // Delivered again once everything is done: still nothing new.
     b.apply(&paid).await;
     b.drained().await;
-    assert_eq!(b.me(&token).await["credits"], 26_000);
+    assert_eq!(b.me(token).await["credits"], 26_000);
     let b = Arc::try_unwrap(b).ok().expect("sole owner");
     b.app.shutdown().await;
 }
@@ -705,207 +488,106 @@ async fn billing_state(b: &Billing, token: &str) -> Value {
 async fn events_out_of_order_end_in_the_same_state_as_in_order(db: Db) {
     let b = billing_app(db).await;
     let t = now();
-    let (a_token, a, a_customer) = b.customer("inorder@example.com").await;
-    let (z_token, z, z_customer) = b.customer("outoforder@example.com").await;
+    let a = b.customer("inorder@example.com").await;
+    let z = b.customer("outoforder@example.com").await;
     // Stripe's order: the checkout completes, then the first invoice is paid.
-    b.apply(&checkout_completed(
-        "evt_a1",
-        t,
-        "cs_a",
-        &a_customer,
-        &a,
-        PRO,
-        Some("sub_a"),
-    ))
-    .await;
-    b.apply(&invoice_event(
-        "evt_a2",
-        "invoice.paid",
-        t + 1,
-        "in_a",
-        &a_customer,
-        "sub_a",
-        "paid",
-        false,
-    ))
-    .await;
+    b.apply(&a.checkout_completed("evt_a1", t, "cs_a", PRO, Some("sub_a")))
+        .await;
+    b.apply(&a.invoice("evt_a2", "paid", t + 1, "in_a", "sub_a", Shape::Old))
+        .await;
     // The same two events delivered the other way round.
-    b.apply(&invoice_event(
-        "evt_z2",
-        "invoice.paid",
-        t + 1,
-        "in_z",
-        &z_customer,
-        "sub_z",
-        "paid",
-        false,
-    ))
-    .await;
-    b.apply(&checkout_completed(
-        "evt_z1",
-        t,
-        "cs_z",
-        &z_customer,
-        &z,
-        PRO,
-        Some("sub_z"),
-    ))
-    .await;
-    let in_order = billing_state(&b, &a_token).await;
-    let out_of_order = billing_state(&b, &z_token).await;
+    b.apply(&z.invoice("evt_z2", "paid", t + 1, "in_z", "sub_z", Shape::Old))
+        .await;
+    b.apply(&z.checkout_completed("evt_z1", t, "cs_z", PRO, Some("sub_z")))
+        .await;
+    let in_order = billing_state(&b, &a.token).await;
+    let out_of_order = billing_state(&b, &z.token).await;
     assert_eq!(in_order, out_of_order);
     assert_eq!(in_order["tier"], "pro");
     assert_eq!(in_order["isPremium"], true);
     assert_eq!(in_order["credits"], 21_000);
     // A failed payment reported late (its event is older than the paid one) does not reopen
     // the invoice.
-    b.apply(&invoice_event(
-        "evt_a0",
-        "invoice.payment_failed",
-        t,
-        "in_a",
-        &a_customer,
-        "sub_a",
-        "open",
-        false,
-    ))
-    .await;
-    assert_eq!(b.invoices(&a_token).await[0]["status"], "paid");
-    b.drained().await;
-    b.app.shutdown().await;
+    b.apply(&a.invoice("evt_a0", "payment_failed", t, "in_a", "sub_a", Shape::Old))
+        .await;
+    assert_eq!(b.invoices(&a.token).await[0]["status"], "paid");
+    b.finish().await;
 }
 
 async fn a_cancelled_subscription_drops_the_tier_and_the_premium_models(db: Db) {
     let b = billing_app(db).await;
     let t = now();
-    let (token, user, customer) = b.customer("cancel@example.com").await;
+    let buyer = b.customer("cancel@example.com").await;
+    let (token, user) = (buyer.token.as_str(), buyer.user.as_str());
     let premium = json!({ "messages": [{ "role": "user", "content": "hi" }], "modelId": "gpt-4o" });
     // Free: the premium model is refused for the tier.
-    let (s, body) = b.app.post("/api/chat", Some(&token), &premium).await;
+    let (s, body) = b.app.post("/api/chat", Some(token), &premium).await;
     assert_eq!(s, 403, "{body}");
     assert_error(&body, "forbidden");
 
-    b.apply(&checkout_completed(
-        "evt_c1",
-        t,
-        "cs_c",
-        &customer,
-        &user,
-        PRO,
-        Some("sub_c"),
-    ))
-    .await;
-    b.apply(&invoice_event(
-        "evt_c2",
-        "invoice.paid",
-        t + 1,
-        "in_c1",
-        &customer,
-        "sub_c",
-        "paid",
-        true,
-    ))
-    .await;
-    assert_eq!(b.me(&token).await["tier"], "pro");
-    let (_, settings) = b.app.get("/api/settings", Some(&token)).await;
+    b.apply(&buyer.checkout_completed("evt_c1", t, "cs_c", PRO, Some("sub_c")))
+        .await;
+    b.apply(&buyer.invoice("evt_c2", "paid", t + 1, "in_c1", "sub_c", Shape::New))
+        .await;
+    assert_eq!(b.me(token).await["tier"], "pro");
+    let (_, settings) = b.app.get("/api/settings", Some(token)).await;
     assert_eq!(settings["settings"]["isPremium"], true);
     // Pro: the tier check passes (no provider is configured here, hence 503, not 403).
-    let (s, body) = b.app.post("/api/chat", Some(&token), &premium).await;
+    let (s, body) = b.app.post("/api/chat", Some(token), &premium).await;
     assert_eq!(s, 503, "{body}");
-    let (_, models) = b.app.get("/api/models", Some(&token)).await;
+    let (_, models) = b.app.get("/api/models", Some(token)).await;
     assert_eq!(models["models"].as_array().unwrap().len(), 5);
 
     // A month later: renewed.
-    b.apply(&invoice_event(
-        "evt_c3",
-        "invoice.paid",
-        t + 30,
-        "in_c2",
-        &customer,
-        "sub_c",
-        "paid",
-        true,
-    ))
-    .await;
+    b.apply(&buyer.invoice("evt_c3", "paid", t + 30, "in_c2", "sub_c", Shape::New))
+        .await;
     // The user cancels in the portal: the subscription runs to the end of the period.
-    b.apply(&subscription_event(
-        "evt_c4",
-        "customer.subscription.updated",
-        t + 40,
-        "sub_c",
-        &customer,
-        "active",
-        true,
-    ))
-    .await;
-    assert_eq!(b.me(&token).await["tier"], "pro", "still paid for");
+    b.apply(&buyer.subscription("evt_c4", "updated", t + 40, "sub_c", true))
+        .await;
+    assert_eq!(b.me(token).await["tier"], "pro", "still paid for");
     let subs =
-        confab_projections::billing::subscriptions(&b.db, uuid::Uuid::parse_str(&user).unwrap())
+        confab_projections::billing::subscriptions(&b.db, uuid::Uuid::parse_str(user).unwrap())
             .await
             .unwrap();
     assert!(subs[0].cancel_at_period_end && subs[0].current_period_end.is_some());
     // At the period's end Stripe deletes it.
-    b.apply(&subscription_event(
-        "evt_c5",
-        "customer.subscription.deleted",
-        t + 60,
-        "sub_c",
-        &customer,
-        "canceled",
-        true,
-    ))
-    .await;
+    b.apply(&buyer.subscription("evt_c5", "deleted", t + 60, "sub_c", true))
+        .await;
     // A stale update arriving after the deletion does not bring the tier back.
-    b.apply(&subscription_event(
-        "evt_c6",
-        "customer.subscription.updated",
-        t + 50,
-        "sub_c",
-        &customer,
-        "active",
-        false,
-    ))
-    .await;
-    assert_eq!(b.me(&token).await["tier"], "free");
-    let (_, settings) = b.app.get("/api/settings", Some(&token)).await;
+    b.apply(&buyer.subscription("evt_c6", "updated", t + 50, "sub_c", false))
+        .await;
+    assert_eq!(b.me(token).await["tier"], "free");
+    let (_, settings) = b.app.get("/api/settings", Some(token)).await;
     assert_eq!(settings["settings"]["isPremium"], false);
-    let (s, body) = b.app.post("/api/chat", Some(&token), &premium).await;
+    let (s, body) = b.app.post("/api/chat", Some(token), &premium).await;
     assert_eq!(s, 403, "{body}");
     assert_error(&body, "forbidden");
-    let (_, models) = b.app.get("/api/models", Some(&token)).await;
+    let (_, models) = b.app.get("/api/models", Some(token)).await;
     assert_eq!(models["models"].as_array().unwrap().len(), 1);
     // Each step is in the credit history: the opening, the first period, the renewal; the
     // credits bought stay after the downgrade.
     assert_eq!(
-        b.history(&token).await,
+        b.history(token).await,
         vec![
             ("reset".to_owned(), 1_000, 1_000),
             ("subscription".to_owned(), 20_000, 21_000),
             ("subscription".to_owned(), 20_000, 41_000),
         ]
     );
-    assert_eq!(b.me(&token).await["credits"], 41_000);
+    assert_eq!(b.me(token).await["credits"], 41_000);
     let subs =
-        confab_projections::billing::subscriptions(&b.db, uuid::Uuid::parse_str(&user).unwrap())
+        confab_projections::billing::subscriptions(&b.db, uuid::Uuid::parse_str(user).unwrap())
             .await
             .unwrap();
     assert_eq!(subs[0].status, "canceled");
-    b.drained().await;
-    b.app.shutdown().await;
+    b.finish().await;
 }
 
 async fn checkout_and_portal_go_through_stripe(db: Db) {
     let b = billing_app(db).await;
     let (token, user) = b.app.sign_up("buyer@example.com").await;
     let user = user["id"].as_str().unwrap().to_owned();
-    let (s, v) = b
-        .app
-        .post(
-            "/api/billing/checkout",
-            Some(&token),
-            &json!({ "priceId": PRO, "mode": "subscription" }),
-        )
-        .await;
+    let (s, v) = post_checkout(&b.app, Some(&token), &pro_monthly()).await;
     assert_eq!(s, 200, "{v}");
     assert!(
         v["url"]
@@ -932,14 +614,12 @@ async fn checkout_and_portal_go_through_stripe(db: Db) {
     assert!(f.contains_key("success_url") && f.contains_key("cancel_url"));
 
     // A top-up, then the portal: the same customer every time.
-    let (s, v) = b
-        .app
-        .post(
-            "/api/billing/checkout",
-            Some(&token),
-            &json!({ "priceId": TOPUP, "mode": "one-time" }),
-        )
-        .await;
+    let (s, v) = post_checkout(
+        &b.app,
+        Some(&token),
+        &json!({ "priceId": TOPUP, "mode": "one-time" }),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     let sessions = b.stripe.requests("/v1/checkout/sessions");
     assert_eq!(sessions[1].form["mode"], "payment");
@@ -949,10 +629,7 @@ async fn checkout_and_portal_go_through_stripe(db: Db) {
             .form
             .contains_key("subscription_data[metadata][user_id]")
     );
-    let (s, v) = b
-        .app
-        .post("/api/billing/portal", Some(&token), &json!({}))
-        .await;
+    let (s, v) = open_portal(&b.app, Some(&token)).await;
     assert_eq!(s, 200, "{v}");
     assert!(
         v["url"]
@@ -984,7 +661,7 @@ async fn checkout_and_portal_go_through_stripe(db: Db) {
     assert_eq!(racer.len(), 1, "{racer:?}");
 
     // What is refused before Stripe is asked.
-    let before = b.stripe.seen.lock().unwrap().len();
+    let before = b.stripe.request_count();
     for (body, field) in [
         (
             json!({ "priceId": "price_unknown", "mode": "subscription" }),
@@ -994,37 +671,20 @@ async fn checkout_and_portal_go_through_stripe(db: Db) {
         (json!({ "priceId": TOPUP, "mode": "subscription" }), "mode"),
         (json!({ "priceId": PRO, "mode": "weekly" }), "mode"),
     ] {
-        let (s, v) = b
-            .app
-            .post("/api/billing/checkout", Some(&token), &body)
-            .await;
+        let (s, v) = post_checkout(&b.app, Some(&token), &body).await;
         assert_eq!(s, 400, "{body} → {v}");
         assert_error(&v, "validation_error");
         assert!(v["error"]["details"][field].is_string(), "{v}");
     }
-    let (s, v) = b
-        .app
-        .post(
-            "/api/billing/checkout",
-            Some(&token),
-            &json!({ "mode": "subscription" }),
-        )
-        .await;
+    let (s, v) = post_checkout(&b.app, Some(&token), &json!({ "mode": "subscription" })).await;
     assert_eq!(s, 400, "{v}");
-    let (s, _) = b
-        .app
-        .post(
-            "/api/billing/checkout",
-            None,
-            &json!({ "priceId": PRO, "mode": "subscription" }),
-        )
-        .await;
+    let (s, _) = post_checkout(&b.app, None, &pro_monthly()).await;
     assert_eq!(s, 401);
-    let (s, _) = b.app.post("/api/billing/portal", None, &json!({})).await;
+    let (s, _) = open_portal(&b.app, None).await;
     assert_eq!(s, 401);
     let (s, _) = b.app.get("/api/billing/invoices", None).await;
     assert_eq!(s, 401);
-    assert_eq!(b.stripe.seen.lock().unwrap().len(), before);
+    assert_eq!(b.stripe.request_count(), before);
     b.app.shutdown().await;
 }
 
@@ -1032,7 +692,7 @@ async fn a_stripe_error_is_a_502_and_records_nothing(db: Db) {
     let b = billing_app(db).await;
     let (token, user) = b.app.sign_up("declined@example.com").await;
     let user = uuid::Uuid::parse_str(user["id"].as_str().unwrap()).unwrap();
-    let checkout = json!({ "priceId": PRO, "mode": "subscription" });
+    let pro = pro_monthly();
     // Stripe refuses to create the customer.
     b.stripe.fail(
         "/v1/customers",
@@ -1041,19 +701,10 @@ async fn a_stripe_error_is_a_502_and_records_nothing(db: Db) {
         "Invalid email address: declined@example.com",
     );
     let head = b.head().await;
-    let (s, v) = b
-        .app
-        .post("/api/billing/checkout", Some(&token), &checkout)
-        .await;
+    let (s, v) = post_checkout(&b.app, Some(&token), &pro).await;
     assert_eq!(s, 502, "{v}");
     assert_error(&v, "bad_gateway");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("Invalid email address"),
-        "{v}"
-    );
+    assert!(error_message(&v).contains("Invalid email address"), "{v}");
     assert_eq!(v["error"]["details"]["status"], 400);
     assert_eq!(v["error"]["details"]["type"], "invalid_request_error");
     assert_eq!(b.head().await, head, "nothing recorded");
@@ -1070,19 +721,13 @@ async fn a_stripe_error_is_a_502_and_records_nothing(db: Db) {
         "api_error",
         "Something went wrong on Stripe's end.",
     );
-    let (s, v) = b
-        .app
-        .post("/api/billing/portal", Some(&token), &json!({}))
-        .await;
+    let (s, v) = open_portal(&b.app, Some(&token)).await;
     assert_eq!(s, 502, "{v}");
     assert_error(&v, "bad_gateway");
     assert_eq!(b.head().await, head, "nothing recorded");
     // The customer exists; Stripe refuses the session.
     b.stripe.heal();
-    let (s, _) = b
-        .app
-        .post("/api/billing/portal", Some(&token), &json!({}))
-        .await;
+    let (s, _) = open_portal(&b.app, Some(&token)).await;
     assert_eq!(s, 200);
     let head = b.head().await;
     b.stripe.fail(
@@ -1091,18 +736,9 @@ async fn a_stripe_error_is_a_502_and_records_nothing(db: Db) {
         "invalid_request_error",
         "No such price: 'price_pro_monthly'",
     );
-    let (s, v) = b
-        .app
-        .post("/api/billing/checkout", Some(&token), &checkout)
-        .await;
+    let (s, v) = post_checkout(&b.app, Some(&token), &pro).await;
     assert_eq!(s, 502, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("No such price"),
-        "{v}"
-    );
+    assert!(error_message(&v).contains("No such price"), "{v}");
     assert_eq!(b.head().await, head, "nothing recorded");
     // Keys Stripe echoes are never passed on.
     b.stripe.fail(
@@ -1111,10 +747,7 @@ async fn a_stripe_error_is_a_502_and_records_nothing(db: Db) {
         "invalid_request_error",
         "Invalid API Key provided: sk_test_confab_4242",
     );
-    let (s, v) = b
-        .app
-        .post("/api/billing/checkout", Some(&token), &checkout)
-        .await;
+    let (s, v) = post_checkout(&b.app, Some(&token), &pro).await;
     assert_eq!(s, 502);
     assert!(!v.to_string().contains("sk_test"), "{v}");
     b.app.shutdown().await;
@@ -1123,31 +756,15 @@ async fn a_stripe_error_is_a_502_and_records_nothing(db: Db) {
 async fn invoices_are_the_callers_own(db: Db) {
     let b = billing_app(db).await;
     let t = now();
-    let (token, _, customer) = b.customer("invoiced@example.com").await;
-    let (other, _, other_customer) = b.customer("nosy@example.com").await;
-    b.apply(&invoice_event(
-        "evt_i1",
-        "invoice.payment_failed",
-        t,
-        "in_i1",
-        &customer,
-        "sub_i",
-        "open",
-        true,
-    ))
-    .await;
-    b.apply(&invoice_event(
-        "evt_i2",
-        "invoice.paid",
-        t + 10,
-        "in_i2",
-        &customer,
-        "sub_i",
-        "paid",
-        false,
-    ))
-    .await;
-    let mine = b.invoices(&token).await;
+    let buyer = b.customer("invoiced@example.com").await;
+    let nosy = b.customer("nosy@example.com").await;
+    let (token, customer) = (buyer.token.as_str(), buyer.customer.as_str());
+    let (other, other_customer) = (nosy.token.as_str(), nosy.customer.as_str());
+    b.apply(&buyer.invoice("evt_i1", "payment_failed", t, "in_i1", "sub_i", Shape::New))
+        .await;
+    b.apply(&buyer.invoice("evt_i2", "paid", t + 10, "in_i2", "sub_i", Shape::Old))
+        .await;
+    let mine = b.invoices(token).await;
     assert_eq!(mine.len(), 2, "{mine:?}");
     let by_id = |id: &str| mine.iter().find(|i| i["id"] == id).unwrap().clone();
     let failed = by_id("in_i1");
@@ -1159,13 +776,13 @@ async fn invoices_are_the_callers_own(db: Db) {
     assert!(failed["date"].as_str().unwrap().ends_with('Z'));
     assert_eq!(by_id("in_i2")["status"], "paid");
     // A failed payment grants nothing; the paid one grants the period.
-    assert_eq!(b.me(&token).await["credits"], 21_000);
+    assert_eq!(b.me(token).await["credits"], 21_000);
     // Filtering by one's own customer works; another user's is a 404.
     let (s, v) = b
         .app
         .get(
             &format!("/api/billing/invoices?customerId={customer}"),
-            Some(&token),
+            Some(token),
         )
         .await;
     assert_eq!((s, v["invoices"].as_array().unwrap().len()), (200, 2));
@@ -1173,73 +790,64 @@ async fn invoices_are_the_callers_own(db: Db) {
         .app
         .get(
             &format!("/api/billing/invoices?customerId={customer}"),
-            Some(&other),
+            Some(other),
         )
         .await;
     assert_eq!(s, 404, "{v}");
     assert_error(&v, "not_found");
     let (s, v) = b
         .app
-        .get("/api/billing/invoices?customerId=cus_nobody", Some(&token))
+        .get("/api/billing/invoices?customerId=cus_nobody", Some(token))
         .await;
     assert_eq!(s, 404, "{v}");
-    assert!(b.invoices(&other).await.is_empty());
+    assert!(b.invoices(other).await.is_empty());
     let (s, _) = b
         .app
         .get(
             &format!("/api/billing/invoices?customerId={other_customer}"),
-            Some(&other),
+            Some(other),
         )
         .await;
     assert_eq!(s, 200);
-    b.drained().await;
-    b.app.shutdown().await;
+    b.finish().await;
 }
 
 async fn a_top_up_grants_its_credits_once_paid(db: Db) {
     let b = billing_app(db).await;
     let t = now();
-    let (token, user, customer) = b.customer("topup@example.com").await;
+    let buyer = b.customer("topup@example.com").await;
+    let token = buyer.token.as_str();
     // An asynchronous payment method: completed, not yet paid.
-    let mut pending = checkout_completed("evt_t1", t, "cs_t", &customer, &user, TOPUP, None);
+    let mut pending = buyer.checkout_completed("evt_t1", t, "cs_t", TOPUP, None);
     pending["data"]["object"]["payment_status"] = json!("unpaid");
     let outcome = {
         b.deliver(&pending).await;
         b.processed("evt_t1").await
     };
     assert!(outcome.contains("awaits"), "{outcome}");
-    assert_eq!(b.me(&token).await["credits"], 1_000);
+    assert_eq!(b.me(token).await["credits"], 1_000);
     let mut succeeded = pending.clone();
     succeeded["id"] = json!("evt_t2");
     succeeded["type"] = json!("checkout.session.async_payment_succeeded");
     succeeded["data"]["object"]["payment_status"] = json!("paid");
     b.apply(&succeeded).await;
     // The same session reported completed-and-paid as well: granted once.
-    b.apply(&checkout_completed(
-        "evt_t3",
-        t + 1,
-        "cs_t",
-        &customer,
-        &user,
-        TOPUP,
-        None,
-    ))
-    .await;
-    assert_eq!(b.me(&token).await["credits"], 6_000);
+    b.apply(&buyer.checkout_completed("evt_t3", t + 1, "cs_t", TOPUP, None))
+        .await;
+    assert_eq!(b.me(token).await["credits"], 6_000);
     assert_eq!(
-        b.me(&token).await["tier"],
+        b.me(token).await["tier"],
         "free",
         "a top-up is no subscription"
     );
     let (s, h) = b
         .app
-        .get("/api/billing/credit-history?type=topup", Some(&token))
+        .get("/api/billing/credit-history?type=topup", Some(token))
         .await;
     assert_eq!(s, 200);
     assert_eq!(h["total"], 1);
     assert_eq!(h["transactions"][0]["reference"]["payment"], "cs_t");
-    b.drained().await;
-    b.app.shutdown().await;
+    b.finish().await;
 }
 
 async fn unknown_event_types_are_acknowledged_and_recorded(db: Db) {
@@ -1258,18 +866,16 @@ async fn unknown_event_types_are_acknowledged_and_recorded(db: Db) {
     // Events about customers Confab never made are recorded and change nothing.
     let stray = invoice_event(
         "evt_u2",
-        "invoice.paid",
+        "paid",
         now(),
         "in_stray",
         "cus_elsewhere",
         "sub_x",
-        "paid",
-        true,
+        Shape::New,
     );
     b.apply(&stray).await;
     assert!(b.processed("evt_u2").await.contains("no Confab user"));
-    b.drained().await;
-    b.app.shutdown().await;
+    b.finish().await;
 }
 
 async fn an_event_recorded_but_never_queued_is_applied_at_start_up(db: Db) {
@@ -1277,10 +883,7 @@ async fn an_event_recorded_but_never_queued_is_applied_at_start_up(db: Db) {
     // gone): the event is in the log, unprocessed, and no job exists for it.
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
-    let database_url = match db {
-        Db::Sqlite => None,
-        Db::Postgres => Some(confab_eventstore::testing::fresh_postgres_database().await),
-    };
+    let database_url = database_for(db).await;
     let config = confab::Config {
         data_dir: data_dir.clone(),
         database_url: database_url.clone().map(Into::into),
@@ -1319,33 +922,24 @@ async fn an_event_recorded_but_never_queued_is_applied_at_start_up(db: Db) {
     })
     .await;
     assert!(b.processed("evt_lost").await.contains("not acted on"));
-    b.drained().await;
-    b.app.shutdown().await;
+    b.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_stripe_settings_the_routes_say_what_to_set() {
     let app = spawn_app_with(Db::Sqlite, |_| {}).await;
     let (token, _) = app.sign_up("unset@example.com").await;
-    let (s, v) = app
-        .post(
-            "/api/billing/checkout",
-            Some(&token),
-            &json!({ "priceId": "price_x", "mode": "subscription" }),
-        )
-        .await;
+    let (s, v) = post_checkout(
+        &app,
+        Some(&token),
+        &json!({ "priceId": "price_x", "mode": "subscription" }),
+    )
+    .await;
     assert_eq!(s, 400, "no prices configured: {v}");
-    let (s, v) = app
-        .post("/api/billing/portal", Some(&token), &json!({}))
-        .await;
+    let (s, v) = open_portal(&app, Some(&token)).await;
     assert_eq!(s, 503, "{v}");
     assert_error(&v, "unavailable");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("STRIPE_SECRET_KEY")
-    );
+    assert!(error_message(&v).contains("STRIPE_SECRET_KEY"));
     let body = event("evt_1", "invoice.paid", now(), json!({})).to_string();
     let r = app
         .request(Method::POST, "/api/webhooks/stripe", None)
@@ -1354,14 +948,9 @@ async fn without_stripe_settings_the_routes_say_what_to_set() {
         .send()
         .await
         .unwrap();
-    let (s, v) = common::parts(r).await;
+    let (s, v) = parts(r).await;
     assert_eq!(s, 503, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("STRIPE_WEBHOOK_SECRET")
-    );
+    assert!(error_message(&v).contains("STRIPE_WEBHOOK_SECRET"));
     let (s, v) = app.get("/api/billing/invoices", Some(&token)).await;
     assert_eq!((s, v), (200, json!({ "invoices": [] })));
     app.shutdown().await;

@@ -1,18 +1,18 @@
 //! The `confab` binary as an operator runs it: migrate, projections status and rebuild, events
 //! show and tail, on a fresh SQLite data directory and on PostgreSQL.
 
+use crate::helpers::confab_command;
 use chrono::Utc;
 use confab_domain::chat::{Chat, ChatCommand};
 use confab_domain::{ChatTitle, MessageContent, MessageKind, Role};
 use confab_eventstore::EventMetadata;
 use confab_eventstore::aggregate::execute;
-use std::process::{Command, Output};
+use std::process::Output;
 use uuid::Uuid;
 
 fn confab(data_dir: &std::path::Path, db: Option<&str>, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
+    let mut cmd = confab_command();
     cmd.arg("--data-dir").arg(data_dir).args(args);
-    cmd.env_remove("CONFAB_DATABASE_URL");
     if let Some(url) = db {
         cmd.env("CONFAB_DATABASE_URL", url);
     }

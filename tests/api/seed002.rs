@@ -2,9 +2,7 @@
 //! their messages on the same model as `/api/chats`, providers (admins only, SSRF-checked
 //! endpoints) and users' provider keys (encrypted, only a hint returned).
 
-mod common;
-
-use common::{Db, TestApp, assert_error, spawn_app_with};
+use crate::helpers::{Db, TestApp, assert_error, on_both, spawn_app_with, with_admin};
 use serde_json::{Value, json};
 
 on_both!(
@@ -13,27 +11,20 @@ on_both!(
     user_keys_are_stored_encrypted_and_only_hinted,
 );
 
-async fn app_with_admin(db: Db) -> (TestApp, String) {
-    let app = spawn_app_with(db, |c| {
-        c.admin_email = Some("admin@example.com".into());
-        c.admin_password = Some("operator password".to_owned().into());
-        c.provider_hosts_allowlist = "127.0.0.1".into();
-    })
-    .await;
-    let (status, body) = app
-        .post(
-            "/api/auth/signin",
-            None,
-            &json!({ "email": "admin@example.com", "password": "operator password" }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let token = body["token"].as_str().expect("token").to_owned();
-    (app, token)
+/// `POST /chat/messages` as `token` → (status, body).
+async fn post_message(
+    app: &TestApp,
+    token: &str,
+    conversation: &str,
+    role: &str,
+    content: &str,
+) -> (u16, Value) {
+    let body = json!({ "conversation_id": conversation, "role": role, "content": content });
+    app.post("/chat/messages", Some(token), &body).await
 }
 
 async fn conversations_and_messages_share_the_chat_model(db: Db) {
-    let (app, _) = app_with_admin(db).await;
+    let app = spawn_app_with(db, with_admin).await;
     let (token, user) = app.sign_up("ann@example.com").await;
     let (other, other_user) = app.sign_up("bob@example.com").await;
     let uid = user["id"].as_str().expect("id");
@@ -64,26 +55,14 @@ async fn conversations_and_messages_share_the_chat_model(db: Db) {
         ("user", "hello"),
         ("assistant", "hi!"),
     ] {
-        let (status, m) = app
-            .post(
-                "/chat/messages",
-                Some(&token),
-                &json!({ "conversation_id": cid, "role": role, "content": content }),
-            )
-            .await;
+        let (status, m) = post_message(&app, &token, cid, role, content).await;
         assert_eq!(status, 201, "{m}");
         assert_eq!(
             (m["role"].as_str(), m["conversation_id"].as_str()),
             (Some(role), Some(cid))
         );
     }
-    let (status, body) = app
-        .post(
-            "/chat/messages",
-            Some(&token),
-            &json!({ "conversation_id": cid, "role": "admin", "content": "x" }),
-        )
-        .await;
+    let (status, body) = post_message(&app, &token, cid, "admin", "x").await;
     assert_eq!(status, 400, "{body}");
     let (status, list) = app
         .get(&format!("/chat/conversations/{cid}/messages"), Some(&token))
@@ -113,13 +92,7 @@ async fn conversations_and_messages_share_the_chat_model(db: Db) {
         let (status, body) = app.get(&path, Some(&other)).await;
         assert_eq!(status, 404, "{path}: {body}");
     }
-    let (status, _) = app
-        .post(
-            "/chat/messages",
-            Some(&other),
-            &json!({ "conversation_id": cid, "role": "user", "content": "intrude" }),
-        )
-        .await;
+    let (status, _) = post_message(&app, &other, cid, "user", "intrude").await;
     assert_eq!(status, 404);
     let (status, body) = app
         .get("/chat/conversations/not-a-uuid", Some(&token))
@@ -130,14 +103,11 @@ async fn conversations_and_messages_share_the_chat_model(db: Db) {
 }
 
 async fn providers_are_admin_only_and_endpoints_are_checked(db: Db) {
-    let (app, admin) = app_with_admin(db).await;
+    let app = spawn_app_with(db, with_admin).await;
+    let admin = app.sign_in_admin().await;
     let (user, _) = app.sign_up("user@example.com").await;
     let (status, body) = app
-        .post(
-            "/chat/llm-providers",
-            Some(&user),
-            &json!({ "name": "OpenAI", "api_endpoint": "https://8.8.8.8/v1" }),
-        )
+        .add_provider(&user, "OpenAI", "https://8.8.8.8/v1")
         .await;
     assert_eq!(status, 403, "{body}");
     assert_error(&body, "forbidden");
@@ -149,13 +119,7 @@ async fn providers_are_admin_only_and_endpoints_are_checked(db: Db) {
         "https://[::1]/v1",
         "not a url",
     ] {
-        let (status, body) = app
-            .post(
-                "/chat/llm-providers",
-                Some(&admin),
-                &json!({ "name": "Bad", "api_endpoint": bad }),
-            )
-            .await;
+        let (status, body) = app.add_provider(&admin, "Bad", bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(
             body["error"]["details"]["api_endpoint"].is_string(),
@@ -163,20 +127,12 @@ async fn providers_are_admin_only_and_endpoints_are_checked(db: Db) {
         );
     }
     let (status, p) = app
-        .post(
-            "/chat/llm-providers",
-            Some(&admin),
-            &json!({ "name": "Public", "api_endpoint": "https://8.8.8.8/v1" }),
-        )
+        .add_provider(&admin, "Public", "https://8.8.8.8/v1")
         .await;
     assert_eq!(status, 201, "{p}");
     assert_eq!(p["api_endpoint"], "https://8.8.8.8/v1");
     let (status, local) = app
-        .post(
-            "/chat/llm-providers",
-            Some(&admin),
-            &json!({ "name": "Ollama", "api_endpoint": "http://127.0.0.1:11434/v1" }),
-        )
+        .add_provider(&admin, "Ollama", "http://127.0.0.1:11434/v1")
         .await;
     assert_eq!(
         status, 201,
@@ -200,26 +156,17 @@ async fn providers_are_admin_only_and_endpoints_are_checked(db: Db) {
 }
 
 async fn user_keys_are_stored_encrypted_and_only_hinted(db: Db) {
-    let (app, admin) = app_with_admin(db).await;
+    let app = spawn_app_with(db, with_admin).await;
+    let admin = app.sign_in_admin().await;
     let (token, user) = app.sign_up("keys@example.com").await;
     let (other, other_user) = app.sign_up("nosy@example.com").await;
     let (_, p) = app
-        .post(
-            "/chat/llm-providers",
-            Some(&admin),
-            &json!({ "name": "Public", "api_endpoint": "https://8.8.8.8/v1" }),
-        )
+        .add_provider(&admin, "Public", "https://8.8.8.8/v1")
         .await;
     let pid = p["id"].as_str().expect("id").to_owned();
     let uid = user["id"].as_str().expect("id").to_owned();
     let secret = "sk-live-0123456789SECRETa1b2";
-    let (status, cfg) = app
-        .post(
-            "/chat/user-llm-configs",
-            Some(&token),
-            &json!({ "user_id": uid, "provider_id": pid, "api_key": secret }),
-        )
-        .await;
+    let (status, cfg) = app.add_user_key(&token, &uid, &pid, secret).await;
     assert_eq!(status, 201, "{cfg}");
     assert_eq!(cfg["api_key_hint"], "sk-...a1b2");
     assert!(
@@ -235,11 +182,7 @@ async fn user_keys_are_stored_encrypted_and_only_hinted(db: Db) {
     let (status, body) = app.get(&path, Some(&other)).await;
     assert_eq!(status, 403, "{body}");
     let (status, _) = app
-        .post(
-            "/chat/user-llm-configs",
-            Some(&other),
-            &json!({ "user_id": uid, "provider_id": pid, "api_key": "sk-evil-000000000000" }),
-        )
+        .add_user_key(&other, &uid, &pid, "sk-evil-000000000000")
         .await;
     assert_eq!(status, 403);
     let (status, _) = app
@@ -253,21 +196,15 @@ async fn user_keys_are_stored_encrypted_and_only_hinted(db: Db) {
         .await;
     assert_eq!(status, 404);
     let (status, _) = app
-        .post("/chat/user-llm-configs", Some(&token), &json!({ "user_id": uid, "provider_id": uuid::Uuid::now_v7(), "api_key": "sk-x-0000000000000" }))
+        .add_user_key(&token, &uid, uuid::Uuid::now_v7(), "sk-x-0000000000000")
         .await;
     assert_eq!(status, 404, "unknown provider");
-    let (status, _) = app
-        .post(
-            "/chat/user-llm-configs",
-            Some(&token),
-            &json!({ "user_id": uid, "provider_id": pid, "api_key": "has space" }),
-        )
-        .await;
+    let (status, _) = app.add_user_key(&token, &uid, &pid, "has space").await;
     assert_eq!(status, 400);
 
     // Replacing the key changes the hint; the stored bytes never hold the key in the clear.
     let (status, cfg) = app
-        .post("/chat/user-llm-configs", Some(&token), &json!({ "user_id": uid, "provider_id": pid, "api_key": "sk-live-9999999999NEWKEYzz99" }))
+        .add_user_key(&token, &uid, &pid, "sk-live-9999999999NEWKEYzz99")
         .await;
     assert_eq!(
         (status, cfg["api_key_hint"].as_str()),

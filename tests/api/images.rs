@@ -1,9 +1,7 @@
 //! `POST /api/profile/image` and serving the image back, on SQLite and PostgreSQL: the type is
 //! judged by the bytes, the size and dimensions are bounded, and bad uploads change nothing.
 
-mod common;
-
-use common::{Db, TestApp, assert_error, parts, spawn_app};
+use crate::helpers::{Db, TestApp, assert_error, on_both, parts, png, spawn_app};
 use reqwest::Method;
 use reqwest::multipart::{Form, Part};
 
@@ -11,16 +9,6 @@ on_both!(
     an_image_is_stored_served_and_linked_from_the_profile,
     uploads_that_lie_or_exceed_the_limits_are_refused,
 );
-
-/// A PNG whose header says `w` x `h` (the body is not a real image: only the header is read).
-fn png(w: u32, h: u32) -> Vec<u8> {
-    let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
-    v.extend(w.to_be_bytes());
-    v.extend(h.to_be_bytes());
-    v.extend([8, 2, 0, 0, 0, 0, 0, 0, 0]);
-    v.extend(b"\0\0\0\0IEND\xaeB`\x82");
-    v
-}
 
 fn gif(w: u16, h: u16) -> Vec<u8> {
     let mut v = b"GIF89a".to_vec();

@@ -4,9 +4,10 @@
 //! connections; the protocol's handshake, pings and errors; and the official `pusher-js`
 //! client under Node as the compatibility proof.
 
-mod common;
-
-use common::{Db, TestApp, assert_error, parts, spawn_app_on, spawn_app_with};
+use crate::helpers::{
+    Db, PASSWORD, TestApp, assert_error, error_message, on_both, parts, spawn_app_on,
+    spawn_app_with,
+};
 use confab::Config;
 use futures::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
@@ -30,6 +31,8 @@ on_both!(
 );
 
 const KEY: &str = "confab-test-key";
+/// How pusher-js posts to the auth route.
+const FORM: &str = "application/x-www-form-urlencoded";
 const SECRET: &str = "confab-test-secret";
 /// Longest wait for anything a test expects to arrive.
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -58,57 +61,16 @@ fn sign(socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
 
 /// `POST /api/realtime/auth` as pusher-js sends it.
 async fn authorize(app: &TestApp, token: &str, socket_id: &str, channel: &str) -> (u16, Value) {
-    parts(
-        app.request(Method::POST, "/api/realtime/auth", Some(token))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("socket_id={socket_id}&channel_name={channel}"))
-            .send()
-            .await
-            .expect("request"),
-    )
-    .await
-}
-
-async fn new_chat(app: &TestApp, token: &str, title: &str) -> String {
-    let (status, chat) = app
-        .post("/api/chats", Some(token), &json!({ "title": title }))
-        .await;
-    assert_eq!(status, 201, "{chat}");
-    chat["id"].as_str().unwrap().to_owned()
-}
-
-async fn send_message(app: &TestApp, token: &str, chat: &str, content: &str) -> Value {
-    let (status, m) = app
-        .post(
-            &format!("/api/chats/{chat}/messages"),
-            Some(token),
-            &json!({ "content": content, "type": "code" }),
-        )
-        .await;
-    assert_eq!(status, 201, "{m}");
-    m
-}
-
-async fn send_json(app: &TestApp, method: Method, path: &str, token: &str, body: Value) -> Value {
-    let (status, v) = parts(
-        app.request(method, path, Some(token))
-            .json(&body)
-            .send()
-            .await
-            .expect("request"),
-    )
-    .await;
-    assert!((200..300).contains(&status), "{status} {v}");
-    v
-}
-
-async fn delete(app: &TestApp, path: &str, token: &str) {
-    let r = app
-        .request(Method::DELETE, path, Some(token))
-        .send()
+    let form = format!("socket_id={socket_id}&channel_name={channel}");
+    app.post_raw("/api/realtime/auth", Some(token), FORM, form)
         .await
-        .expect("request");
-    assert_eq!(r.status().as_u16(), 204);
+}
+
+/// The body of a 2xx answer.
+#[track_caller]
+fn succeeded((status, body): (u16, Value)) -> Value {
+    assert!((200..300).contains(&status), "{status} {body}");
+    body
 }
 
 /// A Pusher protocol client over tokio-tungstenite.
@@ -131,16 +93,25 @@ impl Ws {
         format!("{}/app/{key}{query}", app.base.replacen("http", "ws", 1))
     }
 
-    /// Connects and reads `pusher:connection_established`.
-    async fn connect(app: &TestApp) -> Ws {
-        let url = Ws::url(app, KEY, "?protocol=7&client=rust-test&version=1.0");
+    /// Opens a WebSocket to `url`, reading nothing yet.
+    async fn open(url: String) -> Ws {
         let (stream, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("connect");
-        let mut ws = Ws {
+        Ws {
             stream,
             socket_id: String::new(),
-        };
+        }
+    }
+
+    /// Connects and reads `pusher:connection_established`.
+    async fn connect(app: &TestApp) -> Ws {
+        let mut ws = Ws::open(Ws::url(
+            app,
+            KEY,
+            "?protocol=7&client=rust-test&version=1.0",
+        ))
+        .await;
         let hello = ws.frame().await;
         assert_eq!(hello["event"], "pusher:connection_established", "{hello}");
         ws.socket_id = hello["data"]["socket_id"].as_str().unwrap().to_owned();
@@ -337,30 +308,18 @@ struct Script {
 /// Sends, edits and deletes a message, renames and deletes the chat on `app`, and returns the
 /// events and payloads seed 000 says they produce.
 async fn run_script(app: &TestApp, token: &str, chat: &str) -> Script {
-    let m = send_message(app, token, chat, "fn main() {}").await;
+    let m = app.send_message(token, chat, "fn main() {}", "code").await;
     let id = m["id"].as_str().unwrap().to_owned();
     let sent = json!({
         "id": m["id"], "content": m["content"], "type": m["type"],
         "userId": m["userId"], "createdAt": m["createdAt"],
     });
-    send_json(
-        app,
-        Method::PUT,
-        &format!("/api/chats/{chat}/messages/{id}"),
-        token,
-        json!({ "content": "edited" }),
-    )
-    .await;
-    delete(app, &format!("/api/chats/{chat}/messages/{id}"), token).await;
-    let renamed = send_json(
-        app,
-        Method::PUT,
-        &format!("/api/chats/{chat}"),
-        token,
-        json!({ "title": "Renamed" }),
-    )
-    .await;
-    delete(app, &format!("/api/chats/{chat}"), token).await;
+    let path = format!("/api/chats/{chat}/messages/{id}");
+    succeeded(app.put(&path, token, &json!({ "content": "edited" })).await);
+    assert_eq!(app.delete(&path, token).await, 204);
+    let path = format!("/api/chats/{chat}");
+    let renamed = succeeded(app.put(&path, token, &json!({ "title": "Renamed" })).await);
+    assert_eq!(app.delete(&path, token).await, 204);
     Script {
         expected: vec![
             ("message:sent", sent),
@@ -381,16 +340,46 @@ async fn run_script(app: &TestApp, token: &str, chat: &str) -> Script {
     }
 }
 
-/// Checks a WebSocket subscribed to the user's and the chat's channel gets every event on
-/// both, in order, with exactly the expected payloads; and an SSE stream gets each once.
-/// Returns the id of the last SSE event.
-async fn check_delivery(
-    ws: &mut Ws,
-    sse: &mut Sse,
-    user_channel: &str,
-    chat_channel: &str,
-    script: &Script,
-) -> u64 {
+/// A user's live clients on one instance: a WebSocket subscribed to their channel and a chat's,
+/// and an SSE stream.
+struct Watcher {
+    ws: Ws,
+    sse: Sse,
+    user_channel: String,
+    chat_channel: String,
+}
+
+impl Watcher {
+    /// Connects both to `app` as `token` (the user `uid`) and waits until they are live.
+    async fn start(app: &TestApp, token: &str, uid: &str, chat: &str) -> Watcher {
+        let (user_channel, chat_channel) = (
+            format!("private-user-{uid}"),
+            format!("private-chat-{chat}"),
+        );
+        let mut ws = Ws::connect(app).await;
+        ws.subscribed(app, token, &user_channel).await;
+        ws.subscribed(app, token, &chat_channel).await;
+        let mut sse = Sse::open(app, token, None).await;
+        sse.until_connected().await;
+        Watcher {
+            ws,
+            sse,
+            user_channel,
+            chat_channel,
+        }
+    }
+}
+
+/// Checks the watcher's WebSocket gets every event on both channels, in order, with exactly
+/// the expected payloads; and its SSE stream gets each once. Returns the id of the last SSE
+/// event.
+async fn check_delivery(watcher: &mut Watcher, script: &Script) -> u64 {
+    let Watcher {
+        ws,
+        sse,
+        user_channel,
+        chat_channel,
+    } = watcher;
     let mut last_id = 0u64;
     for (name, payload) in &script.expected {
         for _ in 0..2 {
@@ -398,7 +387,7 @@ async fn check_delivery(
             assert_eq!(f["event"], *name, "{f}");
             assert_eq!(f["data"], *payload, "{name}");
             assert!(
-                f["channel"] == user_channel || f["channel"] == chat_channel,
+                f["channel"] == *user_channel || f["channel"] == *chat_channel,
                 "{f}"
             );
         }
@@ -416,18 +405,10 @@ async fn every_event_reaches_websocket_and_sse_clients_with_the_seed_shapes(db: 
     let app = spawn_app_with(db, pusher_on).await;
     let (token, user) = app.sign_up("rt-single@example.com").await;
     let uid = user["id"].as_str().unwrap();
-    let chat = new_chat(&app, &token, "Live").await;
-    let (user_channel, chat_channel) = (
-        format!("private-user-{uid}"),
-        format!("private-chat-{chat}"),
-    );
-    let mut ws = Ws::connect(&app).await;
-    ws.subscribed(&app, &token, &user_channel).await;
-    ws.subscribed(&app, &token, &chat_channel).await;
-    let mut sse = Sse::open(&app, &token, None).await;
-    sse.until_connected().await;
+    let chat = app.new_chat(&token, "Live").await;
+    let mut watcher = Watcher::start(&app, &token, uid, &chat).await;
     let script = run_script(&app, &token, &chat).await;
-    check_delivery(&mut ws, &mut sse, &user_channel, &chat_channel, &script).await;
+    check_delivery(&mut watcher, &script).await;
     app.shutdown().await;
 }
 
@@ -437,25 +418,23 @@ async fn a_write_on_one_instance_reaches_clients_of_another_and_sign_out_there_c
     let b = spawn_app_on(a.database_url.clone(), pusher_on).await;
     let (token, user) = a.sign_up("rt-two@example.com").await;
     let uid = user["id"].as_str().unwrap();
-    let chat = new_chat(&a, &token, "Across").await;
-    let (user_channel, chat_channel) = (
-        format!("private-user-{uid}"),
-        format!("private-chat-{chat}"),
-    );
-    let mut ws = Ws::connect(&b).await;
-    ws.subscribed(&b, &token, &user_channel).await;
-    ws.subscribed(&b, &token, &chat_channel).await;
-    let mut sse = Sse::open(&b, &token, None).await;
-    sse.until_connected().await;
+    let chat = a.new_chat(&token, "Across").await;
+    let mut watcher = Watcher::start(&b, &token, uid, &chat).await;
     let script = run_script(&a, &token, &chat).await;
-    let last = check_delivery(&mut ws, &mut sse, &user_channel, &chat_channel, &script).await;
+    let last = check_delivery(&mut watcher, &script).await;
+    let Watcher {
+        mut ws,
+        sse,
+        user_channel,
+        ..
+    } = watcher;
     // Ids are log positions, the same on every instance: a client of B that reconnects to A
     // gets from A exactly what it missed.
     drop(sse);
-    let chat = new_chat(&a, &token, "Resumed elsewhere").await;
+    let chat = a.new_chat(&token, "Resumed elsewhere").await;
     let missed = [
-        send_message(&b, &token, &chat, "one").await["id"].clone(),
-        send_message(&a, &token, &chat, "two").await["id"].clone(),
+        b.send_message(&token, &chat, "one", "code").await["id"].clone(),
+        a.send_message(&token, &chat, "two", "code").await["id"].clone(),
     ];
     let mut resumed = Sse::open(&a, &token, Some(&last.to_string())).await;
     let (replayed, _) = resumed.until_connected().await;
@@ -475,12 +454,7 @@ async fn a_write_on_one_instance_reaches_clients_of_another_and_sign_out_there_c
         );
     }
     // Signing out on A closes the session's connections on B (and A).
-    let r = a
-        .request(Method::POST, "/api/auth/signout", Some(&token))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(a.sign_out(&token).await, 204);
     ws.expect_closed(4009).await;
     sse.expect_end().await;
     resumed.expect_end().await;
@@ -490,18 +464,19 @@ async fn a_write_on_one_instance_reaches_clients_of_another_and_sign_out_there_c
 
 async fn sse_resumes_with_exactly_the_missed_events(db: Db) {
     let app = spawn_app_with(db, |_| {}).await;
-    let (token, _) = app.sign_up("rt-resume@example.com").await;
-    let chat = new_chat(&app, &token, "Resume").await;
+    let (token, _, chat) = app
+        .sign_up_with_chat("rt-resume@example.com", "Resume")
+        .await;
     let mut sse = Sse::open(&app, &token, None).await;
     sse.until_connected().await;
-    let first = send_message(&app, &token, &chat, "one").await;
+    let first = app.send_message(&token, &chat, "one", "code").await;
     let seen = sse.event().await;
     assert_eq!(seen.json()["id"], first["id"]);
     let last_id = seen.id.clone().unwrap();
     drop(sse);
     let mut missed = Vec::new();
     for text in ["two", "three", "four"] {
-        missed.push(send_message(&app, &token, &chat, text).await["id"].clone());
+        missed.push(app.send_message(&token, &chat, text, "code").await["id"].clone());
     }
     let mut sse = Sse::open(&app, &token, Some(&last_id)).await;
     let (replayed, at) = sse.until_connected().await;
@@ -515,7 +490,7 @@ async fn sse_resumes_with_exactly_the_missed_events(db: Db) {
     let ids: HashSet<&str> = replayed.iter().filter_map(|f| f.id.as_deref()).collect();
     assert_eq!(ids.len(), 3);
     // Then live events, none of the replayed ones again.
-    let live = send_message(&app, &token, &chat, "five").await;
+    let live = app.send_message(&token, &chat, "five", "code").await;
     let next = sse.event().await;
     assert_eq!(next.json()["id"], live["id"]);
     drop(sse);
@@ -551,8 +526,9 @@ async fn a_resume_point_older_than_the_window_is_announced(db: Db) {
         c.realtime_keepalive_secs = 1;
     })
     .await;
-    let (token, _) = app.sign_up("rt-window@example.com").await;
-    let chat = new_chat(&app, &token, "Window").await;
+    let (token, _, chat) = app
+        .sign_up_with_chat("rt-window@example.com", "Window")
+        .await;
     let mut sse = Sse::open(&app, &token, None).await;
     let (_, start) = sse.until_connected().await;
     // Idle streams carry keep-alive comments.
@@ -565,7 +541,7 @@ async fn a_resume_point_older_than_the_window_is_announced(db: Db) {
     drop(sse);
     let mut ids = Vec::new();
     for text in ["a", "b", "c", "d"] {
-        ids.push(send_message(&app, &token, &chat, text).await["id"].clone());
+        ids.push(app.send_message(&token, &chat, text, "code").await["id"].clone());
     }
     let mut sse = Sse::open(&app, &token, Some(&start)).await;
     let (replayed, _) = sse.until_connected().await;
@@ -591,7 +567,7 @@ async fn channels_of_other_users_are_refused(db: Db) {
     let (alice, alice_user) = app.sign_up("rt-alice@example.com").await;
     let (bob, _) = app.sign_up("rt-bob@example.com").await;
     let alice_id = alice_user["id"].as_str().unwrap();
-    let alice_chat = new_chat(&app, &alice, "Alice's").await;
+    let alice_chat = app.new_chat(&alice, "Alice's").await;
     let mut ws = Ws::connect(&app).await;
     let sid = ws.socket_id.clone();
     for channel in [
@@ -614,17 +590,8 @@ async fn channels_of_other_users_are_refused(db: Db) {
     let (status, body) = authorize(&app, &bob, "not-a-socket", &missing).await;
     assert_eq!(status, 400);
     assert!(body["error"]["details"]["socket_id"].is_string(), "{body}");
-    let (status, body) = parts(
-        app.request(Method::POST, "/api/realtime/auth", None)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!(
-                "socket_id={sid}&channel_name=private-user-{alice_id}"
-            ))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let form = format!("socket_id={sid}&channel_name=private-user-{alice_id}");
+    let (status, body) = app.post_raw("/api/realtime/auth", None, FORM, form).await;
     assert_eq!(status, 401);
     assert_error(&body, "unauthorized");
     let (status, body) = app
@@ -684,22 +651,23 @@ async fn events_about_other_users_chats_never_arrive(db: Db) {
     let app = spawn_app_with(db, pusher_on).await;
     let (alice, alice_user) = app.sign_up("rt-a2@example.com").await;
     let (bob, bob_user) = app.sign_up("rt-b2@example.com").await;
-    let alice_chat = new_chat(&app, &alice, "Alice's").await;
-    let bob_chat = new_chat(&app, &bob, "Bob's").await;
+    let alice_chat = app.new_chat(&alice, "Alice's").await;
+    let bob_chat = app.new_chat(&bob, "Bob's").await;
     let mut ws = Ws::connect(&app).await;
     let bob_channel = format!("private-user-{}", bob_user["id"].as_str().unwrap());
     ws.subscribed(&app, &bob, &bob_channel).await;
     let mut sse = Sse::open(&app, &bob, None).await;
     sse.until_connected().await;
     // Alice's activity, then Bob's: Bob's clients see only their own, first.
-    send_message(&app, &alice, &alice_chat, "secret").await;
+    app.send_message(&alice, &alice_chat, "secret", "code")
+        .await;
     let alice_uid = alice_user["id"].as_str().unwrap();
     let mut alice_ws = Ws::connect(&app).await;
     alice_ws
         .subscribed(&app, &alice, &format!("private-user-{alice_uid}"))
         .await;
-    send_message(&app, &alice, &alice_chat, "more").await;
-    let own = send_message(&app, &bob, &bob_chat, "mine").await;
+    app.send_message(&alice, &alice_chat, "more", "code").await;
+    let own = app.send_message(&bob, &bob_chat, "mine", "code").await;
     let f = ws.frame().await;
     assert_eq!(f["data"]["id"], own["id"], "{f}");
     assert_eq!(sse.event().await.json()["id"], own["id"]);
@@ -712,15 +680,7 @@ async fn sign_out_closes_that_sessions_connections(db: Db) {
     let app = spawn_app_with(db, pusher_on).await;
     let (token, user) = app.sign_up("rt-out@example.com").await;
     let uid = user["id"].as_str().unwrap();
-    let (status, other) = app
-        .post(
-            "/api/auth/signin",
-            None,
-            &json!({ "email": "rt-out@example.com", "password": "correct horse battery" }),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let other_token = other["token"].as_str().unwrap().to_owned();
+    let (other_token, _) = app.sign_in("rt-out@example.com", PASSWORD).await;
     let channel = format!("private-user-{uid}");
     let mut ws = Ws::connect(&app).await;
     ws.subscribed(&app, &token, &channel).await;
@@ -731,16 +691,11 @@ async fn sign_out_closes_that_sessions_connections(db: Db) {
     ws_other.subscribed(&app, &other_token, &channel).await;
     let mut sse_other = Sse::open(&app, &other_token, None).await;
     sse_other.until_connected().await;
-    let r = app
-        .request(Method::POST, "/api/auth/signout", Some(&token))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(app.sign_out(&token).await, 204);
     ws.expect_closed(4009).await;
     sse.expect_end().await;
-    let chat = new_chat(&app, &other_token, "Still here").await;
-    let m = send_message(&app, &other_token, &chat, "hi").await;
+    let chat = app.new_chat(&other_token, "Still here").await;
+    let m = app.send_message(&other_token, &chat, "hi", "code").await;
     assert_eq!(ws_other.frame().await["data"]["id"], m["id"]);
     assert_eq!(sse_other.event().await.json()["id"], m["id"]);
     // The signed-out token opens nothing any more.
@@ -759,11 +714,7 @@ async fn the_pusher_handshake_ping_and_errors_follow_the_protocol(db: Db) {
     let (token, user) = app.sign_up("rt-proto@example.com").await;
     let uid = user["id"].as_str().unwrap();
     let url = Ws::url(&app, KEY, "?protocol=7&client=js&version=8.4.0&flash=false");
-    let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let mut ws = Ws {
-        stream,
-        socket_id: String::new(),
-    };
+    let mut ws = Ws::open(url).await;
     let hello = ws.frame().await;
     assert_eq!(hello["event"], "pusher:connection_established");
     let sid = hello["data"]["socket_id"].as_str().unwrap();
@@ -792,12 +743,12 @@ async fn the_pusher_handshake_ping_and_errors_follow_the_protocol(db: Db) {
     assert_eq!(ws.frame().await["event"], "pusher:subscription_error");
 
     // Subscribe, receive, unsubscribe, receive nothing more.
-    let chat = new_chat(&app, &token, "Proto").await;
+    let chat = app.new_chat(&token, "Proto").await;
     let channel = format!("private-chat-{chat}");
     ws.subscribed(&app, &token, &channel).await;
     // Subscribing twice is answered, not doubled.
     ws.subscribed(&app, &token, &channel).await;
-    let m = send_message(&app, &token, &chat, "one").await;
+    let m = app.send_message(&token, &chat, "one", "code").await;
     let f = ws.frame().await;
     assert_eq!(
         (&f["event"], &f["channel"]),
@@ -808,7 +759,7 @@ async fn the_pusher_handshake_ping_and_errors_follow_the_protocol(db: Db) {
         .await;
     ws.subscribed(&app, &token, &format!("private-user-{uid}"))
         .await;
-    let m2 = send_message(&app, &token, &chat, "two").await;
+    let m2 = app.send_message(&token, &chat, "two", "code").await;
     let f = ws.frame().await;
     assert_eq!(
         f["channel"],
@@ -823,13 +774,7 @@ async fn the_pusher_handshake_ping_and_errors_follow_the_protocol(db: Db) {
         (KEY, "", 4008),
         (KEY, "?protocol=2", 4007),
     ] {
-        let (stream, _) = tokio_tungstenite::connect_async(Ws::url(&app, key, query))
-            .await
-            .unwrap();
-        let mut refused = Ws {
-            stream,
-            socket_id: String::new(),
-        };
+        let mut refused = Ws::open(Ws::url(&app, key, query)).await;
         refused.expect_closed(code).await;
     }
     // Not a WebSocket upgrade: the error body.
@@ -846,12 +791,7 @@ async fn without_pusher_settings_websocket_is_off_and_sse_still_works() {
     let (status, body) = app.get("/app/any?protocol=7", None).await;
     assert_eq!(status, 404);
     assert_error(&body, "not_found");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("CONFAB_PUSHER_KEY")
-    );
+    assert!(error_message(&body).contains("CONFAB_PUSHER_KEY"));
     let channel = format!("private-user-{}", user["id"].as_str().unwrap());
     let (status, body) = authorize(&app, &token, "1.2", &channel).await;
     assert_eq!(status, 404);
@@ -862,8 +802,8 @@ async fn without_pusher_settings_websocket_is_off_and_sse_still_works() {
     }
     let mut sse = Sse::open(&app, &token, None).await;
     sse.until_connected().await;
-    let chat = new_chat(&app, &token, "SSE only").await;
-    send_message(&app, &token, &chat, "hello").await;
+    let chat = app.new_chat(&token, "SSE only").await;
+    app.send_message(&token, &chat, "hello", "code").await;
     assert_eq!(sse.event().await.event.as_deref(), Some("message:sent"));
     // Shutting down ends open streams instead of waiting on them.
     app.shutdown().await;
@@ -872,29 +812,25 @@ async fn without_pusher_settings_websocket_is_off_and_sse_still_works() {
 
 // ---- pusher-js under Node: the compatibility proof ----
 
-/// `tests/realtime`, with its node_modules installed; `None` (and a message) without Node.
-async fn pusher_js_client_dir() -> Option<std::path::PathBuf> {
+/// `tests/realtime`, with pusher-js installed in it. Panics, so the compatibility test fails
+/// instead of passing unseen, when Node.js or the client is missing (`.ci/run` installs both).
+async fn pusher_js_client_dir() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/realtime");
     let node = tokio::process::Command::new("node")
         .arg("--version")
         .output()
         .await;
-    if !node.is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "SKIPPED: `node` is not installed, so the pusher-js compatibility test cannot run"
-        );
-        return None;
-    }
-    if !dir.join("node_modules/pusher-js/package.json").exists() {
-        let status = tokio::process::Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .await
-            .expect("npm (it comes with node) to run");
-        assert!(status.success(), "npm ci in tests/realtime failed");
-    }
-    Some(dir)
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "the pusher-js compatibility test needs Node.js: install it (`apt-get install -y nodejs \
+         npm`), then run `npm ci` in tests/realtime, or run .ci/run, which does both"
+    );
+    assert!(
+        dir.join("node_modules/pusher-js/package.json").exists(),
+        "pusher-js is not installed in {}: run `npm ci` there (.ci/run does)",
+        dir.display()
+    );
+    dir
 }
 
 /// A pusher-js client running under Node, read line by line.
@@ -946,15 +882,13 @@ impl PusherJs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pusher_js_receives_every_event_from_another_instance_and_is_closed_on_sign_out() {
-    let Some(dir) = pusher_js_client_dir().await else {
-        return;
-    };
+    let dir = pusher_js_client_dir().await;
     let a = spawn_app_with(Db::Postgres, pusher_on).await;
     let b = spawn_app_on(a.database_url.clone(), pusher_on).await;
     let (token, user) = a.sign_up("rt-pusherjs@example.com").await;
     let (bob, bob_user) = a.sign_up("rt-pusherjs-bob@example.com").await;
     let uid = user["id"].as_str().unwrap();
-    let chat = new_chat(&a, &token, "pusher-js").await;
+    let chat = a.new_chat(&token, "pusher-js").await;
     let channels = vec![
         format!("private-user-{uid}"),
         format!("private-chat-{chat}"),
@@ -984,12 +918,7 @@ async fn pusher_js_receives_every_event_from_another_instance_and_is_closed_on_s
         }
         assert_eq!(channels_seen.len(), 2, "once on each channel");
     }
-    let r = a
-        .request(Method::POST, "/api/auth/signout", Some(&token))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(a.sign_out(&token).await, 204);
     // pusher-js is told it is unauthorised (Pusher's 4009) and disconnects for good.
     let mut codes = Vec::new();
     loop {

@@ -1,9 +1,7 @@
 //! `Idempotency-Key` on POST routes, on SQLite and PostgreSQL: retries get the first answer and
 //! store nothing new; a reused key with another body, or a concurrent retry, is a 409.
 
-mod common;
-
-use common::{Db, TestApp, assert_error, parts, spawn_app};
+use crate::helpers::{Db, TestApp, assert_error, on_both, parts, spawn_app};
 use reqwest::Method;
 use serde_json::{Value, json};
 

@@ -2,10 +2,7 @@
 //! edges, filters, full-text search, cross-user access, bad input, concurrent edits and
 //! read-your-writes.
 
-mod common;
-
-use common::{Db, TestApp, assert_error, parts, spawn_app};
-use reqwest::Method;
+use crate::helpers::{Db, assert_error, on_both, spawn_app};
 use serde_json::{Value, json};
 
 on_both!(
@@ -18,46 +15,6 @@ on_both!(
     a_post_is_always_visible_to_the_next_get,
 );
 
-async fn put(app: &TestApp, path: &str, token: &str, body: &Value) -> (u16, Value) {
-    parts(
-        app.request(Method::PUT, path, Some(token))
-            .json(body)
-            .send()
-            .await
-            .expect("put"),
-    )
-    .await
-}
-
-async fn delete(app: &TestApp, path: &str, token: &str) -> u16 {
-    app.request(Method::DELETE, path, Some(token))
-        .send()
-        .await
-        .expect("delete")
-        .status()
-        .as_u16()
-}
-
-async fn new_chat(app: &TestApp, token: &str, title: &str) -> String {
-    let (status, body) = app
-        .post("/api/chats", Some(token), &json!({ "title": title }))
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body["id"].as_str().expect("id").to_owned()
-}
-
-async fn send(app: &TestApp, token: &str, chat: &str, content: &str, kind: &str) -> Value {
-    let (status, body) = app
-        .post(
-            &format!("/api/chats/{chat}/messages"),
-            Some(token),
-            &json!({ "content": content, "type": kind }),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    body
-}
-
 async fn chats_are_created_listed_renamed_and_deleted(db: Db) {
     let app = spawn_app(db).await;
     let (token, _) = app.sign_up("ann@example.com").await;
@@ -68,13 +25,13 @@ async fn chats_are_created_listed_renamed_and_deleted(db: Db) {
     assert_eq!(body["title"], "Trip");
     assert!(body["createdAt"].is_string());
     let first = body["id"].as_str().expect("id").to_owned();
-    let second = new_chat(&app, &token, "Work").await;
+    let second = app.new_chat(&token, "Work").await;
 
     // Newest activity first: a message in the first chat moves it to the top.
     let (_, list) = app.get("/api/chats", Some(&token)).await;
     assert_eq!(list["total"], 2);
     assert_eq!(list["chats"][0]["id"], second.as_str());
-    send(&app, &token, &first, "hello", "text").await;
+    app.send_message(&token, &first, "hello", "text").await;
     let (_, list) = app.get("/api/chats", Some(&token)).await;
     assert_eq!(list["chats"][0]["id"], first.as_str());
     let (_, page) = app.get("/api/chats?page=2&limit=1", Some(&token)).await;
@@ -84,20 +41,20 @@ async fn chats_are_created_listed_renamed_and_deleted(db: Db) {
         (Some(2), Some(1))
     );
 
-    let (status, body) = put(
-        &app,
-        &format!("/api/chats/{first}"),
-        &token,
-        &json!({ "title": "Holiday" }),
-    )
-    .await;
+    let (status, body) = app
+        .put(
+            &format!("/api/chats/{first}"),
+            &token,
+            &json!({ "title": "Holiday" }),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["title"], "Holiday");
     let (status, body) = app.get(&format!("/api/chats/{first}"), Some(&token)).await;
     assert_eq!((status, body["title"].as_str()), (200, Some("Holiday")));
 
     assert_eq!(
-        delete(&app, &format!("/api/chats/{first}"), &token).await,
+        app.delete(&format!("/api/chats/{first}"), &token).await,
         204
     );
     let (status, body) = app.get(&format!("/api/chats/{first}"), Some(&token)).await;
@@ -113,7 +70,7 @@ async fn chats_are_created_listed_renamed_and_deleted(db: Db) {
         "a deleted chat's messages vanish from search too"
     );
     assert_eq!(
-        delete(&app, &format!("/api/chats/{first}"), &token).await,
+        app.delete(&format!("/api/chats/{first}"), &token).await,
         404
     );
     app.shutdown().await;
@@ -121,9 +78,8 @@ async fn chats_are_created_listed_renamed_and_deleted(db: Db) {
 
 async fn messages_are_sent_paged_filtered_edited_and_deleted(db: Db) {
     let app = spawn_app(db).await;
-    let (token, user) = app.sign_up("bob@example.com").await;
-    let chat = new_chat(&app, &token, "Notes").await;
-    let first = send(&app, &token, &chat, "first note", "text").await;
+    let (token, user, chat) = app.sign_up_with_chat("bob@example.com", "Notes").await;
+    let first = app.send_message(&token, &chat, "first note", "text").await;
     for key in [
         "id",
         "chatId",
@@ -140,7 +96,8 @@ async fn messages_are_sent_paged_filtered_edited_and_deleted(db: Db) {
     assert_eq!(first["role"], "user");
     for i in 1..=11 {
         let kind = if i % 3 == 0 { "code" } else { "text" };
-        send(&app, &token, &chat, &format!("note {i}"), kind).await;
+        app.send_message(&token, &chat, &format!("note {i}"), kind)
+            .await;
     }
     let base = format!("/api/chats/{chat}/messages");
     let (status, all) = app.get(&base, Some(&token)).await;
@@ -198,66 +155,65 @@ async fn messages_are_sent_paged_filtered_edited_and_deleted(db: Db) {
     assert_eq!(none["total"], 0);
 
     let id = first["id"].as_str().expect("id");
-    let (status, edited) = put(
-        &app,
-        &format!("{base}/{id}"),
-        &token,
-        &json!({ "content": "fixed note", "type": "code" }),
-    )
-    .await;
+    let (status, edited) = app
+        .put(
+            &format!("{base}/{id}"),
+            &token,
+            &json!({ "content": "fixed note", "type": "code" }),
+        )
+        .await;
     assert_eq!(status, 200, "{edited}");
     assert_eq!(
         (edited["content"].as_str(), edited["type"].as_str()),
         (Some("fixed note"), Some("code"))
     );
     assert!(edited["updatedAt"].as_str() > first["updatedAt"].as_str());
-    let (status, same) = put(
-        &app,
-        &format!("{base}/{id}"),
-        &token,
-        &json!({ "content": "fixed note" }),
-    )
-    .await;
+    let (status, same) = app
+        .put(
+            &format!("{base}/{id}"),
+            &token,
+            &json!({ "content": "fixed note" }),
+        )
+        .await;
     assert_eq!(
         status, 200,
         "an edit that changes nothing is not an error: {same}"
     );
-    assert_eq!(delete(&app, &format!("{base}/{id}"), &token).await, 204);
+    assert_eq!(app.delete(&format!("{base}/{id}"), &token).await, 204);
     let (_, after) = app.get(&base, Some(&token)).await;
     assert_eq!(after["total"], 11);
-    let (status, body) = put(
-        &app,
-        &format!("{base}/{id}"),
-        &token,
-        &json!({ "content": "again" }),
-    )
-    .await;
+    let (status, body) = app
+        .put(
+            &format!("{base}/{id}"),
+            &token,
+            &json!({ "content": "again" }),
+        )
+        .await;
     assert_eq!(status, 404);
     assert_error(&body, "not_found");
-    assert_eq!(delete(&app, &format!("{base}/{id}"), &token).await, 404);
+    assert_eq!(app.delete(&format!("{base}/{id}"), &token).await, 404);
     app.shutdown().await;
 }
 
 async fn search_ignores_case_order_and_accents(db: Db) {
     let app = spawn_app(db).await;
-    let (token, _) = app.sign_up("cy@example.com").await;
-    let a = new_chat(&app, &token, "Food").await;
-    let b = new_chat(&app, &token, "More food").await;
-    send(&app, &token, &a, "The Crème Brûlée was perfect", "text").await;
-    send(
-        &app,
+    let (token, _, a) = app.sign_up_with_chat("cy@example.com", "Food").await;
+    let b = app.new_chat(&token, "More food").await;
+    app.send_message(&token, &a, "The Crème Brûlée was perfect", "text")
+        .await;
+    app.send_message(
         &token,
         &a,
         "brulee recipe: creme, sugar, eggs. Creme brulee forever",
         "text",
     )
     .await;
-    send(&app, &token, &a, "nothing to see here", "text").await;
-    send(&app, &token, &b, "CRÈME brûlée in the other chat", "code").await;
-    let (other, _) = app.sign_up("other@example.com").await;
-    let theirs = new_chat(&app, &other, "Theirs").await;
-    send(
-        &app,
+    app.send_message(&token, &a, "nothing to see here", "text")
+        .await;
+    app.send_message(&token, &b, "CRÈME brûlée in the other chat", "code")
+        .await;
+    let (other, _, theirs) = app.sign_up_with_chat("other@example.com", "Theirs").await;
+    app.send_message(
         &other,
         &theirs,
         "creme brulee belongs to someone else",
@@ -333,8 +289,8 @@ async fn another_users_chats_and_messages_read_as_missing(db: Db) {
     let app = spawn_app(db).await;
     let (owner, _) = app.sign_up("owner@example.com").await;
     let (intruder, intruder_id) = app.sign_up("intruder@example.com").await;
-    let chat = new_chat(&app, &owner, "Private").await;
-    let msg = send(&app, &owner, &chat, "secret", "text").await;
+    let chat = app.new_chat(&owner, "Private").await;
+    let msg = app.send_message(&owner, &chat, "secret", "text").await;
     let msg = msg["id"].as_str().expect("id");
     let chat_path = format!("/api/chats/{chat}");
     let msgs_path = format!("{chat_path}/messages");
@@ -342,7 +298,8 @@ async fn another_users_chats_and_messages_read_as_missing(db: Db) {
 
     let checks: Vec<(u16, Value)> = vec![
         app.get(&chat_path, Some(&intruder)).await,
-        put(&app, &chat_path, &intruder, &json!({ "title": "mine" })).await,
+        app.put(&chat_path, &intruder, &json!({ "title": "mine" }))
+            .await,
         app.get(&msgs_path, Some(&intruder)).await,
         app.post(
             &msgs_path,
@@ -350,14 +307,15 @@ async fn another_users_chats_and_messages_read_as_missing(db: Db) {
             &json!({ "content": "hi", "type": "text" }),
         )
         .await,
-        put(&app, &msg_path, &intruder, &json!({ "content": "changed" })).await,
+        app.put(&msg_path, &intruder, &json!({ "content": "changed" }))
+            .await,
     ];
     for (status, body) in checks {
         assert_eq!(status, 404, "{body}");
         assert_error(&body, "not_found");
     }
-    assert_eq!(delete(&app, &msg_path, &intruder).await, 404);
-    assert_eq!(delete(&app, &chat_path, &intruder).await, 404);
+    assert_eq!(app.delete(&msg_path, &intruder).await, 404);
+    assert_eq!(app.delete(&chat_path, &intruder).await, 404);
     let (_, list) = app.get("/api/chats", Some(&intruder)).await;
     assert_eq!(list["total"], 0);
     let (_, found) = app
@@ -368,7 +326,8 @@ async fn another_users_chats_and_messages_read_as_missing(db: Db) {
     // intruder's key as a word still belongs to its owner's search only.
     let intruder_id = intruder_id["id"].as_str().expect("id").to_owned();
     let key = format!("u{}", intruder_id.replace('-', ""));
-    send(&app, &owner, &chat, &format!("{key} classified"), "text").await;
+    app.send_message(&owner, &chat, &format!("{key} classified"), "text")
+        .await;
     for q in ["classified", key.as_str()] {
         let (_, found) = app
             .get(&format!("/api/messages/search?q={q}"), Some(&intruder))
@@ -394,8 +353,7 @@ async fn another_users_chats_and_messages_read_as_missing(db: Db) {
 
 async fn bad_ids_bodies_and_parameters_get_the_error_body(db: Db) {
     let app = spawn_app(db).await;
-    let (token, _) = app.sign_up("dee@example.com").await;
-    let chat = new_chat(&app, &token, "Edge").await;
+    let (token, _, chat) = app.sign_up_with_chat("dee@example.com", "Edge").await;
     let base = format!("/api/chats/{chat}/messages");
     let cases: Vec<(u16, Value)> = vec![
         app.get("/api/chats/not-a-uuid", Some(&token)).await,
@@ -438,8 +396,7 @@ async fn bad_ids_bodies_and_parameters_get_the_error_body(db: Db) {
             &json!({ "content": "x", "type": "video" }),
         )
         .await,
-        put(
-            &app,
+        app.put(
             &format!("{base}/not-a-uuid"),
             &token,
             &json!({ "content": "x" }),
@@ -458,24 +415,19 @@ async fn bad_ids_bodies_and_parameters_get_the_error_body(db: Db) {
         body["error"]["details"]["page"].is_string()
             && body["error"]["details"]["limit"].is_string()
     );
-    let r = app
-        .request(Method::POST, &base, Some(&token))
-        .header("content-type", "text/plain")
-        .body("hello")
-        .send()
-        .await
-        .expect("send");
-    let (status, body) = parts(r).await;
+    let (status, body) = app
+        .post_raw(&base, Some(&token), "text/plain", "hello")
+        .await;
     assert_eq!(status, 415);
     assert_error(&body, "unsupported_media_type");
-    let r = app
-        .request(Method::POST, &base, Some(&token))
-        .header("content-type", "application/json")
-        .body("{\"content\": \"unterminated")
-        .send()
-        .await
-        .expect("send");
-    let (status, body) = parts(r).await;
+    let (status, body) = app
+        .post_raw(
+            &base,
+            Some(&token),
+            "application/json",
+            "{\"content\": \"unterminated",
+        )
+        .await;
     assert_eq!(status, 400);
     assert_error(&body, "validation_error");
     let (_, list) = app.get(&base, Some(&token)).await;
@@ -488,9 +440,8 @@ async fn bad_ids_bodies_and_parameters_get_the_error_body(db: Db) {
 
 async fn concurrent_edits_of_one_message_all_apply_in_turn(db: Db) {
     let app = spawn_app(db).await;
-    let (token, _) = app.sign_up("eli@example.com").await;
-    let chat = new_chat(&app, &token, "Race").await;
-    let msg = send(&app, &token, &chat, "v0", "text").await;
+    let (token, _, chat) = app.sign_up_with_chat("eli@example.com", "Race").await;
+    let msg = app.send_message(&token, &chat, "v0", "text").await;
     let path = format!(
         "/api/chats/{chat}/messages/{}",
         msg["id"].as_str().expect("id")
@@ -498,7 +449,7 @@ async fn concurrent_edits_of_one_message_all_apply_in_turn(db: Db) {
     let bodies: Vec<Value> = (1..=8)
         .map(|i| json!({ "content": format!("v{i}") }))
         .collect();
-    let edits = bodies.iter().map(|b| put(&app, &path, &token, b));
+    let edits = bodies.iter().map(|b| app.put(&path, &token, b));
     let results = futures::future::join_all(edits).await;
     for (status, body) in &results {
         assert_eq!(*status, 200, "{body}");
@@ -526,11 +477,12 @@ async fn concurrent_edits_of_one_message_all_apply_in_turn(db: Db) {
 
 async fn a_post_is_always_visible_to_the_next_get(db: Db) {
     let app = spawn_app(db).await;
-    let (token, _) = app.sign_up("fay@example.com").await;
-    let chat = new_chat(&app, &token, "RYW").await;
+    let (token, _, chat) = app.sign_up_with_chat("fay@example.com", "RYW").await;
     let base = format!("/api/chats/{chat}/messages");
     for i in 0..200 {
-        let sent = send(&app, &token, &chat, &format!("m{i}"), "text").await;
+        let sent = app
+            .send_message(&token, &chat, &format!("m{i}"), "text")
+            .await;
         let (_, page) = app
             .get(&format!("{base}?page={}&limit=1", i + 1), Some(&token))
             .await;

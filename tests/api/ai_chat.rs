@@ -1,23 +1,19 @@
-//! AI chat over HTTP against a local server that speaks OpenAI's chat-completions wire format
-//! (server-sent events, usage in the last chunk, error statuses, hangs): replies streamed by the
-//! worker, stored and charged; retries; timeouts; disconnects and resumes; the credit ledger
-//! under concurrency; tiers; users' own keys; the monthly reset.
+//! AI chat over HTTP against `confab-testkit`'s stand-in for OpenAI's chat-completions wire
+//! format (server-sent events, usage in the last chunk, error statuses, hangs): replies streamed
+//! by the worker, stored and charged; retries; timeouts; disconnects and resumes; the credit
+//! ledger under concurrency; tiers; users' own keys; the monthly reset.
 
-mod common;
-
-use axum::Router;
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use common::{Db, TestApp, assert_error, spawn_app_with};
+use crate::helpers::{
+    Db, Killed, Queue, TestApp, assert_error, confab_command, error_message, on_both, poll,
+    spawn_app_on, spawn_app_with, spawn_quiet, test_config, with_admin,
+};
 use confab::Config;
 use confab_domain::catalogue::{Catalogue, Model, Tier};
+use confab_testkit::openai::{Act, OpenAiStandIn};
 use reqwest::Method;
+use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 on_both!(
@@ -25,138 +21,24 @@ on_both!(
     concurrent_requests_never_overdraw,
 );
 
-/// What the fake provider does with the next request.
-#[derive(Clone)]
-enum Act {
-    /// Streams these pieces, `gap` apart, then the usage and `[DONE]`.
-    Reply {
-        pieces: Vec<&'static str>,
-        usage: (u64, u64),
-        gap: Duration,
-    },
-    /// Answers this status with an OpenAI error body.
-    Status(u16),
-    /// Never answers.
-    Hang,
-    /// Streams these pieces, then breaks the connection.
-    Break(Vec<&'static str>),
-}
-
-#[derive(Clone, Default)]
-struct Upstream {
-    script: Arc<Mutex<VecDeque<Act>>>,
-    /// What to do when the script is empty.
-    fallback: Arc<Mutex<Option<Act>>>,
-    /// Each request's Authorization header and body.
-    seen: Arc<Mutex<Vec<(String, Value)>>>,
-}
-
-fn chunk(content: Option<&str>, usage: Option<(u64, u64)>) -> String {
-    let choices = match content {
-        Some(c) => json!([{ "index": 0, "delta": { "content": c }, "finish_reason": null }]),
-        None => json!([]),
-    };
-    let mut v = json!({
-        "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1_700_000_000,
-        "model": "test-model", "choices": choices,
-    });
-    if let Some((i, o)) = usage {
-        v["usage"] = json!({ "prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o });
-    }
-    format!("data: {v}\n\n")
-}
-
-async fn completions(State(up): State<Upstream>, headers: HeaderMap, body: String) -> Response {
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    up.seen.lock().unwrap().push((auth, body));
-    let next = up.script.lock().unwrap().pop_front();
-    let act = next
-        .or_else(|| up.fallback.lock().unwrap().clone())
-        .expect("a scripted act");
-    let sse = |s: futures::stream::BoxStream<'static, Result<String, std::io::Error>>| {
-        Response::builder()
-            .header("content-type", "text/event-stream")
-            .body(Body::from_stream(s))
-            .unwrap()
-    };
-    match act {
-        Act::Status(code) => (
-            StatusCode::from_u16(code).unwrap(),
-            axum::Json(json!({ "error": { "message": "scripted failure", "type": "server_error", "param": null, "code": null } })),
-        )
-            .into_response(),
-        Act::Hang => {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            StatusCode::OK.into_response()
-        }
-        Act::Reply { pieces, usage, gap } => {
-            let s = async_stream::stream! {
-                yield Ok(chunk(Some(""), None));
-                for p in pieces {
-                    tokio::time::sleep(gap).await;
-                    yield Ok(chunk(Some(p), None));
-                }
-                yield Ok(chunk(None, Some(usage)));
-                yield Ok("data: [DONE]\n\n".to_owned());
-            };
-            sse(Box::pin(s))
-        }
-        Act::Break(pieces) => {
-            let s = async_stream::stream! {
-                for p in pieces {
-                    yield Ok(chunk(Some(p), None));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                yield Err(std::io::Error::other("connection broken"));
-            };
-            sse(Box::pin(s))
-        }
-    }
-}
-
-async fn start_upstream() -> (Upstream, String) {
-    let up = Upstream::default();
-    let app = Router::new()
-        .route("/v1/chat/completions", post(completions))
-        .with_state(up.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (up, base)
-}
-
-impl Upstream {
-    fn then(&self, act: Act) -> &Self {
-        self.script.lock().unwrap().push_back(act);
-        self
-    }
-    fn always(&self, act: Act) {
-        *self.fallback.lock().unwrap() = Some(act);
-    }
-    fn requests(&self) -> Vec<(String, Value)> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
 fn hello() -> Act {
-    Act::Reply {
-        pieces: vec!["Hel", "lo, ", "world!"],
-        usage: (1000, 2000),
-        gap: Duration::from_millis(5),
-    }
+    Act::reply(
+        &["Hel", "lo, ", "world!"],
+        (1000, 2000),
+        Duration::from_millis(5),
+    )
 }
 
-/// The app with the fake provider as `openai` and short time limits.
-async fn app_with(db: Db, base: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
-    let base = base.to_owned();
-    spawn_app_with(db, move |c| {
-        c.openai_base_url = Some(base);
-        c.openai_api_key = Some("server-key".to_owned().into());
+/// Config for the stand-in as the `openai` provider, called with the server's key.
+fn openai_at(c: &mut Config, up: &OpenAiStandIn) {
+    c.openai_base_url = Some(up.base_url().to_owned());
+    c.openai_api_key = Some("server-key".to_owned().into());
+}
+
+/// The app with the stand-in as `openai` and short time limits.
+async fn app_with(db: Db, up: &OpenAiStandIn, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_with(db, |c| {
+        openai_at(c, up);
         c.llm_first_token_timeout_ms = 700;
         c.llm_retries = 1;
         c.llm_backoff_ms = 20;
@@ -166,66 +48,31 @@ async fn app_with(db: Db, base: &str, tweak: impl FnOnce(&mut Config)) -> TestAp
     .await
 }
 
+/// Posts `body` to `/api/chat` → the response, its body still streaming.
+async fn post_chat(app: &TestApp, token: Option<&str>, body: &Value) -> reqwest::Response {
+    let r = app.request(Method::POST, "/api/chat", token).json(body);
+    r.send().await.expect("post")
+}
+
+/// Posts `body` to `/api/chat` and reads the whole reply → (status, headers, text).
 async fn chat(app: &TestApp, token: &str, body: &Value) -> (u16, HeaderMap, String) {
-    let r = app
-        .request(Method::POST, "/api/chat", Some(token))
-        .json(body)
-        .send()
-        .await
-        .expect("post");
+    let r = post_chat(app, Some(token), body).await;
     let status = r.status().as_u16();
     let headers = r.headers().clone();
-    let mut h = HeaderMap::new();
-    for (k, v) in headers.iter() {
-        h.insert(k.clone(), v.clone());
-    }
-    (status, h, r.text().await.expect("text"))
+    (status, headers, r.text().await.expect("text"))
+}
+
+/// Asks `text` in a new chat and expects the reply to start → (the streaming response, the
+/// chat's id).
+async fn start_chat(app: &TestApp, token: &str, text: &str) -> (reqwest::Response, String) {
+    let r = post_chat(app, Some(token), &ask(text)).await;
+    assert_eq!(r.status(), 200);
+    let chat_id = r.headers()["x-chat-id"].to_str().unwrap().to_owned();
+    (r, chat_id)
 }
 
 fn ask(text: &str) -> Value {
     json!({ "messages": [{ "role": "user", "content": text }] })
-}
-
-/// Jobs in the queue not yet finished: `jobs.db` on the embedded default, the `apalis` schema
-/// on PostgreSQL.
-async fn unfinished_jobs(app: &TestApp) -> i64 {
-    const UNFINISHED: &str = "SELECT COUNT(*) FROM {} WHERE status IN ('Pending', 'Queued', \
-         'Running') OR (status = 'Failed' AND attempts < max_attempts)";
-    match &app.database_url {
-        None => {
-            let path = app.dir.path().join("data").join("jobs.db");
-            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
-                .await
-                .expect("jobs.db");
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(UNFINISHED.replace("{}", "Jobs")))
-                .fetch_one(&pool)
-                .await
-                .expect("count");
-            pool.close().await;
-            n
-        }
-        Some(url) => {
-            let pool = sqlx::PgPool::connect(url).await.expect("postgres");
-            let n: i64 =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(UNFINISHED.replace("{}", "apalis.jobs")))
-                    .fetch_one(&pool)
-                    .await
-                    .expect("count");
-            pool.close().await;
-            n
-        }
-    }
-}
-
-/// Waits until the queue is drained (the worker marks a job done just after the reply ends).
-async fn drained(app: &TestApp) {
-    for _ in 0..200 {
-        if unfinished_jobs(app).await == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the job queue did not drain");
 }
 
 /// The rest of the chat's reply from byte `offset`, as a reconnecting client reads it.
@@ -244,17 +91,7 @@ async fn resume(app: &TestApp, token: &str, chat_id: &str, offset: usize) -> Str
 }
 
 async fn balance(app: &TestApp, token: &str) -> i64 {
-    let (s, me) = app.get("/api/me", Some(token)).await;
-    assert_eq!(s, 200, "{me}");
-    me["user"]["credits"].as_i64().expect("credits")
-}
-
-async fn history(app: &TestApp, token: &str, query: &str) -> Value {
-    let (s, h) = app
-        .get(&format!("/api/billing/credit-history{query}"), Some(token))
-        .await;
-    assert_eq!(s, 200, "{h}");
-    h
+    app.me(token).await["credits"].as_i64().expect("credits")
 }
 
 async fn messages(app: &TestApp, token: &str, chat: &str) -> Vec<Value> {
@@ -266,9 +103,9 @@ async fn messages(app: &TestApp, token: &str, chat: &str) -> Vec<Value> {
 }
 
 async fn a_reply_is_streamed_stored_and_charged_by_its_usage(db: Db) {
-    let (up, base) = start_upstream().await;
+    let up = OpenAiStandIn::start().await;
     up.then(hello());
-    let app = app_with(db, &base, |_| {}).await;
+    let app = app_with(db, &up, |_| {}).await;
     let (token, _) = app.sign_up("ai@example.com").await;
     assert_eq!(
         balance(&app, &token).await,
@@ -280,7 +117,7 @@ async fn a_reply_is_streamed_stored_and_charged_by_its_usage(db: Db) {
     assert_eq!(status, 200, "{text}");
     assert_eq!(text, "Hello, world!");
     let chat_id = headers["x-chat-id"].to_str().unwrap().to_owned();
-    drained(&app).await;
+    app.drained(Queue::Replies).await;
 
     let ms = messages(&app, &token, &chat_id).await;
     assert_eq!(ms.len(), 2, "{ms:?}");
@@ -291,23 +128,23 @@ async fn a_reply_is_streamed_stored_and_charged_by_its_usage(db: Db) {
 
     // gpt-4o-mini: 1 credit per 1k input, 4 per 1k output → 1 + 8.
     assert_eq!(balance(&app, &token).await, 1000 - 9);
-    let h = history(&app, &token, "?type=usage").await;
+    let h = app.credit_history(&token, "?type=usage").await;
     assert_eq!(h["total"], 1, "{h}");
     let t = &h["transactions"][0];
     assert_eq!(t["amount"], -9);
     assert_eq!(t["balanceAfter"], 991);
     assert_eq!(t["reference"]["chatId"], chat_id.as_str());
     assert_eq!(t["reference"]["model"], "gpt-4o-mini");
-    let all = history(&app, &token, "").await;
+    let all = app.credit_history(&token, "").await;
     assert_eq!(all["total"], 2, "the opening and the usage: {all}");
 
     // The provider got the conversation, the server's key, the model and the output limit.
     let seen = up.requests();
     assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].0, "Bearer server-key");
-    assert_eq!(seen[0].1["model"], "gpt-4o-mini");
-    assert_eq!(seen[0].1["stream"], true);
-    assert_eq!(seen[0].1["messages"][0]["content"], "Say hello");
+    assert_eq!(seen[0].authorization, "Bearer server-key");
+    assert_eq!(seen[0].body["model"], "gpt-4o-mini");
+    assert_eq!(seen[0].body["stream"], true);
+    assert_eq!(seen[0].body["messages"][0]["content"], "Say hello");
 
     // A follow-up in the same chat.
     up.then(hello());
@@ -323,21 +160,20 @@ async fn a_reply_is_streamed_stored_and_charged_by_its_usage(db: Db) {
     .await;
     assert_eq!(status, 200);
     assert_eq!(headers["x-chat-id"].to_str().unwrap(), chat_id);
-    drained(&app).await;
+    app.drained(Queue::Replies).await;
     assert_eq!(messages(&app, &token, &chat_id).await.len(), 4);
     app.shutdown().await;
 }
 
 async fn concurrent_requests_never_overdraw(db: Db) {
-    let (up, base) = start_upstream().await;
-    up.always(Act::Reply {
-        pieces: vec!["ok"],
-        usage: (5, 10),
-        gap: Duration::from_millis(1),
-    });
+    let up = OpenAiStandIn::start().await;
+    up.always(Act::reply(&["ok"], (5, 10), Duration::from_millis(1)));
     // One credit per output token, input free, at most 10 tokens a reply: each request
     // reserves exactly 10 and uses 10; 370 credits cover exactly 37 of them.
-    let app = app_with(db, &base, |c| {
+    let app = app_with(db, &up, |c| {
+        // A hundred replies at once on a loaded machine can take longer than the short
+        // first-token limit, and a retry would be one more provider request than replies.
+        c.llm_first_token_timeout_ms = 30_000;
         c.catalogue = Catalogue {
             tiers: vec![Tier {
                 name: "free".into(),
@@ -383,9 +219,9 @@ async fn concurrent_requests_never_overdraw(db: Db) {
     }
     assert_eq!(ok, 37);
     let app = Arc::try_unwrap(app).ok().expect("sole owner");
-    drained(&app).await;
+    app.drained(Queue::Replies).await;
     assert_eq!(balance(&app, &token).await, 0);
-    let h = history(&app, &token, "?type=usage&limit=100").await;
+    let h = app.credit_history(&token, "?type=usage&limit=100").await;
     assert_eq!(h["total"], 37, "{h}");
     let spent: i64 = h["transactions"]
         .as_array()
@@ -404,33 +240,33 @@ async fn concurrent_requests_never_overdraw(db: Db) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_provider_is_retried_before_the_first_token() {
-    let (up, base) = start_upstream().await;
+    let up = OpenAiStandIn::start().await;
     up.then(Act::Status(500)).then(hello());
-    let app = app_with(Db::Sqlite, &base, |_| {}).await;
+    let app = app_with(Db::Sqlite, &up, |_| {}).await;
     let (token, _) = app.sign_up("retry@example.com").await;
     let (status, _, text) = chat(&app, &token, &ask("hi")).await;
     assert_eq!(status, 200);
     assert_eq!(text, "Hello, world!");
     assert_eq!(up.requests().len(), 2);
-    drained(&app).await;
+    app.drained(Queue::Replies).await;
     assert_eq!(balance(&app, &token).await, 991);
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_provider_times_out_and_costs_nothing() {
-    let (up, base) = start_upstream().await;
+    let up = OpenAiStandIn::start().await;
     up.always(Act::Hang);
-    let app = app_with(Db::Sqlite, &base, |_| {}).await;
+    let app = app_with(Db::Sqlite, &up, |_| {}).await;
     let (token, _) = app.sign_up("hang@example.com").await;
     let (status, headers, text) = chat(&app, &token, &ask("hi")).await;
     assert_eq!(status, 200);
     assert!(text.starts_with("\n\n[reply interrupted: "), "{text:?}");
     assert!(text.contains("nothing within 700 ms"), "{text:?}");
     assert_eq!(up.requests().len(), 2, "one try and one retry");
-    drained(&app).await;
+    app.drained(Queue::Replies).await;
     assert_eq!(balance(&app, &token).await, 1000, "nothing consumed");
-    assert_eq!(history(&app, &token, "?type=usage").await["total"], 0);
+    assert_eq!(app.credit_history(&token, "?type=usage").await["total"], 0);
     let chat_id = headers["x-chat-id"].to_str().unwrap();
     let ms = messages(&app, &token, chat_id).await;
     assert_eq!(ms.len(), 1, "only the user's message: {ms:?}");
@@ -439,9 +275,9 @@ async fn a_hanging_provider_times_out_and_costs_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_broken_midway_keeps_the_partial_reply_marked() {
-    let (up, base) = start_upstream().await;
-    up.then(Act::Break(vec!["Part", "ial"]));
-    let app = app_with(Db::Sqlite, &base, |_| {}).await;
+    let up = OpenAiStandIn::start().await;
+    up.then(Act::broken(&["Part", "ial"]));
+    let app = app_with(Db::Sqlite, &up, |_| {}).await;
     let (token, _) = app.sign_up("break@example.com").await;
     let (status, headers, text) = chat(&app, &token, &ask("hi")).await;
     assert_eq!(status, 200);
@@ -450,7 +286,7 @@ async fn a_stream_broken_midway_keeps_the_partial_reply_marked() {
         "{text:?}"
     );
     assert_eq!(up.requests().len(), 1, "no retry after the first token");
-    drained(&app).await;
+    app.drained(Queue::Replies).await;
     let ms = messages(&app, &token, headers["x-chat-id"].to_str().unwrap()).await;
     assert_eq!(ms.len(), 2);
     let stored = ms[1]["content"].as_str().unwrap();
@@ -467,23 +303,12 @@ async fn a_stream_broken_midway_keeps_the_partial_reply_marked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_disconnects_can_resume_and_the_reply_is_stored() {
-    let (up, base) = start_upstream().await;
+    let up = OpenAiStandIn::start().await;
     let pieces = vec!["one ", "two ", "three ", "four ", "five ", "six"];
-    up.then(Act::Reply {
-        pieces: pieces.clone(),
-        usage: (10, 6),
-        gap: Duration::from_millis(150),
-    });
-    let app = app_with(Db::Sqlite, &base, |_| {}).await;
+    up.then(Act::reply(&pieces, (10, 6), Duration::from_millis(150)));
+    let app = app_with(Db::Sqlite, &up, |_| {}).await;
     let (token, _) = app.sign_up("resume@example.com").await;
-    let mut r = app
-        .request(Method::POST, "/api/chat", Some(&token))
-        .json(&ask("count"))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), 200);
-    let chat_id = r.headers()["x-chat-id"].to_str().unwrap().to_owned();
+    let (mut r, chat_id) = start_chat(&app, &token, "count").await;
     let first = r.chunk().await.expect("chunk").expect("some text");
     let got = String::from_utf8(first.to_vec()).unwrap();
     drop(r); // the client goes away mid-reply
@@ -498,7 +323,7 @@ async fn a_client_that_disconnects_can_resume_and_the_reply_is_stored() {
         .await;
     assert_eq!(s, 404, "{b}");
 
-    drained(&app).await;
+    app.drained(Queue::Replies).await;
     let ms = messages(&app, &token, &chat_id).await;
     assert_eq!(ms[1]["content"], pieces.concat());
     app.shutdown().await;
@@ -506,22 +331,14 @@ async fn a_client_that_disconnects_can_resume_and_the_reply_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rules_of_the_route_are_enforced() {
-    let (up, base) = start_upstream().await;
+    let up = OpenAiStandIn::start().await;
     up.always(hello());
-    let app = app_with(Db::Sqlite, &base, |_| {}).await;
+    let app = app_with(Db::Sqlite, &up, |_| {}).await;
     let (token, _) = app.sign_up("rules@example.com").await;
 
     let (s, b) = app.get("/api/chat", None).await;
     assert_eq!((s, b), (200, json!({ "message": "Chat API is working" })));
-    let (s, _, _) = {
-        let r = app
-            .request(Method::POST, "/api/chat", None)
-            .json(&ask("hi"))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), (), ())
-    };
+    let s = post_chat(&app, None, &ask("hi")).await.status().as_u16();
     assert_eq!(s, 401);
 
     for bad in [
@@ -579,7 +396,7 @@ async fn the_rules_of_the_route_are_enforced() {
         .get("/api/billing/credit-history?type=gift", Some(&token))
         .await;
     assert_eq!(s, 400);
-    drained(&app).await;
+    app.drained(Queue::Replies).await;
     app.shutdown().await;
 }
 
@@ -590,51 +407,22 @@ async fn without_a_provider_the_route_says_which_setting_to_set() {
     let (s, _, body) = chat(&app, &token, &ask("hi")).await;
     assert_eq!(s, 503, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("OPENAI_API_KEY"),
-        "{v}"
-    );
+    assert!(error_message(&v).contains("OPENAI_API_KEY"), "{v}");
     assert_eq!(balance(&app, &token).await, 1000);
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_own_key_is_used_for_their_provider() {
-    let (up, base) = start_upstream().await;
+    let up = OpenAiStandIn::start().await;
     up.always(hello());
-    let app = app_with(Db::Sqlite, &base, |c| {
-        c.admin_email = Some("admin@example.com".into());
-        c.admin_password = Some("operator password".to_owned().into());
-        c.provider_hosts_allowlist = "127.0.0.1".into();
-    })
-    .await;
-    let (s, admin) = app
-        .post(
-            "/api/auth/signin",
-            None,
-            &json!({ "email": "admin@example.com", "password": "operator password" }),
-        )
-        .await;
-    assert_eq!(s, 200);
-    let admin = admin["token"].as_str().unwrap().to_owned();
-    let (s, provider) = app
-        .post(
-            "/chat/llm-providers",
-            Some(&admin),
-            &json!({ "name": "OpenAI", "api_endpoint": base }),
-        )
-        .await;
+    let app = app_with(Db::Sqlite, &up, with_admin).await;
+    let admin = app.sign_in_admin().await;
+    let (s, provider) = app.add_provider(&admin, "OpenAI", up.base_url()).await;
     assert_eq!(s, 201, "{provider}");
     let (token, user) = app.sign_up("own@example.com").await;
     let (s, cfg) = app
-        .post(
-            "/chat/user-llm-configs",
-            Some(&token),
-            &json!({ "user_id": user["id"], "provider_id": provider["id"], "api_key": "sk-user-own-key-1234" }),
-        )
+        .add_user_key(&token, &user["id"], &provider["id"], "sk-user-own-key-1234")
         .await;
     assert_eq!(s, 201, "{cfg}");
     let (s, _, text) = chat(&app, &token, &ask("hi")).await;
@@ -644,37 +432,35 @@ async fn a_users_own_key_is_used_for_their_provider() {
     let (s, _, _) = chat(&app, &plain, &ask("hi")).await;
     assert_eq!(s, 200);
     let seen = up.requests();
-    assert_eq!(seen[0].0, "Bearer sk-user-own-key-1234");
-    assert_eq!(seen[1].0, "Bearer server-key");
-    drained(&app).await;
+    assert_eq!(seen[0].authorization, "Bearer sk-user-own-key-1234");
+    assert_eq!(seen[1].authorization, "Bearer server-key");
+    app.drained(Queue::Replies).await;
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_month_is_reset_once_by_the_schedule_or_the_route() {
-    let (_up, base) = start_upstream().await;
+    let up = OpenAiStandIn::start().await;
     // The schedule fires every second.
-    let app = app_with(Db::Sqlite, &base, |c| {
+    let app = app_with(Db::Sqlite, &up, |c| {
         c.credit_reset_schedule = "* * * * * *".into();
     })
     .await;
     let (a, _) = app.sign_up("a@example.com").await;
     let (b, _) = app.sign_up("b@example.com").await;
     // Wait for the schedule to reset both accounts (opening them as this month's reset).
-    let mut resets = 0;
-    for _ in 0..100 {
-        resets = history(&app, &a, "?type=reset").await["total"]
-            .as_i64()
-            .unwrap()
-            + history(&app, &b, "?type=reset").await["total"]
-                .as_i64()
-                .unwrap();
-        if resets == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(resets, 2, "the schedule reset both accounts");
+    let resets = |token| app.credit_history(token, "?type=reset");
+    let both = || async {
+        resets(&a).await["total"].as_i64().unwrap() + resets(&b).await["total"].as_i64().unwrap()
+    };
+    let reset = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        both,
+        |n| *n == 2,
+    )
+    .await;
+    assert_eq!(reset, 2, "the schedule reset both accounts");
     let call = |secret: &'static str| {
         app.request(Method::GET, "/api/cron/reset-credits", None)
             .bearer_auth(secret)
@@ -693,14 +479,14 @@ async fn a_month_is_reset_once_by_the_schedule_or_the_route() {
     assert_eq!(s, 401);
     assert_error(&body, "unauthorized");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(history(&app, &a, "?type=reset").await["total"], 1);
+    assert_eq!(app.credit_history(&a, "?type=reset").await["total"], 1);
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_route_resets_accounts_the_schedule_has_not() {
-    let (_up, base) = start_upstream().await;
-    let app = app_with(Db::Sqlite, &base, |_| {}).await;
+    let up = OpenAiStandIn::start().await;
+    let app = app_with(Db::Sqlite, &up, |_| {}).await;
     let (a, _) = app.sign_up("r1@example.com").await;
     app.sign_up("r2@example.com").await;
     let get = || {
@@ -712,22 +498,27 @@ async fn the_route_resets_accounts_the_schedule_has_not() {
     assert_eq!(v["resetCount"], 2);
     let v: Value = get().await.unwrap().json().await.unwrap();
     assert_eq!(v["resetCount"], 0, "never twice in one month");
-    assert_eq!(history(&app, &a, "?type=reset").await["total"], 1);
+    assert_eq!(app.credit_history(&a, "?type=reset").await["total"], 1);
     app.shutdown().await;
+}
+
+/// Config for an API instance that runs no jobs, calling the stand-in.
+fn api_only(c: &mut Config, up: &OpenAiStandIn) {
+    openai_at(c, up);
+    c.run_jobs = false;
 }
 
 /// Starts `confab work` (projections and job workers, no HTTP) on `database_url`.
 fn spawn_work(
     database_url: &str,
-    base: &str,
+    up: &OpenAiStandIn,
     dir: &std::path::Path,
 ) -> (
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
-    let mut config = common::test_config(Some(database_url.to_owned()), dir);
-    config.openai_base_url = Some(base.to_owned());
-    config.openai_api_key = Some("server-key".to_owned().into());
+    let mut config = test_config(Some(database_url.to_owned()), dir);
+    openai_at(&mut config, up);
     config.llm_first_token_timeout_ms = 700;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(confab::app::work(config, async move {
@@ -738,47 +529,25 @@ fn spawn_work(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_run_in_a_work_process_and_reach_clients_of_any_instance() {
-    let (up, base) = start_upstream().await;
+    let up = OpenAiStandIn::start().await;
     let pieces = vec!["one ", "two ", "three ", "four ", "five"];
-    up.then(Act::Reply {
-        pieces: pieces.clone(),
-        usage: (10, 5),
-        gap: Duration::from_millis(120),
-    });
+    up.then(Act::reply(&pieces, (10, 5), Duration::from_millis(120)));
     let url = confab_eventstore::testing::fresh_postgres_database().await;
     // Two API instances that run no jobs, on one PostgreSQL database.
-    let api_only = |c: &mut Config| c.run_jobs = false;
-    let a = common::spawn_app_on(Some(url.clone()), |c| {
-        c.openai_base_url = Some(base.clone());
-        c.openai_api_key = Some("server-key".to_owned().into());
-        api_only(c);
-    })
-    .await;
-    let b = common::spawn_app_on(Some(url.clone()), |c| {
-        c.openai_base_url = Some(base.clone());
-        c.openai_api_key = Some("server-key".to_owned().into());
-        api_only(c);
-    })
-    .await;
+    let a = spawn_app_on(Some(url.clone()), |c| api_only(c, &up)).await;
+    let b = spawn_app_on(Some(url.clone()), |c| api_only(c, &up)).await;
     let (token, _) = a.sign_up("split@example.com").await;
     let before = balance(&a, &token).await;
 
     // The request is taken while no worker runs: the job waits in the shared queue.
-    let mut r = a
-        .request(Method::POST, "/api/chat", Some(&token))
-        .json(&ask("count to five"))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), 200);
-    let chat_id = r.headers()["x-chat-id"].to_str().unwrap().to_owned();
+    let (mut r, chat_id) = start_chat(&a, &token, "count to five").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(up.requests().len(), 0, "no process has taken the job yet");
-    assert_eq!(unfinished_jobs(&a).await, 1);
+    assert_eq!(a.unfinished_jobs(Queue::Replies).await, 1);
 
     // A `work` process takes it; its text reaches the client on instance A ...
     let work_dir = tempfile::tempdir().expect("tempdir");
-    let (stop_work, work) = spawn_work(&url, &base, work_dir.path());
+    let (stop_work, work) = spawn_work(&url, &up, work_dir.path());
     let first = tokio::time::timeout(Duration::from_secs(10), r.chunk())
         .await
         .expect("the first piece arrives")
@@ -800,13 +569,13 @@ async fn replies_run_in_a_work_process_and_reach_clients_of_any_instance() {
         assert_eq!(s, 404, "{body}");
     }
 
-    drained(&a).await;
+    a.drained(Queue::Replies).await;
     assert_eq!(up.requests().len(), 1);
     for app in [&a, &b] {
         let ms = messages(app, &token, &chat_id).await;
         assert_eq!(ms.len(), 2);
         assert_eq!(ms[1]["content"], pieces.concat());
-        let h = history(app, &token, "?type=usage").await;
+        let h = app.credit_history(&token, "?type=usage").await;
         assert_eq!(h["total"], 1, "{h}");
     }
     assert!(balance(&b, &token).await < before);
@@ -824,7 +593,7 @@ async fn replies_run_in_a_work_process_and_reach_clients_of_any_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_without_jobs_needs_postgresql() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = common::test_config(None, dir.path());
+    let mut config = test_config(None, dir.path());
     config.run_jobs = false;
     let err = confab::Application::build(config)
         .await
@@ -838,79 +607,61 @@ async fn serve_without_jobs_needs_postgresql() {
 }
 
 /// Starts the `confab work` binary on `database_url` as a child process.
-fn work_process(database_url: &str, base: &str, dir: &std::path::Path) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
-        .arg("work")
-        .env("CONFAB_DATABASE_URL", database_url)
-        .env("CONFAB_DATA_DIR", dir)
-        .env("OPENAI_BASE_URL", base)
-        .env("OPENAI_API_KEY", "server-key")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start confab work")
+fn work_process(database_url: &str, up: &OpenAiStandIn, dir: &std::path::Path) -> Killed {
+    spawn_quiet(
+        confab_command()
+            .arg("work")
+            .env("CONFAB_DATABASE_URL", database_url)
+            .env("CONFAB_DATA_DIR", dir)
+            .env("OPENAI_BASE_URL", up.base_url())
+            .env("OPENAI_API_KEY", "server-key")
+            .env("RUST_LOG", "warn"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_whose_worker_dies_is_taken_up_by_another_and_stored_once() {
-    let (up, base) = start_upstream().await;
+    let up = OpenAiStandIn::start().await;
     // The first worker gets a slow reply and is killed in the middle of it; the job's second
     // run (on the other worker) gets a quick one.
-    up.then(Act::Reply {
-        pieces: vec!["slow "; 40],
-        usage: (10, 40),
-        gap: Duration::from_millis(250),
-    });
-    up.then(Act::Reply {
-        pieces: vec!["second ", "run"],
-        usage: (10, 2),
-        gap: Duration::from_millis(5),
-    });
+    up.then(Act::reply(
+        &["slow "; 40],
+        (10, 40),
+        Duration::from_millis(250),
+    ));
+    up.then(Act::reply(
+        &["second ", "run"],
+        (10, 2),
+        Duration::from_millis(5),
+    ));
     let url = confab_eventstore::testing::fresh_postgres_database().await;
-    let api = common::spawn_app_on(Some(url.clone()), |c| {
-        c.openai_base_url = Some(base.clone());
-        c.openai_api_key = Some("server-key".to_owned().into());
-        c.run_jobs = false;
-    })
-    .await;
+    let api = spawn_app_on(Some(url.clone()), |c| api_only(c, &up)).await;
     let (token, _) = api.sign_up("crash@example.com").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut doomed = work_process(&url, &base, dir.path());
+    let mut doomed = work_process(&url, &up, dir.path());
 
-    let mut r = api
-        .request(Method::POST, "/api/chat", Some(&token))
-        .json(&ask("take your time"))
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), 200);
-    let chat_id = r.headers()["x-chat-id"].to_str().unwrap().to_owned();
+    let (mut r, chat_id) = start_chat(&api, &token, "take your time").await;
     let first = tokio::time::timeout(Duration::from_secs(20), r.chunk())
         .await
         .expect("the doomed worker starts the reply")
         .expect("chunk")
         .expect("text");
     assert!(first.starts_with(b"slow"), "{first:?}");
-    doomed.kill().expect("SIGKILL");
-    doomed.wait().expect("reaped");
+    doomed.0.kill().expect("SIGKILL");
+    doomed.0.wait().expect("reaped");
     drop(r);
 
-    let mut survivor = work_process(&url, &base, dir.path());
+    let mut survivor = work_process(&url, &up, dir.path());
     // Heartbeats every 5 s, dead after 3 missed: the job moves within about 20 s.
-    let mut stored = Vec::new();
-    for _ in 0..160 {
-        stored = messages(&api, &token, &chat_id).await;
-        if stored.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let reply_stored = || messages(&api, &token, &chat_id);
+    let patience = Duration::from_secs(40);
+    let every = Duration::from_millis(250);
+    let stored = poll(patience, every, reply_stored, |ms| ms.len() == 2).await;
     assert_eq!(stored.len(), 2, "the reply was stored: {stored:?}");
     assert_eq!(stored[1]["content"], "second run");
-    drained(&api).await;
+    api.drained(Queue::Replies).await;
     assert_eq!(up.requests().len(), 2);
-    let usage = history(&api, &token, "?type=usage").await;
+    let usage = api.credit_history(&token, "?type=usage").await;
     assert_eq!(usage["total"], 1, "charged once: {usage}");
     // The resumed stream serves the reply of the run that finished.
     let resumed = api
@@ -925,7 +676,7 @@ async fn a_reply_whose_worker_dies_is_taken_up_by_another_and_stored_once() {
     assert_eq!(resumed.status(), 200);
     assert_eq!(resumed.text().await.expect("text"), "second run");
 
-    survivor.kill().expect("stop");
-    survivor.wait().expect("reaped");
+    survivor.0.kill().expect("stop");
+    survivor.0.wait().expect("reaped");
     api.shutdown().await;
 }

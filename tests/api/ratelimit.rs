@@ -2,13 +2,14 @@
 //! groups, trusted proxies, two instances sharing one budget in Redis, and Redis going away
 //! and coming back (fail-open and fail-closed).
 
-mod common;
-
-use common::{Db, TestApp, assert_error, parts, spawn_app_with};
+use crate::helpers::{
+    Db, Killed, TestApp, assert_error, eventually, free_port, listening, parts, spawn_app_with,
+    spawn_quiet, test_config,
+};
 use confab::Config;
 use confab::config::GroupLimits;
 use reqwest::Method;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn limits(per_ip: &str, per_user: &str) -> impl FnOnce(&mut Config) {
@@ -64,11 +65,7 @@ async fn the_limit_is_exact_and_the_budget_comes_back_as_the_window_slides() {
             "request {i}"
         );
     }
-    let r = app
-        .request(Method::GET, "/api/chat", None)
-        .send()
-        .await
-        .unwrap();
+    let r = app.fetch("/api/chat").await;
     assert_eq!(r.status(), 429);
     let reset: u64 = r.headers()["x-ratelimit-reset"]
         .to_str()
@@ -107,11 +104,7 @@ async fn the_limit_is_exact_and_the_budget_comes_back_as_the_window_slides() {
     // Operational routes are never limited and carry no budget.
     let (s, limit, ..) = hit(&app, "/healthz", None, None).await;
     assert_eq!((s, limit), (200, None));
-    let metrics = app
-        .request(Method::GET, "/metrics", None)
-        .send()
-        .await
-        .unwrap();
+    let metrics = app.fetch("/metrics").await;
     assert_eq!(metrics.status(), 200);
     let text = metrics.text().await.unwrap();
     assert!(text.contains("confab_rate_limited_total"), "{text}");
@@ -231,7 +224,7 @@ async fn bad_rate_settings_are_refused_at_start_with_the_setting_named() {
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = common::test_config(None, dir.path());
+        let mut config = test_config(None, dir.path());
         config.rate_limit_enabled = true;
         tweak(&mut config);
         let err = confab::Application::build(config)
@@ -245,41 +238,25 @@ async fn bad_rate_settings_are_refused_at_start_with_the_setting_named() {
 /// A private Redis server on a free port, so the test can stop and restart it.
 struct Redis {
     port: u16,
-    child: Option<Child>,
+    server: Option<Killed>,
 }
 
 impl Redis {
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
     async fn start(port: u16) -> Redis {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed for this test (apt-get install redis-server)");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Redis {
-                    port,
-                    child: Some(child),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // redis-server must be installed for this test (apt-get install redis-server).
+        let server = spawn_quiet(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"]),
+        );
+        assert!(
+            listening(port).await,
+            "redis-server did not start on port {port}"
+        );
+        Redis {
+            port,
+            server: Some(server),
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("redis-server did not start on port {port}");
     }
 
     fn url(&self) -> String {
@@ -287,16 +264,7 @@ impl Redis {
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
+        self.server.take();
     }
 }
 
@@ -311,7 +279,7 @@ fn on_redis(url: String, per_ip: &'static str, fail_open: bool) -> impl FnOnce(&
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_sharing_redis_share_one_budget() {
-    let redis = Redis::start(Redis::free_port()).await;
+    let redis = Redis::start(free_port()).await;
     let a = spawn_app_with(Db::Sqlite, on_redis(redis.url(), "4/1m", true)).await;
     let b = spawn_app_with(Db::Sqlite, on_redis(redis.url(), "4/1m", true)).await;
     let mut remaining = Vec::new();
@@ -329,7 +297,7 @@ async fn two_instances_sharing_redis_share_one_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_redis_goes_away_the_api_keeps_serving_and_recovers_on_its_own() {
-    let port = Redis::free_port();
+    let port = free_port();
     let mut redis = Redis::start(port).await;
     let open = spawn_app_with(Db::Sqlite, on_redis(redis.url(), "1000/1m", true)).await;
     let closed = spawn_app_with(Db::Sqlite, on_redis(redis.url(), "1000/1m", false)).await;
@@ -342,39 +310,30 @@ async fn when_redis_goes_away_the_api_keeps_serving_and_recovers_on_its_own() {
     let (s, limit, ..) = hit(&open, "/api/chat", None, None).await;
     assert_eq!((s, limit), (200, None));
     assert!(started.elapsed() < Duration::from_secs(2), "no long stall");
-    let r = closed
-        .request(Method::GET, "/api/chat", None)
-        .send()
-        .await
-        .unwrap();
+    let r = closed.fetch("/api/chat").await;
     assert_eq!(r.status(), 503);
     let (_, body) = parts(r).await;
     assert_error(&body, "unavailable");
-    let metrics = open
-        .request(Method::GET, "/metrics", None)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = open.fetch("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains("confab_rate_limit_backend_errors_total"),
         "{metrics}"
     );
 
     let _redis = Redis::start(port).await;
-    let mut recovered = false;
-    for _ in 0..60 {
-        let (s, limit, ..) = hit(&open, "/api/chat", None, None).await;
+    let (open_app, closed_app) = (&open, &closed);
+    let both_back = move || async move {
+        let (s, limit, ..) = hit(open_app, "/api/chat", None, None).await;
         assert_eq!(s, 200);
-        let (closed_status, ..) = hit(&closed, "/api/chat", None, None).await;
-        if limit == Some(1000) && closed_status == 200 {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        let (closed_status, ..) = hit(closed_app, "/api/chat", None, None).await;
+        limit == Some(1000) && closed_status == 200
+    };
+    let recovered = eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(250),
+        both_back,
+    )
+    .await;
     assert!(recovered, "both instances use Redis again once it is back");
     open.shutdown().await;
     closed.shutdown().await;

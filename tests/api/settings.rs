@@ -1,26 +1,12 @@
 //! `GET`/`PUT /api/settings` over HTTP on SQLite and PostgreSQL.
 
-mod common;
-
-use common::{Db, TestApp, assert_error, parts, spawn_app};
-use reqwest::Method;
-use serde_json::{Value, json};
+use crate::helpers::{Db, assert_error, on_both, spawn_app};
+use serde_json::json;
 
 on_both!(
     a_new_user_gets_defaults_and_partial_updates_merge,
     bad_settings_are_refused_field_by_field_and_change_nothing,
 );
-
-async fn put(app: &TestApp, token: &str, body: &Value) -> (u16, Value) {
-    parts(
-        app.request(Method::PUT, "/api/settings", Some(token))
-            .json(body)
-            .send()
-            .await
-            .expect("put"),
-    )
-    .await
-}
 
 async fn a_new_user_gets_defaults_and_partial_updates_merge(db: Db) {
     let app = spawn_app(db).await;
@@ -37,15 +23,16 @@ async fn a_new_user_gets_defaults_and_partial_updates_merge(db: Db) {
     assert_eq!(s["context"], "");
     assert!(s["updatedAt"].is_string());
 
-    let (status, body) = put(
-        &app,
-        &token,
-        &json!({ "settings": { "theme": "dark", "alwaysShowCode": true } }),
-    )
-    .await;
+    let (status, body) = app
+        .put(
+            "/api/settings",
+            &token,
+            &json!({ "settings": { "theme": "dark", "alwaysShowCode": true } }),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = put(
-        &app,
+    let (status, body) = app.put(
+        "/api/settings",
         &token,
         &json!({ "settings": { "context": "I write Rust", "responseStyle": "detailed", "isPremium": true } }),
     )
@@ -73,8 +60,8 @@ async fn a_new_user_gets_defaults_and_partial_updates_merge(db: Db) {
 async fn bad_settings_are_refused_field_by_field_and_change_nothing(db: Db) {
     let app = spawn_app(db).await;
     let (token, _) = app.sign_up("bad@example.com").await;
-    let (status, body) = put(
-        &app,
+    let (status, body) = app.put(
+        "/api/settings",
         &token,
         &json!({ "settings": { "theme": "neon", "responseStyle": "verbose", "model": " ", "context": "x".repeat(10_001) } }),
     )
@@ -87,14 +74,17 @@ async fn bad_settings_are_refused_field_by_field_and_change_nothing(db: Db) {
             "{field}: {body}"
         );
     }
-    let (status, body) = put(&app, &token, &json!({ "theme": "dark" })).await;
+    let (status, body) = app
+        .put("/api/settings", &token, &json!({ "theme": "dark" }))
+        .await;
     assert_eq!(status, 400, "the fields go inside `settings`: {body}");
-    let (status, body) = put(
-        &app,
-        &token,
-        &json!({ "settings": { "alwaysShowCode": "yes" } }),
-    )
-    .await;
+    let (status, body) = app
+        .put(
+            "/api/settings",
+            &token,
+            &json!({ "settings": { "alwaysShowCode": "yes" } }),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
     let (_, now) = app.get("/api/settings", Some(&token)).await;
     assert_eq!(now["settings"]["theme"], "system");

@@ -1,0 +1,198 @@
+//! A local server that speaks OpenAI's chat-completions wire format: `POST /v1/chat/completions`
+//! answered with server-sent event chunks and the usage in the last one, or with a scripted
+//! failure (an error status, a hang before the first token, a connection broken mid-stream).
+//! It records every request's `Authorization` header and body.
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::stream::BoxStream;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// What the stand-in does with a request.
+#[derive(Debug, Clone)]
+pub enum Act {
+    /// Streams these pieces, `gap` apart, then the usage (prompt, completion tokens) and `[DONE]`.
+    Reply {
+        /// The reply's text, one chunk a piece.
+        pieces: Vec<String>,
+        /// Prompt and completion tokens, reported in the last chunk.
+        usage: (u64, u64),
+        /// The pause before each piece.
+        gap: Duration,
+    },
+    /// Answers this status (500, 429, ...) with an OpenAI error body.
+    Status(u16),
+    /// Never answers: not even the headers, so no first token ever comes.
+    Hang,
+    /// Streams these pieces, then breaks the connection.
+    Break(Vec<String>),
+}
+
+impl Act {
+    /// [`Act::Reply`] with `pieces`.
+    pub fn reply(pieces: &[&str], usage: (u64, u64), gap: Duration) -> Act {
+        Act::Reply {
+            pieces: pieces.iter().map(|p| (*p).to_owned()).collect(),
+            usage,
+            gap,
+        }
+    }
+
+    /// [`Act::Break`] after `pieces`.
+    pub fn broken(pieces: &[&str]) -> Act {
+        Act::Break(pieces.iter().map(|p| (*p).to_owned()).collect())
+    }
+}
+
+/// One request the stand-in received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The `Authorization` header (empty if none).
+    pub authorization: String,
+    /// The JSON body (`Null` if it was not JSON).
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Script {
+    next: Mutex<VecDeque<Act>>,
+    /// What to do once `next` is empty.
+    fallback: Mutex<Option<Act>>,
+    seen: Mutex<Vec<Request>>,
+}
+
+/// A running stand-in; clones share it. It stops with the Tokio runtime that started it.
+#[derive(Clone)]
+pub struct OpenAiStandIn {
+    script: Arc<Script>,
+    base_url: String,
+}
+
+impl OpenAiStandIn {
+    /// Starts one on a free port of 127.0.0.1.
+    pub async fn start() -> OpenAiStandIn {
+        Self::start_on(([127, 0, 0, 1], 0).into())
+            .await
+            .expect("a free port for the OpenAI stand-in")
+    }
+
+    /// Starts one on `addr` (port 0: a free one; [`Self::base_url`] says which).
+    pub async fn start_on(addr: std::net::SocketAddr) -> std::io::Result<OpenAiStandIn> {
+        let script = Arc::new(Script::default());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .with_state(script.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let base_url = format!("http://{}/v1", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(OpenAiStandIn { script, base_url })
+    }
+
+    /// `http://127.0.0.1:<port>/v1`, what an OpenAI client takes as its base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Queues `act` for the next request not yet scripted.
+    pub fn then(&self, act: Act) -> &Self {
+        lock(&self.script.next).push_back(act);
+        self
+    }
+
+    /// Does `act` for every request once the queue is empty.
+    pub fn always(&self, act: Act) {
+        *lock(&self.script.fallback) = Some(act);
+    }
+
+    /// Every request so far, oldest first.
+    pub fn requests(&self) -> Vec<Request> {
+        lock(&self.script.seen).clone()
+    }
+}
+
+/// A test that failed while holding a lock must not hide its failure behind a poisoned one.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One `chat.completion.chunk` event.
+fn chunk(content: Option<&str>, usage: Option<(u64, u64)>) -> String {
+    let choices = match content {
+        Some(c) => json!([{ "index": 0, "delta": { "content": c }, "finish_reason": null }]),
+        None => json!([]),
+    };
+    let mut v = json!({
+        "id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 1_700_000_000,
+        "model": "test-model", "choices": choices,
+    });
+    if let Some((i, o)) = usage {
+        v["usage"] = json!({ "prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o });
+    }
+    format!("data: {v}\n\n")
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = json!({ "error": { "message": message, "type": "server_error", "param": null, "code": null } });
+    (status, axum::Json(body)).into_response()
+}
+
+fn sse(events: BoxStream<'static, Result<String, std::io::Error>>) -> Response {
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(events))
+        .expect("an SSE response")
+}
+
+async fn completions(
+    State(script): State<Arc<Script>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = serde_json::from_str(&body).unwrap_or(Value::Null);
+    lock(&script.seen).push(Request {
+        authorization,
+        body,
+    });
+    let next = lock(&script.next).pop_front();
+    let Some(act) = next.or_else(|| lock(&script.fallback).clone()) else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the stand-in has no act scripted for this request",
+        );
+    };
+    match act {
+        Act::Status(code) => error(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "scripted failure",
+        ),
+        Act::Hang => std::future::pending().await,
+        Act::Reply { pieces, usage, gap } => sse(Box::pin(async_stream::stream! {
+            yield Ok(chunk(Some(""), None));
+            for p in pieces {
+                tokio::time::sleep(gap).await;
+                yield Ok(chunk(Some(&p), None));
+            }
+            yield Ok(chunk(None, Some(usage)));
+            yield Ok("data: [DONE]\n\n".to_owned());
+        })),
+        Act::Break(pieces) => sse(Box::pin(async_stream::stream! {
+            for p in pieces {
+                yield Ok(chunk(Some(&p), None));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            yield Err(std::io::Error::other("connection broken"));
+        })),
+    }
+}
