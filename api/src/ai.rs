@@ -6,8 +6,8 @@ use crate::auth::AuthUser;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::openapi::ErrorBody;
 use crate::resources::ai::{
-    ChatBody, CreditHistory, CreditTransaction, HistoryQuery, ModelInfo, ModelList, OffsetQuery,
-    ResetResult, StatusMessage,
+    ChatBody, CreditHistory, CreditTransaction, HistoryQuery, MAX_SAFE_INTEGER, ModelInfo,
+    ModelList, OffsetQuery, ResetResult, StatusMessage,
 };
 use crate::{ApiError, AppState};
 use axum::Json;
@@ -154,9 +154,19 @@ pub(crate) async fn resume(
     ApiPath(chat_id): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<OffsetQuery>,
 ) -> Result<Response, ApiError> {
+    let offset = match q.offset.as_deref().map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(o)) if o <= MAX_SAFE_INTEGER => o,
+        Some(_) => {
+            return Err(ApiError::field(
+                "offset",
+                "must be a whole number of bytes, 0 to 2^53 - 1",
+            ));
+        }
+    };
     match ai::resume(&state.app, &auth, chat_id).await? {
         Some(reply) => {
-            let offset = usize::try_from(q.offset.unwrap_or(0)).unwrap_or(usize::MAX);
+            let offset = usize::try_from(offset).unwrap_or(usize::MAX);
             Ok(stream_response(reply, offset, chat_id, None))
         }
         None => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -197,9 +207,9 @@ pub(crate) async fn credit_history(
     };
     let offset = match q.offset.as_deref().map(str::parse::<u64>) {
         None => 0,
-        Some(Ok(o)) => o,
-        Some(Err(_)) => {
-            problems.add("offset", "must be a whole number of at least 0");
+        Some(Ok(o)) if o <= MAX_SAFE_INTEGER => o,
+        Some(_) => {
+            problems.add("offset", "must be a whole number from 0 to 2^53 - 1");
             0
         }
     };

@@ -9,6 +9,7 @@ use crate::resources::users::{ImageForm, ProfileImage};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::body::Body;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::Response;
@@ -29,8 +30,14 @@ pub const MAX_BODY_BYTES: usize = MAX_IMAGE_BYTES + 64 * 1024;
 pub(crate) async fn upload(
     State(state): State<AppState>,
     auth: AuthUser,
-    mut multipart: Multipart,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<ProfileImage>, ApiError> {
+    let mut multipart = multipart.map_err(|r| {
+        ApiError::UnsupportedMediaType(format!(
+            "send multipart/form-data with a boundary and a file field `image`: {}",
+            r.body_text()
+        ))
+    })?;
     let too_large =
         || ApiError::PayloadTooLarge(format!("the image must be at most {MAX_IMAGE_BYTES} bytes"));
     let bad_form = |e: axum::extract::multipart::MultipartError| {
@@ -45,8 +52,11 @@ pub(crate) async fn upload(
     };
     let mut image: Option<Vec<u8>> = None;
     while let Some(mut field) = multipart.next_field().await.map_err(bad_form)? {
-        if field.name() != Some("image") {
-            continue;
+        if field.name() != Some("image") || image.is_some() {
+            return Err(ApiError::field(
+                "image",
+                "the form holds one file field, `image`, and nothing else",
+            ));
         }
         let mut bytes = Vec::new();
         while let Some(chunk) = field.chunk().await.map_err(bad_form)? {
@@ -56,7 +66,6 @@ pub(crate) async fn upload(
             bytes.extend_from_slice(&chunk);
         }
         image = Some(bytes);
-        break;
     }
     let bytes =
         image.ok_or_else(|| ApiError::field("image", "a file field named `image` is required"))?;

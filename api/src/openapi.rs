@@ -307,10 +307,39 @@ fn resolve_patterns(v: &mut Value) {
     }
 }
 
+/// Bodies of which at least one of these fields must be given (`utoipa` has no attribute for
+/// it).
+const ONE_OF_REQUIRED: &[(&str, &[&str])] = &[
+    ("EditBody", &["content", "type"]),
+    ("ProfileBody", &["name", "email"]),
+];
+
+/// What the derive cannot say: the fields a body needs at least one of, and the media types of
+/// the profile image's file field.
+fn complete(doc: &mut Value) {
+    // One file field and nothing else.
+    doc["components"]["schemas"]["ImageForm"]["additionalProperties"] = Value::Bool(false);
+    for (schema, fields) in ONE_OF_REQUIRED {
+        let choices: Vec<Value> = fields
+            .iter()
+            .map(|f| serde_json::json!({ "required": [f] }))
+            .collect();
+        doc["components"]["schemas"][*schema]["anyOf"] = Value::Array(choices);
+    }
+    if let Some(form) = doc["paths"]["/api/profile/image"]["post"]["requestBody"]["content"]
+        .get_mut("multipart/form-data")
+    {
+        form["encoding"] = serde_json::json!({
+            "image": { "contentType": "image/jpeg, image/png, image/gif" }
+        });
+    }
+}
+
 /// The document as served.
 pub fn json() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
     resolve_patterns(&mut doc);
+    complete(&mut doc);
     doc
 }
 
@@ -383,5 +412,22 @@ mod tests {
             text.contains("\\u3000"),
             "the whitespace classes are in the document"
         );
+    }
+
+    /// A body that takes either field or both says so with `anyOf` alone: no property count
+    /// (utoipa writes `min_properties` as `maxProperties`, which refused a body with both).
+    #[test]
+    fn bodies_of_optional_fields_take_any_of_them() {
+        let doc = json();
+        for (schema, fields) in ONE_OF_REQUIRED {
+            let s = &doc["components"]["schemas"][*schema];
+            assert_eq!(s["anyOf"].as_array().map(Vec::len), Some(fields.len()));
+            for count in ["minProperties", "maxProperties"] {
+                assert!(s.get(count).is_none(), "{schema} has {count}");
+            }
+            for field in *fields {
+                assert!(s["properties"].get(*field).is_some(), "{schema}.{field}");
+            }
+        }
     }
 }

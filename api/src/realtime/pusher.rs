@@ -24,6 +24,7 @@ use axum::extract::ws::{
     CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
 };
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use confab_projections::ReadDb;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
@@ -180,8 +181,12 @@ struct Binding {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct AuthForm {
     /// The connection's socket id, as the server gave it in `pusher:connection_established`.
+    #[schema(pattern = "^[0-9]{1,20}\\.[0-9]{1,20}$")]
     socket_id: String,
-    /// `private-user-{userId}` or `private-chat-{chatId}`.
+    /// `private-user-{userId}` or `private-chat-{chatId}`, the id a lower-case UUID.
+    #[schema(
+        pattern = "^private-(user|chat)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+    )]
     channel_name: String,
 }
 
@@ -257,7 +262,11 @@ pub(crate) async fn authorize(
 #[utoipa::path(get, path = "/app/{key}", tag = "realtime",
     params(
         ("key" = String, Path, description = "The Pusher app key (CONFAB_PUSHER_KEY); another key is refused with close code 4001"),
-        ("protocol" = Option<u32>, Query, description = "The Pusher protocol version: 5 to 7; another is refused with close code 4007, none with 4008"),
+        ("protocol" = Option<String>, Query, description = "The Pusher protocol version: 5 to 7 are served; another is refused with close code 4007, none with 4008 (after the upgrade, as Pusher does)"),
+        ("Connection" = String, Header, description = "Names `Upgrade` (any case, among other tokens): this is a WebSocket handshake", pattern = "^(.*,)?[ \t]*[Uu][Pp][Gg][Rr][Aa][Dd][Ee][ \t]*(,.*)?$"),
+        ("Upgrade" = String, Header, description = "`websocket` (any case)", pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`", pattern = "^13$"),
+        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes, base64", pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$"),
     ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol: Pusher Channels protocol 7 (pusher:connection_established, subscribe, ping/pong; close codes 4001, 4007, 4008, 4009, 4100, 4200, 4201)"),
@@ -268,12 +277,23 @@ pub(crate) async fn websocket(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
     ApiQuery(query): ApiQuery<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Some(app) = state.realtime.pusher() else {
         return pusher_off().into_response();
     };
+    // RFC 6455: the key is 16 random bytes, base64.
+    let key_ok = headers
+        .get("sec-websocket-key")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+        .is_some_and(|k| k.len() == 16);
     let upgrade = match upgrade {
+        Ok(_) if !key_ok => {
+            return ApiError::field("Sec-WebSocket-Key", "must be 16 bytes, base64 (RFC 6455)")
+                .into_response();
+        }
         Ok(u) => u,
         Err(r) => {
             return ApiError::Validation {

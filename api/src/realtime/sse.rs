@@ -54,10 +54,12 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     };
     let bad = || ApiError::field("Last-Event-ID", "must be an event id this stream sent");
     let v = v.to_str().map_err(|_| bad())?.trim();
-    if v.is_empty() {
-        return Ok(None);
+
+    // Positions are stored as signed 64-bit integers.
+    match v.parse::<u64>() {
+        Ok(id) if i64::try_from(id).is_ok() => Ok(Some(id)),
+        _ => Err(bad()),
     }
-    v.parse::<u64>().map(Some).map_err(|_| bad())
 }
 
 enum Step {
@@ -67,7 +69,7 @@ enum Step {
 }
 
 /// `GET /api/events`: the caller's realtime events as Server-Sent Events.
-#[utoipa::path(get, path = "/api/events", tag = "realtime", security(("bearer" = []), ("cookie" = [])), params(("Last-Event-ID" = Option<u64>, Header, description = "The id of the last event received: the stream starts with the events missed since")), responses((status = 200, description = "text/event-stream: `message:sent`, `message:updated`, `message:deleted`, `chat:updated`, `chat:deleted` with seed 000's payloads and the log position as id; `realtime:resync` when missed events are no longer kept; `realtime:connected` once caught up; keep-alive comments", content_type = "text/event-stream"), (status = 400, description = "Last-Event-ID is not an event id", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/events", tag = "realtime", security(("bearer" = []), ("cookie" = [])), params(("Last-Event-ID" = Option<u64>, Header, nullable = false, minimum = 0, maximum = 9_223_372_036_854_775_807_u64, description = "The id of the last event received: the stream starts with the events missed since")), responses((status = 200, description = "text/event-stream: `message:sent`, `message:updated`, `message:deleted`, `chat:updated`, `chat:deleted` with seed 000's payloads and the log position as id; `realtime:resync` when missed events are no longer kept; `realtime:connected` once caught up; keep-alive comments", content_type = "text/event-stream"), (status = 400, description = "Last-Event-ID is not an event id", body = ErrorBody), (status = 401, description = "Not signed in", body = ErrorBody)))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -34,13 +34,16 @@ pub struct ChatBody {
     pub messages: Vec<InTurn>,
     /// The chat to answer in (the caller's); a new chat when absent.
     #[schema(nullable = false)]
+    #[serde(default, deserialize_with = "super::not_null")]
     pub chat_id: Option<Uuid>,
     /// A model of `GET /api/models`; the default model when absent.
     #[schema(nullable = false)]
+    #[serde(default, deserialize_with = "super::not_null")]
     pub model_id: Option<String>,
     /// Documents whose relevant passages ground the answer (none yet: document retrieval is
     /// not served, and any id is refused).
     #[schema(nullable = false, max_items = 0)]
+    #[serde(default, deserialize_with = "super::not_null")]
     pub document_ids: Option<Vec<Uuid>>,
 }
 
@@ -187,6 +190,9 @@ pub struct CreditHistory {
     pub offset: u64,
 }
 
+/// The largest whole number every JSON client reads exactly (2^53 - 1): the bound of offsets.
+pub const MAX_SAFE_INTEGER: u64 = 9_007_199_254_740_991;
+
 /// `?limit&offset&type` of the credit history.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -208,8 +214,8 @@ pub struct HistoryQuery {
 #[into_params(parameter_in = Query)]
 pub struct OffsetQuery {
     /// Bytes of the reply already received (default 0: from its start).
-    #[param(minimum = 0)]
-    pub offset: Option<u64>,
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 9_007_199_254_740_991_u64)]
+    pub offset: Option<String>,
 }
 
 /// `{message: "Credit reset completed", resetCount}`.

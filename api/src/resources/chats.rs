@@ -255,12 +255,12 @@ pub struct SendBody {
     /// `text` (the default), `code` or `image`.
     #[serde(rename = "type")]
     #[schema(nullable = false, value_type = Option<KindName>)]
+    #[serde(default, deserialize_with = "super::not_null")]
     pub kind: Option<String>,
 }
 
 /// An edit: the content, the type or both.
 #[derive(Debug, Deserialize, ToSchema)]
-#[schema(min_properties = 1)]
 pub struct EditBody {
     /// The new text.
     #[schema(
@@ -268,10 +268,12 @@ pub struct EditBody {
         max_length = 100_000,
         pattern = "patterns::NOT_BLANK"
     )]
+    #[serde(default, deserialize_with = "super::not_null")]
     pub content: Option<String>,
     /// The new type.
     #[serde(rename = "type")]
     #[schema(nullable = false, value_type = Option<KindName>)]
+    #[serde(default, deserialize_with = "super::not_null")]
     pub kind: Option<String>,
 }
 

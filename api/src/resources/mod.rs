@@ -131,3 +131,14 @@ mod tests {
         assert_eq!(Snake::<Sample>::name(), "SampleSnake");
     }
 }
+
+/// For optional fields that may be left out but not sent as `null` (their schema says so):
+/// `#[serde(default, deserialize_with = "not_null")]`. A `null` is refused like any other value
+/// of the wrong type.
+pub fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}

@@ -80,21 +80,27 @@ pub struct SettingsEnvelope {
 pub struct SettingsFields {
     /// A model id: not blank, at most 100 characters.
     #[schema(nullable = false, max_length = 100, pattern = "patterns::NOT_BLANK")]
+    #[serde(default, deserialize_with = "super::not_null")]
     pub model: Option<String>,
     /// The theme.
     #[schema(nullable = false, value_type = Option<ThemeName>)]
+    #[serde(default, deserialize_with = "super::not_null")]
     pub theme: Option<String>,
     /// At most 10,000 characters.
     #[schema(nullable = false, max_length = 10_000, pattern = "patterns::NO_NUL")]
+    #[serde(default, deserialize_with = "super::not_null")]
     pub context: Option<String>,
     /// At most 100 characters.
     #[schema(nullable = false, max_length = 100, pattern = "patterns::NO_NUL")]
+    #[serde(default, deserialize_with = "super::not_null")]
     pub runtime: Option<String>,
     /// Reply length.
     #[schema(nullable = false, value_type = Option<ResponseStyleName>)]
+    #[serde(default, deserialize_with = "super::not_null")]
     pub response_style: Option<String>,
     /// Whether code blocks are always expanded.
     #[schema(nullable = false)]
+    #[serde(default, deserialize_with = "super::not_null")]
     pub always_show_code: Option<bool>,
 }
 

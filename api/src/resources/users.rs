@@ -96,13 +96,14 @@ pub struct SignInBody {
 
 /// A profile change: either field, or both.
 #[derive(Debug, Deserialize, ToSchema)]
-#[schema(min_properties = 1)]
 pub struct ProfileBody {
     /// The new display name.
     #[schema(nullable = false, max_length = 100, pattern = "patterns::TRIMMED_LINE")]
+    #[serde(default, deserialize_with = "super::not_null")]
     pub name: Option<String>,
     /// The new address (409 if another account holds it).
     #[schema(nullable = false, max_length = 254, pattern = "patterns::EMAIL")]
+    #[serde(default, deserialize_with = "super::not_null")]
     pub email: Option<String>,
 }
 
@@ -135,7 +136,7 @@ pub struct ProfileImage {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The multipart form of `POST /api/profile/image`.
+/// The multipart form of `POST /api/profile/image`: one file field, nothing else.
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub struct ImageForm {
