@@ -8,6 +8,7 @@
 //! `cargo run --release --example webhook_load -- <base-url> <webhook-secret> <token> <user-id>
 //! <price-id> <credits-per-event> [requests] [concurrency]`
 
+use confab_testkit::stripe_fixtures;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::sync::Arc;
@@ -168,24 +169,24 @@ async fn main() {
         move |i| {
             let (http, base) = (w.clone(), wb.clone());
             let now = chrono::Utc::now().timestamp();
-            let body = serde_json::json!({
-                "id": format!("evt_bench_{run_id}_{i}"),
-                "object": "event",
-                "api_version": "2025-09-30.clover",
-                "created": now,
-                "livemode": false,
-                "pending_webhooks": 1,
-                "type": "checkout.session.completed",
-                "data": { "object": {
-                    "id": format!("cs_bench_{run_id}_{i}"),
-                    "object": "checkout.session",
-                    "mode": "payment",
-                    "payment_status": "paid",
+            // A complete checkout session, as Stripe sends it: the worker parses it into
+            // async-stripe's typed object, which a partial one would not satisfy.
+            let mut session =
+                stripe_fixtures::checkout_session(&format!("cs_bench_{run_id}_{i}"), "payment");
+            stripe_fixtures::merge(
+                &mut session,
+                serde_json::json!({
                     "customer": null,
                     "client_reference_id": user,
                     "metadata": { "user_id": user, "price_id": price },
-                }},
-            })
+                }),
+            );
+            let body = stripe_fixtures::event(
+                &format!("evt_bench_{run_id}_{i}"),
+                "checkout.session.completed",
+                now,
+                session,
+            )
             .to_string();
             let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
             mac.update(format!("{now}.{body}").as_bytes());

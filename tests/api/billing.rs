@@ -14,6 +14,7 @@ use crate::helpers::{
 use confab_domain::billing::Price;
 use confab_projections::ReadDb;
 use confab_testkit::stripe::{SECRET_KEY, StripeStandIn, WEBHOOK_SECRET, sign, signature};
+use confab_testkit::stripe_fixtures::{self as fx, event, merge};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ on_both!(
     invoices_are_the_callers_own,
     a_top_up_grants_its_credits_once_paid,
     unknown_event_types_are_acknowledged_and_recorded,
+    an_event_acted_on_that_cannot_be_read_is_ignored_for_good,
     an_event_recorded_but_never_queued_is_applied_at_start_up,
 );
 
@@ -201,28 +203,17 @@ async fn open_portal(app: &TestApp, token: Option<&str>) -> (u16, Value) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stripe events, in Stripe's shapes.
+// Stripe events, in Stripe's shapes: the complete objects of `confab_testkit::stripe_fixtures`
+// with this test's ids.
 
-fn event(id: &str, kind: &str, created: i64, object: Value) -> Value {
-    json!({
-        "id": id,
-        "object": "event",
-        "api_version": "2025-09-30.clover",
-        "created": created,
-        "livemode": false,
-        "pending_webhooks": 1,
-        "request": { "id": null, "idempotency_key": null },
-        "type": kind,
-        "data": { "object": object },
-    })
-}
-
-/// Which layout an invoice has: 2025's (the subscription under `parent`, the price under
-/// `pricing`) or the older one.
+/// Where an invoice names its subscription.
 #[derive(Clone, Copy)]
 enum Shape {
-    New,
-    Old,
+    /// Under `parent.subscription_details`, as Stripe renders it since 2025-03-31.basil.
+    Parent,
+    /// At the top (`invoice.subscription`, a field async-stripe's Invoice still has), without a
+    /// parent.
+    TopLevel,
 }
 
 /// An `invoice.{kind}` event (`paid` or `payment_failed`, which leaves the invoice open).
@@ -235,45 +226,21 @@ fn invoice_event(
     subscription: &str,
     shape: Shape,
 ) -> Value {
-    let status = if kind == "paid" { "paid" } else { "open" };
-    let mut object = json!({
-        "id": invoice,
-        "object": "invoice",
-        "customer": customer,
-        "status": status,
-        "amount_due": 900,
-        "amount_paid": if status == "paid" { 900 } else { 0 },
-        "currency": "usd",
-        "created": created - 5,
-        "hosted_invoice_url": format!("https://invoice.stripe.test/i/{invoice}"),
-        "description": null,
-        "billing_reason": "subscription_cycle",
-    });
-    let line_price = match shape {
-        Shape::New => {
-            object["parent"] = json!({
-                "type": "subscription_details",
-                "subscription_details": { "subscription": subscription, "metadata": {} },
-            });
-            json!({ "pricing": { "type": "price_details", "price_details": { "price": PRO, "product": "prod_1" } } })
-        }
-        Shape::Old => {
-            object["subscription"] = json!(subscription);
-            json!({ "price": { "id": PRO, "object": "price" } })
-        }
-    };
-    let mut line = json!({
-        "id": format!("il_{invoice}"),
-        "object": "line_item",
-        "amount": 900,
-        "description": "1 × Confab Pro (at $9.00 / month)",
-        "period": { "start": created, "end": created + 30 * 86_400 },
-    });
-    for (k, v) in line_price.as_object().unwrap() {
-        line[k] = v.clone();
+    let mut object = fx::invoice(invoice, customer, subscription, PRO, created - 5);
+    merge(
+        &mut object,
+        json!({ "billing_reason": "subscription_cycle" }),
+    );
+    if kind != "paid" {
+        object = fx::unpaid(object);
     }
-    object["lines"] = json!({ "object": "list", "data": [line] });
-    event(id, &format!("invoice.{kind}"), created, object)
+    if let Shape::TopLevel = shape {
+        merge(
+            &mut object,
+            json!({ "parent": null, "subscription": subscription }),
+        );
+    }
+    fx::event(id, &format!("invoice.{kind}"), created, object)
 }
 
 /// A signed-up user with a Stripe customer, and the events Stripe sends about them.
@@ -299,24 +266,19 @@ impl Buyer {
         } else {
             "payment"
         };
-        event(
-            id,
-            "checkout.session.completed",
-            created,
+        let mut object = fx::checkout_session(session, mode);
+        merge(
+            &mut object,
             json!({
-                "id": session,
-                "object": "checkout.session",
-                "mode": mode,
-                "status": "complete",
-                "payment_status": "paid",
+                "created": created - 60,
+                "expires_at": created - 60 + 86_400,
                 "customer": self.customer,
                 "subscription": subscription,
                 "client_reference_id": self.user,
                 "metadata": { "user_id": self.user, "price_id": price },
-                "amount_total": 900,
-                "currency": "usd",
             }),
-        )
+        );
+        fx::event(id, "checkout.session.completed", created, object)
     }
 
     /// An `invoice.{kind}` event about their subscription.
@@ -349,30 +311,32 @@ impl Buyer {
         subscription: &str,
         cancel_at_period_end: bool,
     ) -> Value {
-        let status = if kind == "deleted" {
-            "canceled"
-        } else {
-            "active"
-        };
-        event(
+        let mut object = fx::subscription(subscription, &self.customer, PRO, created);
+        let period_end = object["items"]["data"][0]["current_period_end"].clone();
+        merge(
+            &mut object,
+            json!({
+                "status": "active",
+                "cancel_at_period_end": cancel_at_period_end,
+                "cancel_at": if cancel_at_period_end { period_end } else { Value::Null },
+            }),
+        );
+        if kind == "deleted" {
+            merge(
+                &mut object,
+                json!({
+                    "status": "canceled",
+                    "canceled_at": created,
+                    "ended_at": created,
+                    "cancellation_details": { "reason": "cancellation_requested" },
+                }),
+            );
+        }
+        fx::event(
             id,
             &format!("customer.subscription.{kind}"),
             created,
-            json!({
-                "id": subscription,
-                "object": "subscription",
-                "customer": self.customer,
-                "status": status,
-                "cancel_at_period_end": cancel_at_period_end,
-                "metadata": {},
-                "items": { "object": "list", "data": [{
-                    "id": "si_1",
-                    "object": "subscription_item",
-                    "price": { "id": PRO, "object": "price" },
-                    "current_period_start": created,
-                    "current_period_end": created + 30 * 86_400,
-                }]},
-            }),
+            object,
         )
     }
 }
@@ -437,7 +401,7 @@ async fn a_redelivered_event_changes_nothing_even_twenty_at_once(db: Db) {
     b.apply(&topup).await;
     assert_eq!(b.me(token).await["credits"], 1_000 + 5_000);
     // A renewal delivered 20 times at once.
-    let paid = buyer.invoice("evt_paid_1", "paid", t + 1, "in_1", "sub_1", Shape::New);
+    let paid = buyer.invoice("evt_paid_1", "paid", t + 1, "in_1", "sub_1", Shape::Parent);
     let mut deliveries = Vec::new();
     for _ in 0..20 {
         let (b, paid) = (b.clone(), paid.clone());
@@ -493,10 +457,10 @@ async fn events_out_of_order_end_in_the_same_state_as_in_order(db: Db) {
     // Stripe's order: the checkout completes, then the first invoice is paid.
     b.apply(&a.checkout_completed("evt_a1", t, "cs_a", PRO, Some("sub_a")))
         .await;
-    b.apply(&a.invoice("evt_a2", "paid", t + 1, "in_a", "sub_a", Shape::Old))
+    b.apply(&a.invoice("evt_a2", "paid", t + 1, "in_a", "sub_a", Shape::TopLevel))
         .await;
     // The same two events delivered the other way round.
-    b.apply(&z.invoice("evt_z2", "paid", t + 1, "in_z", "sub_z", Shape::Old))
+    b.apply(&z.invoice("evt_z2", "paid", t + 1, "in_z", "sub_z", Shape::TopLevel))
         .await;
     b.apply(&z.checkout_completed("evt_z1", t, "cs_z", PRO, Some("sub_z")))
         .await;
@@ -508,8 +472,15 @@ async fn events_out_of_order_end_in_the_same_state_as_in_order(db: Db) {
     assert_eq!(in_order["credits"], 21_000);
     // A failed payment reported late (its event is older than the paid one) does not reopen
     // the invoice.
-    b.apply(&a.invoice("evt_a0", "payment_failed", t, "in_a", "sub_a", Shape::Old))
-        .await;
+    b.apply(&a.invoice(
+        "evt_a0",
+        "payment_failed",
+        t,
+        "in_a",
+        "sub_a",
+        Shape::TopLevel,
+    ))
+    .await;
     assert_eq!(b.invoices(&a.token).await[0]["status"], "paid");
     b.finish().await;
 }
@@ -527,7 +498,7 @@ async fn a_cancelled_subscription_drops_the_tier_and_the_premium_models(db: Db) 
 
     b.apply(&buyer.checkout_completed("evt_c1", t, "cs_c", PRO, Some("sub_c")))
         .await;
-    b.apply(&buyer.invoice("evt_c2", "paid", t + 1, "in_c1", "sub_c", Shape::New))
+    b.apply(&buyer.invoice("evt_c2", "paid", t + 1, "in_c1", "sub_c", Shape::Parent))
         .await;
     assert_eq!(b.me(token).await["tier"], "pro");
     let (_, settings) = b.app.get("/api/settings", Some(token)).await;
@@ -539,7 +510,7 @@ async fn a_cancelled_subscription_drops_the_tier_and_the_premium_models(db: Db) 
     assert_eq!(models["models"].as_array().unwrap().len(), 5);
 
     // A month later: renewed.
-    b.apply(&buyer.invoice("evt_c3", "paid", t + 30, "in_c2", "sub_c", Shape::New))
+    b.apply(&buyer.invoice("evt_c3", "paid", t + 30, "in_c2", "sub_c", Shape::Parent))
         .await;
     // The user cancels in the portal: the subscription runs to the end of the period.
     b.apply(&buyer.subscription("evt_c4", "updated", t + 40, "sub_c", true))
@@ -760,9 +731,16 @@ async fn invoices_are_the_callers_own(db: Db) {
     let nosy = b.customer("nosy@example.com").await;
     let (token, customer) = (buyer.token.as_str(), buyer.customer.as_str());
     let (other, other_customer) = (nosy.token.as_str(), nosy.customer.as_str());
-    b.apply(&buyer.invoice("evt_i1", "payment_failed", t, "in_i1", "sub_i", Shape::New))
-        .await;
-    b.apply(&buyer.invoice("evt_i2", "paid", t + 10, "in_i2", "sub_i", Shape::Old))
+    b.apply(&buyer.invoice(
+        "evt_i1",
+        "payment_failed",
+        t,
+        "in_i1",
+        "sub_i",
+        Shape::Parent,
+    ))
+    .await;
+    b.apply(&buyer.invoice("evt_i2", "paid", t + 10, "in_i2", "sub_i", Shape::TopLevel))
         .await;
     let mine = b.invoices(token).await;
     assert_eq!(mine.len(), 2, "{mine:?}");
@@ -771,7 +749,10 @@ async fn invoices_are_the_callers_own(db: Db) {
     assert_eq!(failed["status"], "open");
     assert_eq!(failed["amount"], 900);
     assert_eq!(failed["currency"], "usd");
-    assert_eq!(failed["invoiceUrl"], "https://invoice.stripe.test/i/in_i1");
+    assert_eq!(
+        failed["invoiceUrl"],
+        "https://invoice.stripe.com/i/acct_1ConfabFixture/test_in_i1"
+    );
     assert_eq!(failed["description"], "1 × Confab Pro (at $9.00 / month)");
     assert!(failed["date"].as_str().unwrap().ends_with('Z'));
     assert_eq!(by_id("in_i2")["status"], "paid");
@@ -871,10 +852,64 @@ async fn unknown_event_types_are_acknowledged_and_recorded(db: Db) {
         "in_stray",
         "cus_elsewhere",
         "sub_x",
-        Shape::New,
+        Shape::Parent,
     );
     b.apply(&stray).await;
     assert!(b.processed("evt_u2").await.contains("no Confab user"));
+    b.finish().await;
+}
+
+async fn an_event_acted_on_that_cannot_be_read_is_ignored_for_good(db: Db) {
+    let b = billing_app(db).await;
+    let t = now();
+    let buyer = b.customer("unreadable@example.com").await;
+    let token = buyer.token.as_str();
+    // An invoice rendered at an API version before 2025-03-31.basil: correctly signed, so
+    // accepted and recorded as received, but its lines lack what async-stripe's Invoice requires.
+    let object = fx::invoice_before_basil("in_old", &buyer.customer, "sub_old", PRO, t - 5);
+    let mut old = event("evt_old", "invoice.paid", t, object);
+    old["api_version"] = json!("2024-06-20");
+    b.deliver(&old).await;
+    let ignored = b.processed("evt_old").await;
+    assert!(
+        ignored.starts_with("ignored: the invoice.paid event could not be read: "),
+        "{ignored}"
+    );
+    assert!(
+        ignored.contains("lines.data[0]") && ignored.contains("subtotal"),
+        "{ignored}"
+    );
+    // A checkout session short of what Stripe sends.
+    let bare = event(
+        "evt_bare",
+        "checkout.session.completed",
+        t,
+        json!({
+            "id": "cs_bare",
+            "object": "checkout.session",
+            "mode": "payment",
+            "payment_status": "paid",
+            "customer": buyer.customer,
+            "metadata": { "user_id": buyer.user, "price_id": TOPUP },
+        }),
+    );
+    b.deliver(&bare).await;
+    let outcome = b.processed("evt_bare").await;
+    assert!(
+        outcome.starts_with(
+            "ignored: the checkout.session.completed event could not be read: data.object"
+        ),
+        "{outcome}"
+    );
+    // Neither is tried again nor changed anything; a redelivery is acknowledged and changes
+    // nothing either.
+    b.drained().await;
+    b.deliver(&old).await;
+    b.drained().await;
+    assert_eq!(b.processed("evt_old").await, ignored);
+    assert_eq!(b.me(token).await["credits"], 1_000);
+    assert_eq!(b.me(token).await["tier"], "free");
+    assert!(b.invoices(token).await.is_empty());
     b.finish().await;
 }
 

@@ -8,9 +8,13 @@
 //!    the stream and appends nothing ([`super::record_stripe_event`]). It then queues a
 //!    [`crate::jobs::ProcessStripeEvent`] job unless the event has already been processed, and
 //!    answers 200 without waiting for it.
-//! 2. The job ([`process_stripe_event`]) reads the event back from its stream, finds whose it is
-//!    (Stripe customer, then the user id Confab put in the checkout's and subscription's
-//!    metadata), and runs idempotent commands: the credit account is opened at the tier held
+//! 2. The job ([`process_stripe_event`]) reads the event back from its stream and, for the types
+//!    it acts on, parses it into async-stripe's typed `Event` and its checkout session, invoice
+//!    or subscription (`read`; the log keeps Stripe's JSON as received, so the route accepts any
+//!    correctly signed event, and an object that does not parse is a final "ignored" outcome
+//!    naming the field, never retried). It finds whose the event is (Stripe customer, then the
+//!    user id Confab put in the checkout's and subscription's metadata), and runs idempotent
+//!    commands: the credit account is opened at the tier held
 //!    before any change, subscriptions are merged into the account (ordered by the Stripe
 //!    event's `created` time, a cancellation final; see `confab_domain::billing`), the tier
 //!    follows them, credits are granted once per invoice (renewals) or checkout session
@@ -35,7 +39,14 @@ use confab_domain::credits::{CreditAccount, CreditAction, CreditCommand, GrantKi
 use confab_domain::{Aggregate, EventSchema};
 use confab_eventstore::EventMetadata;
 use confab_eventstore::aggregate::{ExecuteError, exists};
+use serde::Deserialize;
 use serde_json::Value;
+use std::collections::HashMap;
+use stripe_shared::{
+    CheckoutSession, CheckoutSessionPaymentStatus, Invoice as StripeInvoice, Subscription,
+};
+use stripe_types::{AsCursorOpt, Expandable, Object};
+use stripe_webhook::{Event, EventObject};
 use uuid::Uuid;
 
 /// Applies Stripe event `event_id` (recorded in its stream) and marks it processed; returns
@@ -84,23 +95,126 @@ impl Written {
     }
 }
 
-/// A Stripe id field: a string, or an expanded object with an `id`.
-fn id_of(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Object(o) => o.get("id").and_then(Value::as_str).map(str::to_owned),
-        _ => None,
+/// The event types the job acts on; any other is acknowledged and recorded as it came.
+const ACTED_ON: [&str; 7] = [
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+];
+
+/// The longest reason an event could not be read that an outcome keeps, in characters.
+const MAX_REASON: usize = 300;
+
+/// What the job makes of a recorded event: its object, typed, for the types acted on.
+#[derive(Debug)]
+enum Reading {
+    /// `checkout.session.completed`, or `.async_payment_succeeded` (`async_paid`).
+    Checkout {
+        session: Box<CheckoutSession>,
+        async_paid: bool,
+    },
+    /// `invoice.paid` (`paid`) or `invoice.payment_failed`.
+    Invoice {
+        invoice: Box<StripeInvoice>,
+        paid: bool,
+    },
+    /// `customer.subscription.created`, `.updated` or `.deleted` (`deleted`).
+    Subscription {
+        subscription: Box<Subscription>,
+        deleted: bool,
+    },
+    /// A type the job does not act on (its object is not read).
+    NotActedOn,
+    /// A type acted on whose event or object is not what async-stripe's types describe: why.
+    Unreadable(String),
+}
+
+/// Reads event `payload` (Stripe's JSON, as recorded) of type `event_type` into async-stripe's
+/// typed [`Event`], for the types acted on.
+///
+/// Through serde (the webhook crate's `deserialize` feature), which names the field that does
+/// not parse (`detailed-errors`): a missing required field, a value of the wrong type. Unknown
+/// fields are skipped and unknown enum values (a status Stripe adds) read as `Unknown`. The
+/// types follow the API version async-stripe targets ([`stripe_shared::version::VERSION`]);
+/// an object rendered at a version whose layout they do not describe (before 2025-03-31.basil:
+/// subscription items without their period, invoice lines without `subtotal`) is unreadable.
+fn read(event_type: &str, payload: &Value) -> Reading {
+    if !ACTED_ON.contains(&event_type) {
+        return Reading::NotActedOn;
+    }
+    let event = match Event::deserialize(payload) {
+        Ok(event) => event,
+        Err(e) => return Reading::Unreadable(reason(&e.to_string())),
+    };
+    match event.data.object {
+        EventObject::CheckoutSessionCompleted(session) => Reading::Checkout {
+            session,
+            async_paid: false,
+        },
+        EventObject::CheckoutSessionAsyncPaymentSucceeded(session) => Reading::Checkout {
+            session,
+            async_paid: true,
+        },
+        EventObject::InvoicePaid(invoice) => Reading::Invoice {
+            invoice,
+            paid: true,
+        },
+        EventObject::InvoicePaymentFailed(invoice) => Reading::Invoice {
+            invoice,
+            paid: false,
+        },
+        EventObject::CustomerSubscriptionCreated(subscription)
+        | EventObject::CustomerSubscriptionUpdated(subscription) => Reading::Subscription {
+            subscription,
+            deleted: false,
+        },
+        EventObject::CustomerSubscriptionDeleted(subscription) => Reading::Subscription {
+            subscription,
+            deleted: true,
+        },
+        // The type is one of the above; its object is read by the type, so this is not met.
+        _ => Reading::NotActedOn,
     }
 }
 
-fn timestamp(v: &Value) -> Option<DateTime<Utc>> {
-    v.as_i64().and_then(|s| Utc.timestamp_opt(s, 0).single())
+/// The outcome of an event acted on that could not be read (and one log line). Reading it again
+/// will not change it, so it is final: recorded as ignored, never retried.
+fn unreadable(event_id: &str, event_type: &str, why: &str) -> String {
+    tracing::warn!(
+        stripe_event = %event_id,
+        event_type,
+        reason = %why,
+        "a stripe event of a type acted on could not be read; recorded as ignored"
+    );
+    format!("ignored: the {event_type} event could not be read: {why}")
 }
 
-fn user_in(metadata: &Value) -> Option<Uuid> {
+/// `message` cut to [`MAX_REASON`] characters.
+fn reason(message: &str) -> String {
+    match message.char_indices().nth(MAX_REASON) {
+        Some((at, _)) => format!("{}…", &message[..at]),
+        None => message.to_owned(),
+    }
+}
+
+/// The id of an id-or-object field, unless empty.
+fn id_of<T: Object>(field: &Expandable<T>) -> Option<&str> {
+    field.id().as_cursor_opt().filter(|s| !s.is_empty())
+}
+
+fn timestamp(secs: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_opt(secs, 0).single()
+}
+
+/// The Confab user named in Stripe `metadata` (Confab puts `user_id` in a checkout's and its
+/// subscription's).
+fn user_in(metadata: Option<&HashMap<String, String>>) -> Option<Uuid> {
     metadata
-        .get("user_id")
-        .and_then(Value::as_str)
+        .and_then(|m| m.get("user_id"))
         .and_then(|s| Uuid::parse_str(s).ok())
 }
 
@@ -344,47 +458,51 @@ impl Processor<'_> {
         meta: &EventMetadata,
         written: &mut Written,
     ) -> Result<String, AppError> {
-        let object = &payload["data"]["object"];
-        match event_type {
-            "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
-                self.checkout(event_type, object, event_id, created, meta, written)
+        match read(event_type, payload) {
+            Reading::Checkout {
+                session,
+                async_paid,
+            } => {
+                self.checkout(&session, async_paid, event_id, created, meta, written)
                     .await
             }
-            "invoice.paid" | "invoice.payment_failed" => {
-                self.invoice(event_type, object, event_id, created, meta, written)
+            Reading::Invoice { invoice, paid } => {
+                self.invoice(&invoice, paid, event_id, created, meta, written)
                     .await
             }
-            "customer.subscription.created"
-            | "customer.subscription.updated"
-            | "customer.subscription.deleted" => {
-                self.subscription_event(event_type, object, event_id, created, meta, written)
+            Reading::Subscription {
+                subscription,
+                deleted,
+            } => {
+                self.subscription_event(&subscription, deleted, event_id, created, meta, written)
                     .await
             }
-            other => Ok(format!("acknowledged: {other} is not acted on")),
+            Reading::NotActedOn => Ok(format!("acknowledged: {event_type} is not acted on")),
+            Reading::Unreadable(why) => Ok(unreadable(event_id, event_type, &why)),
         }
     }
 
     async fn checkout(
         &self,
-        event_type: &str,
-        session: &Value,
+        session: &CheckoutSession,
+        async_paid: bool,
         event_id: &str,
         created: DateTime<Utc>,
         meta: &EventMetadata,
         written: &mut Written,
     ) -> Result<String, AppError> {
-        let Some(session_id) = id_of(&session["id"]) else {
+        let session_id = session.id.as_str();
+        if session_id.is_empty() {
             return Ok("ignored: the session has no id".into());
-        };
-        let customer = id_of(&session["customer"]);
-        let reference = session["client_reference_id"]
-            .as_str()
+        }
+        let customer = session.customer.as_ref().and_then(id_of);
+        let reference = session
+            .client_reference_id
+            .as_deref()
             .and_then(|s| Uuid::parse_str(s).ok());
+        let metadata = session.metadata.as_ref();
         let Some(user) = self
-            .owner(
-                customer.as_deref(),
-                &[reference, user_in(&session["metadata"])],
-            )
+            .owner(customer, &[reference, user_in(metadata)])
             .await?
         else {
             return Ok(format!(
@@ -395,38 +513,40 @@ impl Processor<'_> {
             actor: Some(user),
             ..meta.clone()
         };
-        if let Some(c) = &customer {
+        if let Some(c) = customer {
             // A customer Stripe created during checkout is this account's from now on.
             let link = BillingAccountCommand::LinkStripeCustomer {
                 user_id: user,
-                customer_id: c.clone(),
+                customer_id: c.to_owned(),
                 at: Utc::now(),
             };
             if !self.account(user, link, meta, written).await? {
                 return Ok(format!("ignored: user {user} has no account"));
             }
         }
-        let Some(price) = session["metadata"]["price_id"]
-            .as_str()
+        let Some(price) = metadata
+            .and_then(|m| m.get("price_id"))
             .and_then(|id| find_price(self.svc.billing.prices(), id))
         else {
             return Ok(format!(
                 "ignored: session {session_id} names no configured price"
             ));
         };
-        let paid = event_type == "checkout.session.async_payment_succeeded"
+        let paid = async_paid
             || matches!(
-                session["payment_status"].as_str(),
-                Some("paid" | "no_payment_required")
+                session.payment_status,
+                CheckoutSessionPaymentStatus::Paid
+                    | CheckoutSessionPaymentStatus::NoPaymentRequired
             );
-        match (session["mode"].as_str(), price.grant()) {
+        let mode = Some(session.mode.as_str());
+        match (mode, price.grant()) {
             (Some("subscription"), PriceGrant::Tier(tier)) => {
-                let Some(subscription_id) = id_of(&session["subscription"]) else {
+                let Some(subscription_id) = session.subscription.as_ref().and_then(id_of) else {
                     return Ok(format!("ignored: session {session_id} has no subscription"));
                 };
                 self.open_credits(user, meta, written).await?;
                 let report = SubscriptionReport {
-                    subscription_id: subscription_id.clone(),
+                    subscription_id: subscription_id.to_owned(),
                     status: if paid {
                         SubscriptionStatus::Active
                     } else {
@@ -449,7 +569,7 @@ impl Processor<'_> {
                 let granted = self
                     .grant(
                         user,
-                        session_id.clone(),
+                        session_id.to_owned(),
                         GrantKind::Topup,
                         credits,
                         meta,
@@ -471,24 +591,37 @@ impl Processor<'_> {
 
     async fn invoice(
         &self,
-        event_type: &str,
-        inv: &Value,
+        inv: &StripeInvoice,
+        paid_event: bool,
         event_id: &str,
         created: DateTime<Utc>,
         meta: &EventMetadata,
         written: &mut Written,
     ) -> Result<String, AppError> {
-        let (Some(invoice_id), Some(customer)) = (id_of(&inv["id"]), id_of(&inv["customer"]))
-        else {
+        let invoice_id = inv
+            .id
+            .as_ref()
+            .map(|i| i.as_str())
+            .filter(|s| !s.is_empty());
+        let customer = inv.customer.as_ref().and_then(id_of);
+        let (Some(invoice_id), Some(customer)) = (invoice_id, customer) else {
             return Ok("ignored: the invoice has no id or customer".into());
         };
-        // Stripe moved the subscription under `parent` in 2025; read both shapes.
-        let details = &inv["parent"]["subscription_details"];
-        let subscription_id =
-            id_of(&inv["subscription"]).or_else(|| id_of(&details["subscription"]));
-        let metadata_user = user_in(&details["metadata"])
-            .or_else(|| user_in(&inv["subscription_details"]["metadata"]));
-        let Some(user) = self.owner(Some(&customer), &[metadata_user]).await? else {
+        // Since 2025-03-31.basil Stripe names the subscription under `parent`; the top-level
+        // `subscription` of earlier versions is still in async-stripe's Invoice, so both are read.
+        // (Earlier versions' top-level `subscription_details` is not, and an invoice rendered at
+        // such a version is unreadable anyway: its lines lack `subtotal`; see [`read`].)
+        let details = inv
+            .parent
+            .as_ref()
+            .and_then(|p| p.subscription_details.as_ref());
+        let subscription_id = inv
+            .subscription
+            .as_ref()
+            .and_then(id_of)
+            .or_else(|| details.and_then(|d| id_of(&d.subscription)));
+        let metadata_user = user_in(details.and_then(|d| d.metadata.as_ref()));
+        let Some(user) = self.owner(Some(customer), &[metadata_user]).await? else {
             return Ok(format!(
                 "ignored: invoice {invoice_id} belongs to no Confab user"
             ));
@@ -497,38 +630,36 @@ impl Processor<'_> {
             actor: Some(user),
             ..meta.clone()
         };
-        let status = inv["status"]
-            .as_str()
-            .unwrap_or(if event_type == "invoice.paid" {
-                "paid"
-            } else {
-                "open"
-            })
-            .to_owned();
-        let amount = if status == "paid" {
-            inv["amount_paid"].as_i64()
-        } else {
-            inv["amount_due"].as_i64()
+        let status = match &inv.status {
+            Some(s) => s.as_str(),
+            None if paid_event => "paid",
+            None => "open",
         }
-        .unwrap_or(0);
-        let lines = inv["lines"]["data"].as_array().cloned().unwrap_or_default();
-        let description = inv["description"]
-            .as_str()
-            .or_else(|| lines.first().and_then(|l| l["description"].as_str()))
+        .to_owned();
+        let amount = if status == "paid" {
+            inv.amount_paid
+        } else {
+            inv.amount_due
+        };
+        let lines = &inv.lines.data;
+        let description = inv
+            .description
+            .as_deref()
+            .or_else(|| lines.first().and_then(|l| l.description.as_deref()))
             .map(str::to_owned);
         let invoice = Invoice {
-            invoice_id: invoice_id.clone(),
-            customer_id: customer,
-            subscription_id: subscription_id.clone(),
+            invoice_id: invoice_id.to_owned(),
+            customer_id: customer.to_owned(),
+            subscription_id: subscription_id.map(str::to_owned),
             amount,
-            currency: inv["currency"].as_str().unwrap_or("usd").to_lowercase(),
+            currency: inv.currency.to_string().to_lowercase(),
             status,
-            created: timestamp(&inv["created"]).unwrap_or(created),
-            hosted_invoice_url: inv["hosted_invoice_url"].as_str().map(str::to_owned),
+            created: timestamp(inv.created).unwrap_or(created),
+            hosted_invoice_url: inv.hosted_invoice_url.clone(),
             description,
             observed_at: created,
         };
-        if event_type == "invoice.payment_failed" {
+        if !paid_event {
             let known = self
                 .account(
                     user,
@@ -547,23 +678,20 @@ impl Processor<'_> {
                 format!("ignored: user {user} has no account")
             });
         }
-        // A subscription's invoice paid: the period it opens gets the tier's credits.
+        // A subscription's invoice paid: the period it opens gets the tier's credits. A line
+        // names its price under `pricing.price_details` (since 2025-03-31.basil; the whole
+        // `price` of earlier versions is not in async-stripe's line item).
         let price_ids: Vec<&str> = lines
             .iter()
-            .filter_map(|l| {
-                l["price"]["id"]
-                    .as_str()
-                    .or_else(|| l["pricing"]["price_details"]["price"].as_str())
-            })
+            .filter_map(|l| l.pricing.as_ref()?.price_details.as_ref())
+            .filter_map(|d| id_of(&d.price))
             .collect();
-        let tier = subscription_id
-            .as_ref()
-            .and_then(|_| self.tier_price(price_ids.iter().copied()));
+        let tier = subscription_id.and_then(|_| self.tier_price(price_ids.iter().copied()));
         let mut outcome = format!("invoice {invoice_id} paid, recorded");
-        if let (Some(sub), Some((_, tier))) = (&subscription_id, &tier) {
+        if let (Some(sub), Some((_, tier))) = (subscription_id, &tier) {
             self.open_credits(user, meta, written).await?;
             let report = SubscriptionReport {
-                subscription_id: sub.clone(),
+                subscription_id: sub.to_owned(),
                 status: SubscriptionStatus::Active,
                 tier: tier.clone(),
                 current_period_end: None,
@@ -579,7 +707,7 @@ impl Processor<'_> {
                 let granted = self
                     .grant(
                         user,
-                        invoice_id.clone(),
+                        invoice_id.to_owned(),
                         GrantKind::Subscription,
                         credits,
                         meta,
@@ -611,19 +739,20 @@ impl Processor<'_> {
 
     async fn subscription_event(
         &self,
-        event_type: &str,
-        sub: &Value,
+        sub: &Subscription,
+        deleted: bool,
         event_id: &str,
         created: DateTime<Utc>,
         meta: &EventMetadata,
         written: &mut Written,
     ) -> Result<String, AppError> {
-        let Some(subscription_id) = id_of(&sub["id"]) else {
+        let subscription_id = sub.id.as_str();
+        if subscription_id.is_empty() {
             return Ok("ignored: the subscription has no id".into());
-        };
-        let customer = id_of(&sub["customer"]);
+        }
+        let customer = id_of(&sub.customer);
         let Some(user) = self
-            .owner(customer.as_deref(), &[user_in(&sub["metadata"])])
+            .owner(customer, &[user_in(Some(&sub.metadata))])
             .await?
         else {
             return Ok(format!(
@@ -634,40 +763,37 @@ impl Processor<'_> {
             actor: Some(user),
             ..meta.clone()
         };
-        let items = sub["items"]["data"].as_array().cloned().unwrap_or_default();
-        let price_ids: Vec<&str> = items
-            .iter()
-            .filter_map(|i| i["price"]["id"].as_str().or_else(|| i["price"].as_str()))
-            .collect();
+        let items = &sub.items.data;
+        let price_ids: Vec<&str> = items.iter().map(|i| i.price.id.as_str()).collect();
         let Some((_, tier)) = self.tier_price(price_ids.iter().copied()) else {
             return Ok(format!(
                 "ignored: subscription {subscription_id} is to no configured price"
             ));
         };
-        let status = if event_type == "customer.subscription.deleted" {
+        let status = if deleted {
             Some(SubscriptionStatus::Canceled)
         } else {
-            sub["status"].as_str().and_then(SubscriptionStatus::parse)
+            SubscriptionStatus::parse(sub.status.as_str())
         };
         let Some(status) = status else {
             return Ok(format!(
-                "ignored: subscription {subscription_id} has an unknown status {}",
-                sub["status"]
+                "ignored: subscription {subscription_id} has an unknown status {:?}",
+                sub.status.as_str()
             ));
         };
-        // Stripe moved the period onto the items in 2025; read both shapes.
-        let period_end = timestamp(&sub["current_period_end"]).or_else(|| {
-            items
-                .iter()
-                .filter_map(|i| timestamp(&i["current_period_end"]))
-                .max()
-        });
+        // The period is on the items since 2025-03-31.basil; async-stripe's Subscription has no
+        // top-level `current_period_end` of earlier versions any more (and a subscription
+        // rendered at such a version is unreadable: its items lack their period).
+        let period_end = items
+            .iter()
+            .filter_map(|i| timestamp(i.current_period_end))
+            .max();
         let report = SubscriptionReport {
-            subscription_id: subscription_id.clone(),
+            subscription_id: subscription_id.to_owned(),
             status,
             tier: tier.clone(),
             current_period_end: period_end,
-            cancel_at_period_end: sub["cancel_at_period_end"].as_bool(),
+            cancel_at_period_end: Some(sub.cancel_at_period_end),
             observed_at: created,
             source_event: event_id.to_owned(),
         };
@@ -685,19 +811,298 @@ impl Processor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use confab_testkit::stripe_fixtures::{self as fx, merge};
     use serde_json::json;
 
-    #[test]
-    fn ids_may_be_strings_or_expanded_objects() {
-        assert_eq!(id_of(&json!("cus_1")), Some("cus_1".into()));
-        assert_eq!(
-            id_of(&json!({ "id": "cus_2", "object": "customer" })),
-            Some("cus_2".into())
+    const T: i64 = 1_767_225_600;
+    const PRICE: &str = "price_pro_monthly";
+
+    fn user() -> Uuid {
+        Uuid::parse_str("0190a6a4-6f1c-7cc2-9a3e-2b1f5d3c4e5f").unwrap()
+    }
+
+    fn read_event(event: &Value) -> Reading {
+        read(event["type"].as_str().unwrap(), event)
+    }
+
+    fn checkout(kind: &str, session: Value) -> Value {
+        fx::event("evt_1", kind, T, session)
+    }
+
+    fn a_session(mode: &str) -> Value {
+        let mut s = fx::checkout_session("cs_test_1", mode);
+        merge(
+            &mut s,
+            json!({
+                "customer": "cus_1",
+                "client_reference_id": user().to_string(),
+                "metadata": { "user_id": user().to_string(), "price_id": PRICE },
+            }),
         );
-        assert_eq!(id_of(&json!(null)), None);
-        assert_eq!(id_of(&json!("")), None);
-        let u = Uuid::now_v7();
-        assert_eq!(user_in(&json!({ "user_id": u.to_string() })), Some(u));
-        assert_eq!(user_in(&json!({ "user_id": "nope" })), None);
+        s
+    }
+
+    fn unreadable_reason(event: &Value) -> String {
+        match read_event(event) {
+            Reading::Unreadable(why) => why,
+            other => panic!("read: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_completed_checkout_reads_as_its_session() {
+        let Reading::Checkout {
+            session,
+            async_paid,
+        } = read_event(&checkout(
+            "checkout.session.completed",
+            a_session("subscription"),
+        ))
+        else {
+            panic!("not a checkout")
+        };
+        assert!(!async_paid);
+        assert_eq!(session.id.as_str(), "cs_test_1");
+        assert_eq!(session.customer.as_ref().and_then(id_of), Some("cus_1"));
+        assert_eq!(
+            session.subscription.as_ref().and_then(id_of),
+            Some("sub_cs_test_1")
+        );
+        assert_eq!(session.mode.as_str(), "subscription");
+        assert_eq!(session.payment_status, CheckoutSessionPaymentStatus::Paid);
+        assert_eq!(user_in(session.metadata.as_ref()), Some(user()));
+        let price = session.metadata.as_ref().and_then(|m| m.get("price_id"));
+        assert_eq!(price.map(String::as_str), Some(PRICE));
+
+        let mut pending = a_session("payment");
+        merge(&mut pending, json!({ "payment_status": "unpaid" }));
+        let Reading::Checkout {
+            session,
+            async_paid,
+        } = read_event(&checkout(
+            "checkout.session.async_payment_succeeded",
+            pending,
+        ))
+        else {
+            panic!("not a checkout")
+        };
+        assert!(async_paid, "the async payment succeeded");
+        assert_eq!(session.mode.as_str(), "payment");
+        assert_eq!(session.subscription.as_ref().and_then(id_of), None);
+    }
+
+    #[test]
+    fn ids_may_be_expanded_objects() {
+        let mut s = a_session("subscription");
+        s["customer"] = fx::customer("cus_expanded", T);
+        s["subscription"] = fx::subscription("sub_expanded", "cus_expanded", PRICE, T);
+        let Reading::Checkout { session, .. } =
+            read_event(&checkout("checkout.session.completed", s))
+        else {
+            panic!("not a checkout")
+        };
+        assert!(session.customer.as_ref().unwrap().is_object());
+        assert_eq!(
+            session.customer.as_ref().and_then(id_of),
+            Some("cus_expanded")
+        );
+        assert_eq!(
+            session.subscription.as_ref().and_then(id_of),
+            Some("sub_expanded")
+        );
+
+        let mut inv = fx::invoice("in_1", "cus_1", "sub_1", PRICE, T);
+        inv["customer"] = fx::customer("cus_expanded", T);
+        inv["parent"]["subscription_details"]["subscription"] =
+            fx::subscription("sub_expanded", "cus_expanded", PRICE, T);
+        inv["lines"]["data"][0]["pricing"]["price_details"]["price"] = fx::price(PRICE, 900, true);
+        let Reading::Invoice { invoice, .. } =
+            read_event(&fx::event("evt_2", "invoice.paid", T, inv))
+        else {
+            panic!("not an invoice")
+        };
+        assert_eq!(
+            invoice.customer.as_ref().and_then(id_of),
+            Some("cus_expanded")
+        );
+        let details = invoice
+            .parent
+            .as_ref()
+            .unwrap()
+            .subscription_details
+            .as_ref();
+        assert_eq!(
+            details.and_then(|d| id_of(&d.subscription)),
+            Some("sub_expanded")
+        );
+        let pricing = invoice.lines.data[0].pricing.as_ref().unwrap();
+        let price = &pricing.price_details.as_ref().unwrap().price;
+        assert!(price.is_object());
+        assert_eq!(id_of(price), Some(PRICE));
+
+        // An empty id is as good as none.
+        let mut s = a_session("subscription");
+        s["customer"] = json!("");
+        let Reading::Checkout { session, .. } =
+            read_event(&checkout("checkout.session.completed", s))
+        else {
+            panic!("not a checkout")
+        };
+        assert_eq!(session.customer.as_ref().and_then(id_of), None);
+    }
+
+    #[test]
+    fn an_invoice_reads_with_its_subscription_and_lines() {
+        let paid = fx::invoice("in_1", "cus_1", "sub_1", PRICE, T);
+        let Reading::Invoice { invoice, paid } =
+            read_event(&fx::event("evt_1", "invoice.paid", T, paid))
+        else {
+            panic!("not an invoice")
+        };
+        assert!(paid);
+        assert_eq!(invoice.id.as_ref().map(|i| i.as_str()), Some("in_1"));
+        assert_eq!(invoice.status.as_ref().map(|s| s.as_str()), Some("paid"));
+        assert_eq!((invoice.amount_paid, invoice.amount_due), (900, 900));
+        assert_eq!(invoice.currency.to_string(), "usd");
+        assert_eq!(invoice.created, T);
+        let details = invoice
+            .parent
+            .as_ref()
+            .unwrap()
+            .subscription_details
+            .as_ref();
+        assert_eq!(details.and_then(|d| id_of(&d.subscription)), Some("sub_1"));
+        assert_eq!(invoice.subscription.as_ref().and_then(id_of), None);
+        assert_eq!(
+            invoice.lines.data[0].description.as_deref(),
+            Some("1 × Confab Pro (at $9.00 / month)")
+        );
+
+        let failed = fx::unpaid(fx::invoice("in_2", "cus_1", "sub_1", PRICE, T));
+        let Reading::Invoice { invoice, paid } =
+            read_event(&fx::event("evt_2", "invoice.payment_failed", T, failed))
+        else {
+            panic!("not an invoice")
+        };
+        assert!(!paid);
+        assert_eq!(invoice.status.as_ref().map(|s| s.as_str()), Some("open"));
+        assert_eq!(invoice.amount_paid, 0);
+
+        // The subscription named at the top, as the typed Invoice still allows.
+        let mut top = fx::invoice("in_3", "cus_1", "sub_1", PRICE, T);
+        merge(
+            &mut top,
+            json!({ "parent": null, "subscription": "sub_top" }),
+        );
+        let Reading::Invoice { invoice, .. } =
+            read_event(&fx::event("evt_3", "invoice.paid", T, top))
+        else {
+            panic!("not an invoice")
+        };
+        assert_eq!(
+            invoice.subscription.as_ref().and_then(id_of),
+            Some("sub_top")
+        );
+    }
+
+    #[test]
+    fn a_subscription_reads_with_its_items() {
+        for (kind, deleted) in [("created", false), ("updated", false), ("deleted", true)] {
+            let mut sub = fx::subscription("sub_1", "cus_1", PRICE, T);
+            merge(
+                &mut sub,
+                json!({ "cancel_at_period_end": true, "metadata": { "user_id": user().to_string() } }),
+            );
+            let event = fx::event("evt_1", &format!("customer.subscription.{kind}"), T, sub);
+            let Reading::Subscription {
+                subscription,
+                deleted: d,
+            } = read_event(&event)
+            else {
+                panic!("not a subscription")
+            };
+            assert_eq!(d, deleted, "{kind}");
+            assert_eq!(subscription.id.as_str(), "sub_1");
+            assert_eq!(id_of(&subscription.customer), Some("cus_1"));
+            assert_eq!(subscription.status.as_str(), "active");
+            assert!(subscription.cancel_at_period_end);
+            assert_eq!(user_in(Some(&subscription.metadata)), Some(user()));
+            let item = &subscription.items.data[0];
+            assert_eq!(item.price.id.as_str(), PRICE);
+            assert_eq!(item.current_period_end, T + 30 * 86_400);
+        }
+        // A status Stripe adds later still reads (the job then ignores it by name).
+        let mut sub = fx::subscription("sub_1", "cus_1", PRICE, T);
+        sub["status"] = json!("hibernating");
+        let Reading::Subscription { subscription, .. } =
+            read_event(&fx::event("evt_2", "customer.subscription.updated", T, sub))
+        else {
+            panic!("not a subscription")
+        };
+        assert_eq!(subscription.status.as_str(), "hibernating");
+        assert_eq!(
+            SubscriptionStatus::parse(subscription.status.as_str()),
+            None
+        );
+    }
+
+    #[test]
+    fn types_not_acted_on_are_not_read() {
+        for kind in [
+            "customer.tax_id.created",
+            "ping.test",
+            "checkout.session.expired",
+        ] {
+            let event = fx::event("evt_1", kind, T, json!({ "id": "x" }));
+            assert!(matches!(read_event(&event), Reading::NotActedOn), "{kind}");
+        }
+    }
+
+    #[test]
+    fn an_object_that_does_not_parse_is_unreadable_and_says_where() {
+        // A required field missing.
+        let mut inv = fx::invoice("in_1", "cus_1", "sub_1", PRICE, T);
+        inv.as_object_mut().unwrap().remove("lines");
+        let why = unreadable_reason(&fx::event("evt_1", "invoice.paid", T, inv));
+        assert_eq!(why, "data.object: missing field `lines`");
+        // A value of the wrong type, deep inside.
+        let mut sub = fx::subscription("sub_1", "cus_1", PRICE, T);
+        sub["items"]["data"][0]["current_period_end"] = json!("soon");
+        let event = fx::event("evt_2", "customer.subscription.updated", T, sub);
+        let why = unreadable_reason(&event);
+        assert!(
+            why.starts_with("data.object.items.data[0].current_period_end: invalid type"),
+            "{why}"
+        );
+        // The minimal objects a hand-written test might send.
+        let bare = json!({ "id": "cs_1", "object": "checkout.session", "mode": "payment" });
+        let why = unreadable_reason(&checkout("checkout.session.completed", bare));
+        assert!(why.starts_with("data.object: missing field"), "{why}");
+        // An envelope without what every event has.
+        let mut event = checkout("checkout.session.completed", a_session("payment"));
+        event.as_object_mut().unwrap().remove("livemode");
+        let why = unreadable_reason(&event);
+        assert!(why.contains("missing field `livemode`"), "{why}");
+        // An invoice rendered before 2025-03-31.basil: its lines lack what basil added.
+        let old = fx::invoice_before_basil("in_1", "cus_1", "sub_1", PRICE, T);
+        let why = unreadable_reason(&fx::event("evt_3", "invoice.paid", T, old));
+        assert_eq!(why, "data.object.lines.data[0]: missing field `subtotal`");
+        // The outcome recorded for it: ignored, with the reason.
+        let outcome = unreadable("evt_3", "invoice.paid", &why);
+        assert!(outcome.starts_with("ignored: the invoice.paid event could not be read: "));
+        assert!(outcome.ends_with(&why), "{outcome}");
+    }
+
+    #[test]
+    fn reasons_are_cut_and_users_read_from_metadata() {
+        assert_eq!(reason("short"), "short");
+        let long = "é".repeat(MAX_REASON + 10);
+        assert_eq!(reason(&long).chars().count(), MAX_REASON + 1);
+        let u = user();
+        let m = HashMap::from([("user_id".to_owned(), u.to_string())]);
+        assert_eq!(user_in(Some(&m)), Some(u));
+        let m = HashMap::from([("user_id".to_owned(), "nope".to_owned())]);
+        assert_eq!(user_in(Some(&m)), None);
+        assert_eq!(user_in(None), None);
     }
 }

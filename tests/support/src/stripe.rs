@@ -3,6 +3,7 @@
 //! does), checkout sessions and billing-portal sessions. Failures can be scripted per path and
 //! every request is recorded. Also the signature Stripe puts on webhook deliveries.
 
+use crate::stripe_fixtures;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -188,15 +189,16 @@ fn customer(stripe: &Inner, seen: &Request) -> Response {
         return axum::Json(replay.clone()).into_response();
     }
     let form = &seen.form;
-    let customer = json!({
-        "id": next_id(stripe, "cus"),
-        "object": "customer",
-        "created": chrono::Utc::now().timestamp(),
-        "livemode": false,
-        "email": form.get("email"),
-        "name": form.get("name"),
-        "metadata": { "user_id": form.get("metadata[user_id]") },
-    });
+    let mut customer =
+        stripe_fixtures::customer(&next_id(stripe, "cus"), chrono::Utc::now().timestamp());
+    stripe_fixtures::merge(
+        &mut customer,
+        json!({
+            "email": form.get("email"),
+            "name": form.get("name"),
+            "metadata": { "user_id": form.get("metadata[user_id]") },
+        }),
+    );
     if let Some(key) = &seen.idempotency_key {
         replays.insert(key.clone(), customer.clone());
     }
@@ -206,29 +208,36 @@ fn customer(stripe: &Inner, seen: &Request) -> Response {
 fn checkout_session(stripe: &Inner, form: &HashMap<String, String>) -> Response {
     let id = next_id(stripe, "cs");
     let created = chrono::Utc::now().timestamp();
-    axum::Json(json!({
-        "id": id,
-        "object": "checkout.session",
-        "automatic_tax": { "enabled": false, "liability": null, "provider": null, "status": null },
-        "cancel_url": form.get("cancel_url"),
-        "client_reference_id": form.get("client_reference_id"),
-        "created": created,
-        "currency": "usd",
-        "custom_fields": [],
-        "custom_text": { "after_submit": null, "shipping_address": null, "submit": null, "terms_of_service_acceptance": null },
-        "customer": form.get("customer"),
-        "expires_at": created + 86_400,
-        "livemode": false,
-        "metadata": {},
-        "mode": form.get("mode"),
-        "payment_method_types": ["card"],
-        "payment_status": "unpaid",
-        "shipping_options": [],
-        "status": "open",
-        "success_url": form.get("success_url"),
-        "url": format!("https://checkout.stripe.test/c/pay/{id}"),
-    }))
-    .into_response()
+    let mode = form.get("mode").map_or("payment", String::as_str);
+    // What Stripe answers a create: the whole session, open and unpaid until the buyer pays.
+    let metadata: serde_json::Map<String, Value> = form
+        .iter()
+        .filter_map(|(k, v)| {
+            let key = k.strip_prefix("metadata[")?.strip_suffix(']')?;
+            Some((key.to_owned(), Value::from(v.as_str())))
+        })
+        .collect();
+    let mut session = stripe_fixtures::checkout_session(&id, mode);
+    stripe_fixtures::merge(
+        &mut session,
+        json!({
+            "cancel_url": form.get("cancel_url"),
+            "client_reference_id": form.get("client_reference_id"),
+            "collected_information": null,
+            "created": created,
+            "customer": form.get("customer"),
+            "customer_details": null,
+            "expires_at": created + 86_400,
+            "payment_intent": null,
+            "payment_status": "unpaid",
+            "status": "open",
+            "subscription": null,
+            "success_url": form.get("success_url"),
+            "url": format!("https://checkout.stripe.test/c/pay/{id}"),
+        }),
+    );
+    session["metadata"] = Value::Object(metadata);
+    axum::Json(session).into_response()
 }
 
 fn portal_session(stripe: &Inner, form: &HashMap<String, String>) -> Response {
