@@ -90,6 +90,17 @@ impl<T: ToSchema + SnakeCase> ToSchema for Snake<T> {
     }
 }
 
+/// For optional fields that may be left out but not sent as `null` (their schema says so):
+/// `#[serde(default, deserialize_with = "not_null")]`. A `null` is refused like any other value
+/// of the wrong type.
+pub fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,15 +141,4 @@ mod tests {
         assert!(is_required(&o, "conversation_id"));
         assert_eq!(Snake::<Sample>::name(), "SampleSnake");
     }
-}
-
-/// For optional fields that may be left out but not sent as `null` (their schema says so):
-/// `#[serde(default, deserialize_with = "not_null")]`. A `null` is refused like any other value
-/// of the wrong type.
-pub fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::Deserialize<'de>,
-{
-    T::deserialize(deserializer).map(Some)
 }
