@@ -3,8 +3,8 @@
 //! credit routes: `GET /api/billing/credit-history` and `GET /api/cron/reset-credits`.
 
 use crate::auth::AuthUser;
+use crate::error::ErrorBody;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::openapi::ErrorBody;
 use crate::resources::ai::{
     ChatBody, CreditHistory, CreditTransaction, HistoryQuery, MAX_SAFE_INTEGER, ModelInfo,
     ModelList, OffsetQuery, ResetResult, StatusMessage,

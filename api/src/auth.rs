@@ -2,8 +2,8 @@
 //! the [`AuthUser`] extractor every protected route takes (a session token from
 //! `Authorization: Bearer <token>` or the `confab_session` cookie).
 
+use crate::error::ErrorBody;
 use crate::extract::ApiJson;
-use crate::openapi::ErrorBody;
 use crate::resources::users::User;
 use crate::resources::users::{Session, SignInBody, SignUpBody, UserEnvelope};
 use crate::{ApiError, AppState};

@@ -4,8 +4,8 @@
 //! edge, and hands the event to [`confab_application::billing::record_stripe_event`].
 
 use crate::auth::{AuthUser, correlation_id};
+use crate::error::ErrorBody;
 use crate::extract::{ApiJson, ApiQuery};
-use crate::openapi::ErrorBody;
 use crate::resources::billing::{
     CheckoutBody, Invoice, InvoiceList, InvoicesQuery, Redirect, StripeEventBody, WebhookAck,
 };

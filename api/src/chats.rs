@@ -2,8 +2,8 @@
 //! [`confab_application::chats`], answer with [`crate::resources::chats`].
 
 use crate::auth::AuthUser;
+use crate::error::ErrorBody;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::openapi::ErrorBody;
 use crate::resources::chats::{
     Chat, ChatPage, EditBody, Message, MessageEdit, MessagePage, MessagesQuery, NewChat, PageQuery,
     SearchWords, SendBody, TitleBody, page_request,

@@ -3,8 +3,8 @@
 //! `user_id` in a body must be the caller's own (403 otherwise, unless the caller is an admin).
 
 use crate::auth::AuthUser;
+use crate::error::ErrorBody;
 use crate::extract::{ApiJson, ApiPath};
-use crate::openapi::ErrorBody;
 use crate::resources::Snake;
 use crate::resources::chats::{
     Attachment, Chat, Conversation, ConversationMessage, Message, NewAttachment, NewConversation,

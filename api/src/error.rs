@@ -5,7 +5,9 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use confab_application::{AppError, Problems};
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 /// An API failure, mapped to its status and `code`.
 #[derive(Debug, thiserror::Error)]
@@ -161,30 +163,88 @@ impl ApiError {
         }
     }
 
-    fn parts(&self) -> (StatusCode, &'static str) {
+    fn parts(&self) -> (StatusCode, ErrorCode) {
         match self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Validation { .. } => (StatusCode::BAD_REQUEST, "validation_error"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ApiError::Validation { .. } => (StatusCode::BAD_REQUEST, ErrorCode::ValidationError),
             ApiError::Unprocessable { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "validation_error")
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationError)
             }
             ApiError::InsufficientCredits { .. } => {
-                (StatusCode::PAYMENT_REQUIRED, "insufficient_credits")
+                (StatusCode::PAYMENT_REQUIRED, ErrorCode::InsufficientCredits)
             }
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            ApiError::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
             }
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::BadGateway { .. } => (StatusCode::BAD_GATEWAY, "bad_gateway"),
-            ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::UnsupportedMediaType,
+            ),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed)
+            }
+            ApiError::BadGateway { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::BadGateway),
+            ApiError::Unavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
+            }
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::InternalError),
         }
     }
+}
+
+/// The error body every route answers with.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Human-readable; never internals.
+    pub message: String,
+    /// What kind of error.
+    pub code: ErrorCode,
+    /// For validation errors, each offending field and why; other specifics otherwise.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
+/// The error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 401.
+    Unauthorized,
+    /// 403.
+    Forbidden,
+    /// 404.
+    NotFound,
+    /// 405.
+    MethodNotAllowed,
+    /// 400 or 422.
+    ValidationError,
+    /// 429.
+    RateLimited,
+    /// 402.
+    InsufficientCredits,
+    /// 409.
+    Conflict,
+    /// 413.
+    PayloadTooLarge,
+    /// 415.
+    UnsupportedMediaType,
+    /// 502.
+    BadGateway,
+    /// 503.
+    Unavailable,
+    /// 500.
+    InternalError,
 }
 
 impl IntoResponse for ApiError {
@@ -205,7 +265,13 @@ impl IntoResponse for ApiError {
             | ApiError::BadGateway { message, details } => (message.clone(), details.clone()),
             other => (other.to_string(), json!({})),
         };
-        let body = json!({ "error": { "message": message, "code": code, "details": details } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message,
+                code,
+                details,
+            },
+        };
         (status, Json(body)).into_response()
     }
 }

@@ -1,6 +1,6 @@
 //! Operational routes: liveness, readiness, and the error bodies for unknown routes.
 
-use crate::openapi::ErrorBody;
+use crate::error::ErrorBody;
 use crate::resources::operations::{Health, ProjectionProgress, Readiness};
 use crate::{ApiError, AppState};
 use axum::Json;

@@ -3,8 +3,8 @@
 //! 2048x2048) is decided in [`confab_application::accounts::set_image`].
 
 use crate::auth::AuthUser;
+use crate::error::ErrorBody;
 use crate::extract::ApiPath;
-use crate::openapi::ErrorBody;
 use crate::resources::users::{ImageForm, ProfileImage};
 use crate::{ApiError, AppState};
 use axum::Json;

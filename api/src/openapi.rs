@@ -6,6 +6,7 @@
 //! session is needed, 413 and 415 for bodies, 429 where rate limits apply, 500, 503) with the
 //! error body, and the rate-limit headers.
 
+use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
 use axum::Json;
 use axum::response::Html;
 use confab_domain::patterns;
@@ -16,61 +17,7 @@ use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
-use utoipa::{Modify, OpenApi, ToSchema};
-
-/// The error body every route answers with.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// What went wrong.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
-pub struct ErrorDetail {
-    /// Human-readable; never internals.
-    pub message: String,
-    /// What kind of error.
-    pub code: ErrorCode,
-    /// For validation errors, each offending field and why; other specifics otherwise.
-    #[schema(value_type = Object)]
-    pub details: serde_json::Value,
-}
-
-/// The error codes.
-#[derive(Debug, ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum ErrorCode {
-    /// 401.
-    Unauthorized,
-    /// 403.
-    Forbidden,
-    /// 404.
-    NotFound,
-    /// 405.
-    MethodNotAllowed,
-    /// 400 or 422.
-    ValidationError,
-    /// 429.
-    RateLimited,
-    /// 402.
-    InsufficientCredits,
-    /// 409.
-    Conflict,
-    /// 413.
-    PayloadTooLarge,
-    /// 415.
-    UnsupportedMediaType,
-    /// 502.
-    BadGateway,
-    /// 503.
-    Unavailable,
-    /// 500.
-    InternalError,
-}
+use utoipa::{Modify, OpenApi};
 
 struct Security;
 

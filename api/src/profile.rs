@@ -2,8 +2,8 @@
 //! stay unique across accounts).
 
 use crate::auth::AuthUser;
+use crate::error::ErrorBody;
 use crate::extract::ApiJson;
-use crate::openapi::ErrorBody;
 use crate::resources::users::{Profile, ProfileBody, ProfileEnvelope};
 use crate::{ApiError, AppState};
 use axum::Json;

@@ -4,8 +4,8 @@
 //! encrypted keys, hints only) are [`confab_application::providers`]'.
 
 use crate::auth::AuthUser;
+use crate::error::ErrorBody;
 use crate::extract::{ApiJson, ApiPath};
-use crate::openapi::ErrorBody;
 use crate::resources::providers::{NewProvider, NewUserConfig, Provider, UserLlmConfig};
 use crate::{ApiError, AppState};
 use axum::Json;

@@ -11,7 +11,7 @@ use super::events::RealtimeEvent;
 use super::hub::{Delivery, Hub};
 use super::pusher::session_live;
 use crate::auth::AuthUser;
-use crate::openapi::ErrorBody;
+use crate::error::ErrorBody;
 use crate::{ApiError, AppState};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};

@@ -35,7 +35,7 @@ use confab_domain::billing::{
     find_price,
 };
 use confab_domain::billing_account::{BillingAccount, BillingAccountCommand, BillingAccountError};
-use confab_domain::credits::{CreditAccount, CreditAction, CreditCommand, GrantKind};
+use confab_domain::credits::{CreditAction, GrantKind};
 use confab_domain::{Aggregate, EventSchema};
 use confab_eventstore::EventMetadata;
 use confab_eventstore::aggregate::{ExecuteError, exists};
@@ -271,28 +271,13 @@ impl Processor<'_> {
         meta: &EventMetadata,
         written: &mut Written,
     ) -> Result<(), AppError> {
-        let tier = confab_projections::accounts::tier(&self.svc.db, user)
-            .await?
-            .unwrap_or_default();
-        let opening = self.svc.catalogue.tier(&tier).starting_credits;
-        let done = self
-            .svc
-            .commands
-            .execute::<CreditAccount>(
-                &user,
-                CreditCommand {
-                    user,
-                    opening,
-                    at: Utc::now(),
-                    action: CreditAction::Open,
-                },
-                meta.clone(),
-            )
-            .await?;
-        Written::note(&mut written.credits, done.appended.map(|a| a.last_position));
+        let appended =
+            crate::credits::run(self.svc, user, CreditAction::Open, meta.clone()).await?;
+        Written::note(&mut written.credits, appended);
         Ok(())
     }
 
+    /// Grants `amount` credits once per `grant_id`; `Ok(false)` when granted before.
     async fn grant(
         &self,
         user: Uuid,
@@ -302,27 +287,30 @@ impl Processor<'_> {
         meta: &EventMetadata,
         written: &mut Written,
     ) -> Result<bool, AppError> {
-        let done = self
-            .svc
-            .commands
-            .execute::<CreditAccount>(
-                &user,
-                CreditCommand {
-                    user,
-                    opening: 0,
-                    at: Utc::now(),
-                    action: CreditAction::Grant {
-                        grant_id,
-                        kind,
-                        amount,
-                    },
-                },
-                meta.clone(),
-            )
-            .await?;
-        let appended = done.appended.map(|a| a.last_position);
+        let action = CreditAction::Grant {
+            grant_id,
+            kind,
+            amount,
+        };
+        let appended = crate::credits::run(self.svc, user, action, meta.clone()).await?;
         Written::note(&mut written.credits, appended);
         Ok(appended.is_some())
+    }
+
+    /// Records `invoice` on `user`'s billing account; `Ok(false)` when there is no account.
+    async fn record_invoice(
+        &self,
+        user: Uuid,
+        invoice: Invoice,
+        meta: &EventMetadata,
+        written: &mut Written,
+    ) -> Result<bool, AppError> {
+        let command = BillingAccountCommand::RecordInvoice {
+            user_id: user,
+            invoice,
+            at: Utc::now(),
+        };
+        self.account(user, command, meta, written).await
     }
 
     /// Runs a billing account command; `Ok(false)` when the account does not exist.
@@ -660,18 +648,7 @@ impl Processor<'_> {
             observed_at: created,
         };
         if !paid_event {
-            let known = self
-                .account(
-                    user,
-                    BillingAccountCommand::RecordInvoice {
-                        user_id: user,
-                        invoice,
-                        at: Utc::now(),
-                    },
-                    meta,
-                    written,
-                )
-                .await?;
+            let known = self.record_invoice(user, invoice, meta, written).await?;
             return Ok(if known {
                 format!("invoice {invoice_id}: payment failed, recorded")
             } else {
@@ -719,18 +696,7 @@ impl Processor<'_> {
                 }
             }
         }
-        let known = self
-            .account(
-                user,
-                BillingAccountCommand::RecordInvoice {
-                    user_id: user,
-                    invoice,
-                    at: Utc::now(),
-                },
-                meta,
-                written,
-            )
-            .await?;
+        let known = self.record_invoice(user, invoice, meta, written).await?;
         if !known {
             return Ok(format!("ignored: user {user} has no account"));
         }
