@@ -218,7 +218,9 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
         Ok(b) => b,
         Err(e) => {
             let _ = exec(db, "DELETE FROM idempotency_keys WHERE scope = $1", &scope).await;
-            return Err(ApiError::Internal(anyhow::anyhow!("response body: {e}")));
+            return Err(ApiError::Internal(
+                anyhow::Error::new(e).context("reading the response body to keep"),
+            ));
         }
     };
     if parts.status.is_server_error() {

@@ -2,10 +2,12 @@
 //!
 //! One trait, [`EventStore`], and its adapters: [`sqlite::SqliteStore`] (the embedded default),
 //! [`postgres::PostgresStore`] (several processes), and `kurrent::KurrentStore` behind the
-//! `kurrentdb` cargo feature. The [`conformance`] module holds the one test suite every adapter
-//! must pass.
+//! `kurrentdb` cargo feature. The `conformance` module holds the one test suite every adapter
+//! must pass, and `testing` the test-database helpers; both only with the `testing` feature
+//! (tests and benchmarks enable it).
 
 pub mod aggregate;
+#[cfg(feature = "testing")]
 pub mod conformance;
 mod error;
 mod group_commit;
@@ -14,6 +16,7 @@ mod head;
 pub mod kurrent;
 pub mod postgres;
 pub mod sqlite;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod types;
 

@@ -1,6 +1,7 @@
 //! The conformance suite against KurrentDB, when `KURRENTDB_URL` names a server, e.g.
 //! `KURRENTDB_URL=kurrentdb://127.0.0.1:2113?tls=false cargo test -p confab-eventstore
-//! --features kurrentdb --test conformance_kurrentdb -- --test-threads=1`.
+//! --features kurrentdb --test conformance_kurrentdb -- --ignored --test-threads=1`. Without
+//! `--ignored` every case is reported ignored, with the reason.
 //! The cases share one server log, so they run one at a time.
 #![cfg(feature = "kurrentdb")]
 
