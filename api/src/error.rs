@@ -82,6 +82,15 @@ pub enum ApiError {
         /// Specifics.
         details: Value,
     },
+    /// 503 `unavailable` with `Retry-After`: too much of this work is in progress (password
+    /// hashing under a sign-in flood).
+    #[error("{message}")]
+    Busy {
+        /// What is saturated.
+        message: String,
+        /// The `Retry-After` seconds.
+        retry_after_secs: u64,
+    },
     /// 500 `internal_error`: logged once here, with its cause chain, never described to the
     /// client.
     #[error("internal error: {0}")]
@@ -130,6 +139,13 @@ impl From<AppError> for ApiError {
             AppError::Unavailable { message, details } => ApiError::Unavailable {
                 message,
                 details: Value::Object(details),
+            },
+            AppError::Busy {
+                message,
+                retry_after_secs,
+            } => ApiError::Busy {
+                message,
+                retry_after_secs,
             },
             AppError::Upstream { message, details } => ApiError::BadGateway {
                 message,
@@ -187,7 +203,7 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed)
             }
             ApiError::BadGateway { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::BadGateway),
-            ApiError::Unavailable { .. } => {
+            ApiError::Unavailable { .. } | ApiError::Busy { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable)
             }
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
@@ -263,7 +279,17 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable { message, details }
             | ApiError::RateLimited { message, details }
             | ApiError::BadGateway { message, details } => (message.clone(), details.clone()),
+            ApiError::Busy {
+                message,
+                retry_after_secs,
+            } => (message.clone(), json!({ "retryAfter": retry_after_secs })),
             other => (other.to_string(), json!({})),
+        };
+        let retry_after = match &self {
+            ApiError::Busy {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
         };
         let body = ErrorBody {
             error: ErrorDetail {
@@ -272,7 +298,13 @@ impl IntoResponse for ApiError {
                 details,
             },
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 
@@ -293,6 +325,21 @@ mod tests {
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(v["error"]["code"], "internal_error");
         assert!(!v.to_string().contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn busy_is_a_503_that_says_when_to_retry() {
+        let r = ApiError::from(AppError::Busy {
+            message: "too many sign-ins".into(),
+            retry_after_secs: 1,
+        })
+        .into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[axum::http::header::RETRY_AFTER], "1");
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["code"], "unavailable");
+        assert_eq!(v["error"]["details"]["retryAfter"], 1);
     }
 
     #[tokio::test]

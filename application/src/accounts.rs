@@ -57,30 +57,88 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-async fn hash_password(password: String) -> Result<String, AppError> {
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| AppError::internal("hashing a password", e.to_string()))
-    })
-    .await
-    .map_err(|e| AppError::internal("hashing a password", e))?
+/// Bounds the Argon2 work of a process: each hash takes tens of milliseconds of CPU and 19 MiB
+/// of memory, so a flood of sign-ins or sign-ups must not run them all at once. At most
+/// `concurrency` run together and at most `queue` more wait; beyond that the request is
+/// refused at once ([`AppError::Busy`], 503 with `Retry-After`), while the per-IP auth budget
+/// of the rate limiter still applies in front.
+#[derive(Debug)]
+pub struct HashLimiter {
+    running: tokio::sync::Semaphore,
+    admitted: tokio::sync::Semaphore,
 }
 
-async fn verify_password(password: String, phc: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&phc)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
+impl HashLimiter {
+    /// `concurrency` hashes at once (at least 1), `queue` more waiting.
+    pub fn new(concurrency: usize, queue: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        HashLimiter {
+            running: tokio::sync::Semaphore::new(concurrency),
+            admitted: tokio::sync::Semaphore::new(concurrency + queue),
+        }
+    }
+
+    /// The process's limiter: `CONFAB_PASSWORD_HASH_CONCURRENCY` (default: the CPUs) and
+    /// `CONFAB_PASSWORD_HASH_QUEUE` (default: 8 per permitted hash).
+    pub fn global() -> &'static HashLimiter {
+        static LIMITER: OnceLock<HashLimiter> = OnceLock::new();
+        LIMITER.get_or_init(|| {
+            let var = |k: &str| std::env::var(k).ok().and_then(|v| v.trim().parse().ok());
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            let concurrency = var("CONFAB_PASSWORD_HASH_CONCURRENCY")
+                .unwrap_or(cpus)
+                .max(1);
+            let queue = var("CONFAB_PASSWORD_HASH_QUEUE").unwrap_or(8 * concurrency);
+            HashLimiter::new(concurrency, queue)
+        })
+    }
+
+    /// Runs `work` on the blocking pool once a permit is free; [`AppError::Busy`] when the
+    /// queue is full.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AppError> {
+        let _admitted = self.admitted.try_acquire().map_err(|_| AppError::Busy {
+            message: "too many sign-ins are being checked; try again shortly".into(),
+            retry_after_secs: 1,
+        })?;
+        let _running = self
+            .running
+            .acquire()
+            .await
+            .map_err(|e| AppError::internal("waiting to hash a password", e))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| AppError::internal("hashing a password", e))
+    }
+}
+
+async fn hash_password(password: String) -> Result<String, AppError> {
+    HashLimiter::global()
+        .run(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| AppError::internal("hashing a password", e.to_string()))
+        })
+        .await?
+}
+
+/// Whether `password` matches the PHC string; [`AppError::Busy`] when too many are queued.
+async fn verify_password(password: String, phc: String) -> Result<bool, AppError> {
+    HashLimiter::global()
+        .run(move || {
+            PasswordHash::new(&phc)
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
 }
 
 /// A hash of a random password, verified against when the email is unknown, so that a wrong
@@ -321,7 +379,7 @@ pub async fn sign_in(
         .as_ref()
         .map(|u| u.password_hash.clone())
         .unwrap_or_else(|| dummy_hash().to_owned());
-    let ok = verify_password(password, phc).await;
+    let ok = verify_password(password, phc).await?;
     let Some(user) = user.filter(|_| ok) else {
         return Err(AppError::Unauthenticated("wrong email or password"));
     };
@@ -568,9 +626,53 @@ mod tests {
     async fn passwords_verify_only_against_their_own_hash() {
         let h = hash_password("correct horse".into()).await.unwrap();
         assert!(h.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse".into(), h.clone()).await);
-        assert!(!verify_password("wrong horse".into(), h).await);
-        assert!(!verify_password("x".into(), "not a hash".into()).await);
+        assert!(
+            verify_password("correct horse".into(), h.clone())
+                .await
+                .unwrap()
+        );
+        assert!(!verify_password("wrong horse".into(), h).await.unwrap());
+        assert!(
+            !verify_password("x".into(), "not a hash".into())
+                .await
+                .unwrap()
+        );
+    }
+
+    /// One hash at a time and one waiting: a third caller is refused at once, and once the
+    /// first two finish the limiter admits again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hashing_beyond_the_queue_is_refused_not_queued() {
+        let limiter = std::sync::Arc::new(HashLimiter::new(1, 1));
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = std::sync::Arc::new(std::sync::Mutex::new(gate));
+        let hold = |limiter: std::sync::Arc<HashLimiter>| {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                limiter
+                    .run(move || {
+                        let _ = gate.lock().map(|g| g.recv());
+                    })
+                    .await
+            })
+        };
+        let first = hold(limiter.clone());
+        let second = hold(limiter.clone());
+        // Both admitted (one running, one queued) before the third arrives.
+        while limiter.admitted.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        match limiter.run(|| ()).await {
+            Err(AppError::Busy {
+                retry_after_secs, ..
+            }) => assert_eq!(retry_after_secs, 1),
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        release.send(()).unwrap();
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        limiter.run(|| ()).await.expect("admitted again");
     }
 
     #[test]

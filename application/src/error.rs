@@ -145,6 +145,14 @@ pub enum AppError {
         /// The setting to set, and the like.
         details: Details,
     },
+    /// Too much of this work is in progress or queued: try again after `retry_after_secs`.
+    #[error("{message}")]
+    Busy {
+        /// What is saturated.
+        message: String,
+        /// When a retry may succeed, in seconds.
+        retry_after_secs: u64,
+    },
     /// An upstream service (Stripe, an LLM provider) refused or could not be reached.
     #[error("{message}")]
     Upstream {
@@ -214,6 +222,7 @@ impl AppError {
             AppError::NotVisible(_)
             | AppError::ReadModel(_)
             | AppError::Upstream { .. }
+            | AppError::Busy { .. }
             | AppError::Internal { .. } => true,
             AppError::Store(s) => !matches!(
                 s,
