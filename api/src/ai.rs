@@ -243,10 +243,13 @@ fn secret_matches(presented: &str, secret: &str) -> bool {
 
 /// `GET /api/cron/reset-credits` with `Authorization: Bearer <CRON_SECRET>` →
 /// `{message: "Credit reset completed", resetCount}`: the monthly reset, the same the workers
-/// run on their schedule; an account already reset this month is not reset again.
+/// run on their schedule; an account already reset this month is not reset again. Accounts
+/// that could not be reset (after retries) make it a 503 with `resetCount` and `failedCount`:
+/// calling again resets those, and no account twice.
 #[utoipa::path(get, path = "/api/cron/reset-credits", tag = "billing", security(("cron" = [])),
     responses(
         (status = 200, description = "The reset ran", body = ResetResult),
+        (status = 503, description = "Some accounts could not be reset; call again to retry them", body = ErrorBody),
         (status = 401, description = "Missing or wrong CRON_SECRET (every call, while it is unset)", body = ErrorBody),
     ))]
 pub(crate) async fn reset_credits(
@@ -265,6 +268,9 @@ pub(crate) async fn reset_credits(
         return Err(ApiError::Unauthorized);
     }
     let report = credits::reset_all(&state.app).await?;
+    if let Some(e) = report.incomplete() {
+        return Err(e.into());
+    }
     Ok(Json(ResetResult {
         message: "Credit reset completed".into(),
         reset_count: report.reset,

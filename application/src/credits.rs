@@ -63,43 +63,78 @@ pub async fn history(
 }
 
 /// What a monthly reset did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResetReport {
     /// Accounts reset by this run.
     pub reset: u64,
     /// Accounts seen.
     pub accounts: u64,
+    /// Accounts that could not be reset, after the retries: running the reset again resets
+    /// them (and nobody twice).
+    pub failed: Vec<Uuid>,
 }
 
+impl ResetReport {
+    /// The run as an error when accounts were left unreset: [`AppError::Unavailable`] naming
+    /// how many were and were not, to be retried by running the reset again.
+    pub fn incomplete(&self) -> Option<AppError> {
+        if self.failed.is_empty() {
+            return None;
+        }
+        let mut details = crate::error::Details::new();
+        details.insert("resetCount".into(), self.reset.into());
+        details.insert("failedCount".into(), self.failed.len().into());
+        Some(AppError::Unavailable {
+            message: format!(
+                "{} of {} accounts could not be reset; call again to retry them (none is reset twice)",
+                self.failed.len(),
+                self.accounts
+            ),
+            details,
+        })
+    }
+}
+
+/// Passes over the accounts that failed, after the first, and the pause before each.
+const RESET_RETRIES: [std::time::Duration; 2] = [
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_secs(1),
+];
+
 /// Runs the monthly reset for every account. An account already reset this month (by the
-/// schedule or the cron route, whichever ran first) is not reset again. Returns once the
-/// resets are readable, or after the write timeout.
+/// schedule or the cron route, whichever ran first) is not reset again, so the reset is
+/// exactly once per period per account however often it runs. An account that fails does
+/// not stop the others: it is retried after the pass, twice, and reported in
+/// [`ResetReport::failed`] if it still fails. Returns once the resets are readable, or
+/// after the write timeout.
 pub async fn reset_all(svc: &Services) -> Result<ResetReport, AppError> {
     let accounts = confab_projections::accounts::all_tiers(&svc.db).await?;
+    let meta = crate::metadata(None, Some(Uuid::now_v7()));
     let mut reset = 0;
     let mut last = 0;
-    let meta = crate::metadata(None, Some(Uuid::now_v7()));
-    for (user, tier) in &accounts {
-        let tier = svc.catalogue.tier(tier);
-        let done = svc
-            .commands
-            .execute::<CreditAccount>(
-                user,
-                CreditCommand {
-                    user: *user,
-                    opening: tier.starting_credits,
-                    at: Utc::now(),
-                    action: CreditAction::Reset {
-                        allowance: tier.monthly_credits,
-                    },
-                },
-                meta.clone(),
-            )
-            .await?;
-        if let Some(a) = done.appended {
-            reset += 1;
-            last = last.max(a.last_position);
+    let mut pending: Vec<&(Uuid, String)> = accounts.iter().collect();
+    for pause in std::iter::once(None).chain(RESET_RETRIES.iter().map(Some)) {
+        if pending.is_empty() {
+            break;
         }
+        if let Some(pause) = pause {
+            tokio::time::sleep(*pause).await;
+        }
+        let mut failed = Vec::new();
+        for account @ (user, tier) in pending {
+            match reset_one(svc, *user, tier, &meta).await {
+                Ok(Some(position)) => {
+                    reset += 1;
+                    last = last.max(position);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(user = %user, error = ?e, "an account's credit reset failed");
+                    failed.push(account);
+                }
+            }
+        }
+        pending = failed;
     }
     // Whoever asked for the reset reads its effect next.
     if last > 0
@@ -107,9 +142,46 @@ pub async fn reset_all(svc: &Services) -> Result<ResetReport, AppError> {
     {
         tracing::warn!(error = %e, "the credit reset is recorded but not yet readable");
     }
-    tracing::info!(reset, accounts = accounts.len(), "monthly credit reset");
+    let failed: Vec<Uuid> = pending.iter().map(|(user, _)| *user).collect();
+    if failed.is_empty() {
+        tracing::info!(reset, accounts = accounts.len(), "monthly credit reset");
+    } else {
+        tracing::error!(
+            reset,
+            accounts = accounts.len(),
+            failed = failed.len(),
+            "monthly credit reset left accounts unreset; run it again to retry them"
+        );
+    }
     Ok(ResetReport {
         reset,
         accounts: accounts.len() as u64,
+        failed,
     })
+}
+
+/// Resets one account: the position appended, or `None` when it was reset this period.
+async fn reset_one(
+    svc: &Services,
+    user: Uuid,
+    tier: &str,
+    meta: &EventMetadata,
+) -> Result<Option<u64>, AppError> {
+    let tier = svc.catalogue.tier(tier);
+    let done = svc
+        .commands
+        .execute::<CreditAccount>(
+            &user,
+            CreditCommand {
+                user,
+                opening: tier.starting_credits,
+                at: Utc::now(),
+                action: CreditAction::Reset {
+                    allowance: tier.monthly_credits,
+                },
+            },
+            meta.clone(),
+        )
+        .await?;
+    Ok(done.appended.map(|a| a.last_position))
 }

@@ -4,7 +4,7 @@
 //! ledger under concurrency; tiers; users' own keys; the monthly reset.
 
 use crate::helpers::{
-    Db, Killed, Queue, TestApp, assert_error, confab_command, error_message, on_both, poll,
+    Db, Killed, Queue, TestApp, assert_error, confab_command, error_message, on_both, parts, poll,
     spawn_app_on, spawn_app_with, spawn_quiet, test_config, with_admin,
 };
 use confab::Config;
@@ -19,6 +19,7 @@ use std::time::Duration;
 on_both!(
     a_reply_is_streamed_stored_and_charged_by_its_usage,
     concurrent_requests_never_overdraw,
+    an_account_that_cannot_be_reset_does_not_stop_the_others,
 );
 
 fn hello() -> Act {
@@ -499,6 +500,54 @@ async fn the_route_resets_accounts_the_schedule_has_not() {
     let v: Value = get().await.unwrap().json().await.unwrap();
     assert_eq!(v["resetCount"], 0, "never twice in one month");
     assert_eq!(app.credit_history(&a, "?type=reset").await["total"], 1);
+    app.shutdown().await;
+}
+
+/// One account's ledger cannot be loaded (an event this code cannot read, as after a bad
+/// deploy): the reset goes on with the others, retries it, reports it with a 503, and a call
+/// again resets nobody twice.
+async fn an_account_that_cannot_be_reset_does_not_stop_the_others(db: Db) {
+    let up = OpenAiStandIn::start().await;
+    let app = app_with(db, &up, |_| {}).await;
+    let (a, _) = app.sign_up("first@example.com").await;
+    let (_, b) = app.sign_up("broken@example.com").await;
+    let (c, _) = app.sign_up("last@example.com").await;
+    let broken = b["id"].as_str().unwrap();
+    let store = app.store().await;
+    store
+        .append(
+            &format!("credits-{broken}"),
+            confab_eventstore::ExpectedVersion::Any,
+            vec![confab_eventstore::NewEvent::new(
+                "credits.written_by_a_newer_release",
+                1,
+                json!({}),
+                confab_eventstore::EventMetadata::default(),
+            )],
+        )
+        .await
+        .expect("append");
+    let call = || async {
+        let r = app
+            .request(Method::GET, "/api/cron/reset-credits", None)
+            .bearer_auth("cron-secret")
+            .send()
+            .await
+            .unwrap();
+        parts(r).await
+    };
+    let (status, body) = call().await;
+    assert_eq!(status, 503, "{body}");
+    assert_error(&body, "unavailable");
+    assert_eq!(body["error"]["details"]["resetCount"], 2);
+    assert_eq!(body["error"]["details"]["failedCount"], 1);
+    for token in [&a, &c] {
+        assert_eq!(app.credit_history(token, "?type=reset").await["total"], 1);
+    }
+    let (status, body) = call().await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["details"]["resetCount"], 0, "nobody twice");
+    assert_eq!(body["error"]["details"]["failedCount"], 1);
     app.shutdown().await;
 }
 

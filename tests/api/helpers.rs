@@ -331,6 +331,27 @@ impl TestApp {
         }
     }
 
+    /// The app's event store, opened beside it (as another process would).
+    pub async fn store(&self) -> std::sync::Arc<dyn confab_eventstore::EventStore> {
+        use confab_eventstore::{Limits, postgres::PostgresStore, sqlite};
+        match &self.database_url {
+            Some(url) => {
+                let pool = sqlx::PgPool::connect(url).await.expect("postgres");
+                std::sync::Arc::new(PostgresStore::open(pool, Limits::default()).await.unwrap())
+            }
+            None => {
+                let url = format!("sqlite://{}", self.data_dir.join("confab.db").display());
+                let options = sqlite::connect_options(&url).expect("sqlite url");
+                let pool = sqlite::read_pool(options.clone()).await.expect("sqlite");
+                std::sync::Arc::new(
+                    sqlite::SqliteStore::open(options, pool, Limits::default())
+                        .await
+                        .unwrap(),
+                )
+            }
+        }
+    }
+
     /// Jobs in `queue` not yet finished (pending, running, or failed with attempts left).
     pub async fn unfinished_jobs(&self, queue: Queue) -> i64 {
         const UNFINISHED: &str = "(status IN ('Pending', 'Queued', 'Running') OR \

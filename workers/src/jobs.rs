@@ -96,12 +96,17 @@ pub struct ResetCredits;
 
 impl Job for ResetCredits {
     const NAME: &'static str = "credit_reset";
-    const MAX_ATTEMPTS: usize = 1;
+    const MAX_ATTEMPTS: usize = 3;
     type Context = Services;
 
+    /// Accounts left unreset make the job fail retryably: the next attempt resets them, and
+    /// only them (an account is reset once a period).
     async fn run(self, svc: &Services) -> Result<(), JobError> {
-        confab_application::credits::reset_all(svc).await?;
-        Ok(())
+        let report = confab_application::credits::reset_all(svc).await?;
+        match report.incomplete() {
+            Some(e) => Err(JobError::Retry(e)),
+            None => Ok(()),
+        }
     }
 }
 
