@@ -18,6 +18,7 @@ pub struct Application {
     workers: Option<Workers>,
     jobs: Option<apalis::prelude::Monitor>,
     realtime: confab_api::realtime::Realtime,
+    db: confab_projections::ReadDb,
     port: u16,
 }
 
@@ -110,6 +111,7 @@ impl Application {
             workers: config.run_projections.then(|| Workers::new(engine)),
             jobs: Some(monitor),
             realtime,
+            db: backend.db.clone(),
             port,
         })
     }
@@ -128,6 +130,10 @@ impl Application {
         let workers = self.workers.map(|w| tokio::spawn(w.run(stopped.clone())));
         let jobs = self.jobs.map(|m| spawn_monitor(m, stopped.clone()));
         let tailer = self.realtime.spawn_tailer();
+        let purge = tokio::spawn(confab_api::idempotency::purge_periodically(
+            self.db,
+            stopped.clone(),
+        ));
         let mut server_stop = stopped;
         // Replies stream in small writes: send each at once rather than waiting on the
         // client's delayed ACK (Nagle's algorithm costs a streamed reply tens of milliseconds).
@@ -150,6 +156,7 @@ impl Application {
         let _ = stop.send(true);
         server.await??;
         tailer.await?;
+        purge.await?;
         if let Some(jobs) = jobs {
             jobs.await?;
         }

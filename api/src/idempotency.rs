@@ -4,7 +4,8 @@
 //! Keys are scoped to the caller (their session token's hash), the method and the path. The same
 //! key with a different body is a 409; a retry while the first request still runs is a 409 too.
 //! 5xx answers are not kept, so a retry after a failure runs again. Sign-up and sign-in are not
-//! covered: their answers hold session tokens, which are never stored in the clear.
+//! covered: their answers hold session tokens, which are never stored in the clear. Answers are
+//! kept 24 hours; [`purge_periodically`] deletes older ones every hour.
 
 use crate::{ApiError, AppState};
 use axum::body::{Body, Bytes};
@@ -61,6 +62,40 @@ async fn exec(db: &ReadDb, sql: &'static str, scope: &str) -> Result<u64, sqlx::
             .execute(p)
             .await
             .map(|r| r.rows_affected()),
+    }
+}
+
+/// Deletes the answers older than 24 hours (a key may then be used afresh); returns how many.
+pub async fn purge_expired(db: &ReadDb) -> Result<u64, sqlx::Error> {
+    let sql = "DELETE FROM idempotency_keys WHERE created_at < $1";
+    let cutoff = Utc::now() - KEEP;
+    let done = match db {
+        ReadDb::Sqlite(p) => sqlx::query(sql)
+            .bind(cutoff)
+            .execute(p)
+            .await?
+            .rows_affected(),
+        ReadDb::Postgres(p) => sqlx::query(sql)
+            .bind(cutoff)
+            .execute(p)
+            .await?
+            .rows_affected(),
+    };
+    Ok(done)
+}
+
+/// Purges expired answers now and then every hour, until `stop` turns true.
+pub async fn purge_periodically(db: ReadDb, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        match purge_expired(&db).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "expired idempotency keys purged"),
+            Err(e) => tracing::warn!(error = %e, "purging expired idempotency keys failed"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 on_both!(
     a_retried_post_returns_the_first_answer_and_stores_nothing_new,
     concurrent_retries_with_one_key_create_one_chat,
+    answers_older_than_a_day_are_purged,
 );
 
 async fn post_with_key(
@@ -27,6 +28,42 @@ async fn post_with_key(
     let replayed = r.headers().get("idempotent-replayed").is_some();
     let (status, body) = parts(r).await;
     (status, body, replayed)
+}
+
+/// The hourly purge deletes answers past their 24 hours and keeps the others.
+async fn answers_older_than_a_day_are_purged(db: Db) {
+    let app = spawn_app(db).await;
+    let (token, _) = app.sign_up("purge@example.com").await;
+    let body = json!({ "title": "Kept a day" });
+    post_with_key(&app, "/api/chats", &token, "old", &body).await;
+    let read = app.read_db().await;
+    // The only answer so far is made 25 hours old; the next one is fresh.
+    let aged = chrono::Utc::now() - chrono::Duration::hours(25);
+    let age = "UPDATE idempotency_keys SET created_at = $1";
+    match &read {
+        confab_projections::ReadDb::Sqlite(p) => {
+            sqlx::query(age).bind(aged).execute(p).await.unwrap();
+        }
+        confab_projections::ReadDb::Postgres(p) => {
+            sqlx::query(age).bind(aged).execute(p).await.unwrap();
+        }
+    }
+    post_with_key(&app, "/api/chats", &token, "new", &body).await;
+    assert_eq!(
+        confab_api::idempotency::purge_expired(&read).await.unwrap(),
+        1
+    );
+    let count = "SELECT COUNT(*) FROM idempotency_keys";
+    let remaining: i64 = match &read {
+        confab_projections::ReadDb::Sqlite(p) => sqlx::query_scalar(count).fetch_one(p).await,
+        confab_projections::ReadDb::Postgres(p) => sqlx::query_scalar(count).fetch_one(p).await,
+    }
+    .unwrap();
+    assert_eq!(remaining, 1, "the recent answer stays");
+    // The purged key is free again: a new request, not a replay.
+    let (status, _, replayed) = post_with_key(&app, "/api/chats", &token, "old", &body).await;
+    assert_eq!((status, replayed), (201, false));
+    app.shutdown().await;
 }
 
 async fn a_retried_post_returns_the_first_answer_and_stores_nothing_new(db: Db) {
