@@ -95,14 +95,17 @@ fn public_v4(ip: Ipv4Addr) -> bool {
     let o = ip.octets();
     !(ip.is_private()
         || ip.is_loopback()
-        || ip.is_link_local()
+        || ip.is_link_local() // 169.254.0.0/16, with the cloud metadata service
         || ip.is_unspecified()
         || ip.is_broadcast()
         || ip.is_documentation()
         || ip.is_multicast()
         || o[0] == 0
-        || (o[0] == 100 && (64..128).contains(&o[1]))
-        || (o[0] == 198 && (o[1] == 18 || o[1] == 19)))
+        || o[0] >= 240 // reserved
+        || (o[0] == 100 && (64..128).contains(&o[1])) // shared (CGNAT), Alibaba's metadata
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
+        || (o[0] == 198 && (o[1] == 18 || o[1] == 19)) // benchmarking
+        || o == [168, 63, 129, 16]) // Azure's host services
 }
 
 fn public_v6(ip: Ipv6Addr) -> bool {
@@ -113,9 +116,68 @@ fn public_v6(ip: Ipv6Addr) -> bool {
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
-        || (s[0] & 0xfe00) == 0xfc00
-        || (s[0] & 0xffc0) == 0xfe80
-        || (s[0] == 0x2001 && s[1] == 0x0db8))
+        || s[..6] == [0; 6] // IPv4-compatible (deprecated), ::/96
+        || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64, 64:ff9b::/96 and 64:ff9b:1::/48
+        || s[0] == 0x2002 // 6to4, 2002::/16
+        || (s[0] == 0x2001 && s[1] == 0) // Teredo, 2001::/32
+        || (s[0] & 0xfe00) == 0xfc00 // unique local, fc00::/7
+        || (s[0] & 0xffc0) == 0xfe80 // link-local, fe80::/10
+        || (s[0] & 0xffc0) == 0xfec0 // site-local, fec0::/10
+        || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
+}
+
+/// Resolves provider hosts for the HTTP client and refuses, at connect time, a name that
+/// resolves to an address that is not public (unless the host is allowlisted): the check at
+/// registration alone would let a name re-pointed later (DNS rebinding) reach the inside.
+#[derive(Debug, Clone)]
+pub struct GuardedResolver {
+    allowed_hosts: Vec<String>,
+}
+
+impl GuardedResolver {
+    /// A resolver that lets `allowed_hosts` resolve to anything.
+    pub fn new(allowed_hosts: Vec<String>) -> Self {
+        GuardedResolver { allowed_hosts }
+    }
+
+    fn allows(&self, host: &str) -> bool {
+        self.allowed_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host))
+    }
+
+    /// Whether a URL's host may be called: a literal address must be public (or allowlisted);
+    /// a name is checked when it is resolved.
+    pub fn check_url(&self, url: &str) -> Result<(), String> {
+        let url = url::Url::parse(url).map_err(|_| "not an absolute URL".to_owned())?;
+        let host = url.host_str().ok_or("no host")?;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        match bare.parse::<IpAddr>() {
+            Ok(ip) if !is_public(ip) && !self.allows(bare) => Err(format!(
+                "the provider endpoint {bare} is not a public address"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        let allowed = self.allows(&host);
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if !allowed && let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
+                return Err(format!(
+                    "{host} resolves to {}, which is not a public address",
+                    bad.ip()
+                )
+                .into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// Whether an address is on the public internet.
@@ -160,20 +222,23 @@ pub async fn check_endpoint(raw: &str, allowed_hosts: &[String]) -> Result<Strin
     if host == "localhost" || internal_suffixes.iter().any(|s| host.ends_with(s)) {
         return Err("must not point at an internal host".into());
     }
-    // A name that resolves to an internal address now is refused. One that does not resolve is
-    // accepted: the address is checked again when a call is made (DNS can change).
+    // A name must resolve, and only to public addresses. The address is checked again at each
+    // connection ([`GuardedResolver`]): DNS can change.
     let port = url.port_or_known_default().unwrap_or(443);
     let lookup = tokio::time::timeout(
         Duration::from_secs(2),
         tokio::net::lookup_host((host.as_str(), port)),
     )
     .await;
-    if let Ok(Ok(addrs)) = lookup {
-        for a in addrs {
-            if !is_public(a.ip()) {
-                return Err("resolves to a private, loopback or link-local address".into());
-            }
-        }
+    let addrs: Vec<_> = match lookup {
+        Ok(Ok(addrs)) => addrs.collect(),
+        _ => return Err("does not resolve".into()),
+    };
+    if addrs.is_empty() {
+        return Err("does not resolve".into());
+    }
+    if addrs.iter().any(|a| !is_public(a.ip())) {
+        return Err("resolves to a private, loopback or link-local address".into());
     }
     Ok(url.to_string())
 }
@@ -307,6 +372,16 @@ mod tests {
             "https://[::1]/",
             "https://[fd00::1]/",
             "https://[::ffff:127.0.0.1]/",
+            "https://[::ffff:169.254.169.254]/",
+            "https://[64:ff9b::a9fe:a9fe]/",
+            "https://[2002:a9fe:a9fe::1]/",
+            "https://[fec0::1]/",
+            "https://[::10.0.0.1]/",
+            "https://[2001:0:4136:e378::1]/",
+            "https://100.100.100.200/",
+            "https://168.63.129.16/",
+            "https://240.0.0.1/",
+            "https://no-such-host.invalid/v1",
             "https://localhost:8443",
             "https://db.internal",
             "https://user:pw@example.com",
@@ -320,6 +395,27 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn the_resolver_refuses_internal_addresses_at_connect_time() {
+        use reqwest::dns::Resolve;
+        let guard = GuardedResolver::new(vec!["127.0.0.1".to_owned()]);
+        let name = |h: &str| h.parse::<reqwest::dns::Name>().unwrap();
+        // `localhost` resolves to loopback: refused when the call is made.
+        let err = match guard.resolve(name("localhost")).await {
+            Ok(_) => panic!("localhost must be refused"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("not a public address"), "{err}");
+        // An allowlisted host resolves to what it is.
+        let ok = GuardedResolver::new(vec!["localhost".to_owned()]);
+        assert!(ok.resolve(name("localhost")).await.is_ok());
+        // Literal addresses never reach a resolver: they are checked on the URL.
+        assert!(guard.check_url("https://10.0.0.1/v1").is_err());
+        assert!(guard.check_url("https://[64:ff9b::7f00:1]/v1").is_err());
+        assert!(guard.check_url("http://127.0.0.1:9/v1").is_ok());
+        assert!(guard.check_url("https://8.8.8.8/v1").is_ok());
     }
 
     #[test]

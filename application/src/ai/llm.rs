@@ -71,6 +71,9 @@ pub struct Endpoint {
     pub base_url: String,
     /// The key to send.
     pub api_key: Option<String>,
+    /// For an endpoint a user or admin registered (not the operator's configuration): every
+    /// connection is checked to reach a public address, allowlisted hosts excepted.
+    pub guard: Option<crate::providers::GuardedResolver>,
 }
 
 /// One message of the conversation sent to the provider.
@@ -125,9 +128,19 @@ fn client(endpoint: &Endpoint, policy: &CallPolicy) -> Result<Client<OpenAIConfi
     let config = OpenAIConfig::new()
         .with_api_base(endpoint.base_url.trim_end_matches('/'))
         .with_api_key(endpoint.api_key.clone().unwrap_or_default());
-    let http = reqwest::Client::builder()
+    // No redirects: a registered endpoint could otherwise bounce the call (with the user's
+    // key) to an internal address.
+    let mut http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(policy.idle_timeout)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(guard) = &endpoint.guard {
+        guard
+            .check_url(&endpoint.base_url)
+            .map_err(CallError::BeforeFirstToken)?;
+        http = http.dns_resolver(std::sync::Arc::new(guard.clone()));
+    }
+    let http = http
         .build()
         .map_err(|e| CallError::BeforeFirstToken(format!("HTTP client: {e}")))?;
     Ok(Client::with_config(config).with_http_service(ReqwestService::new(http)))

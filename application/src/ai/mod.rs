@@ -75,17 +75,35 @@ pub async fn endpoint(svc: &Services, user: Uuid, model: &Model) -> Result<Endpo
     if let Some((base_url, sealed)) =
         confab_projections::providers::user_key_by_provider_name(&svc.db, user, &model.provider)
             .await?
-        && let Ok(key) = svc.cipher.decrypt(&sealed)
     {
+        // Never fall back to the operator's key: that would bill the operator for the user's
+        // traffic and hide that their key is unusable.
+        let key = svc.cipher.decrypt(&sealed).map_err(|_| {
+            tracing::error!(user = %user, provider = %model.provider,
+                "a stored provider key cannot be decrypted (was CONFAB_ENCRYPTION_KEY changed?)");
+            let mut details = Details::new();
+            details.insert("provider".into(), model.provider.clone().into());
+            AppError::Unavailable {
+                message: format!(
+                    "your key for {} cannot be used; set it again",
+                    model.provider
+                ),
+                details,
+            }
+        })?;
         return Ok(Endpoint {
             base_url,
             api_key: Some(key),
+            guard: Some(crate::providers::GuardedResolver::new(
+                svc.provider_hosts_allowlist.to_vec(),
+            )),
         });
     }
     match svc.llm.providers.iter().find(|p| p.name == model.provider) {
         Some(p) => Ok(Endpoint {
             base_url: p.base_url.clone(),
             api_key: p.api_key.clone(),
+            guard: None,
         }),
         None => Err(NoProvider {
             model: model.id.clone(),
