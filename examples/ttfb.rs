@@ -130,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
             .with_state(Endpoint {
                 base_url: format!("{upstream}/v1"),
                 api_key: Some("bench".into()),
+                guard: None,
             }),
     )
     .await?;
