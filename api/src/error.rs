@@ -91,6 +91,14 @@ pub enum ApiError {
         /// The `Retry-After` seconds.
         retry_after_secs: u64,
     },
+    /// 202: the write is committed to the log, but the read model did not show it within the
+    /// write timeout. Not an error: the answer says so, and an `Idempotency-Key` retry replays
+    /// it rather than writing again.
+    #[error("recorded at position {position}, not yet readable")]
+    Recorded {
+        /// The log position of the write.
+        position: u64,
+    },
     /// 500 `internal_error`: logged once here, with its cause chain, never described to the
     /// client.
     #[error("internal error: {0}")]
@@ -151,8 +159,12 @@ impl From<AppError> for ApiError {
                 message,
                 details: Value::Object(details),
             },
-            e @ (AppError::NotVisible(_)
-            | AppError::Store(_)
+            AppError::NotVisible(t) => {
+                tracing::warn!(projection = %t.name, wanted = t.wanted, reached = t.reached,
+                    "a write is committed but its read model is behind; answering 202");
+                ApiError::Recorded { position: t.wanted }
+            }
+            e @ (AppError::Store(_)
             | AppError::Upcast(_)
             | AppError::ReadModel(_)
             | AppError::Internal { .. }) => ApiError::Internal(e.into()),
@@ -208,8 +220,21 @@ impl ApiError {
             }
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::InternalError),
+            // Answered before `parts` is asked (not an error body).
+            ApiError::Recorded { .. } => (StatusCode::ACCEPTED, ErrorCode::InternalError),
         }
     }
+}
+
+/// The 202 body of a write that is committed but not yet readable.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordedBody {
+    /// `accepted`.
+    pub status: String,
+    /// What to do: read the resource again shortly.
+    pub message: String,
+    /// The log position of the write.
+    pub position: u64,
 }
 
 /// The error body every route answers with.
@@ -265,6 +290,15 @@ pub enum ErrorCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Recorded { position } = self {
+            let body = RecordedBody {
+                status: "accepted".into(),
+                message: "the change is recorded but not yet readable; read it again shortly"
+                    .into(),
+                position,
+            };
+            return (StatusCode::ACCEPTED, Json(body)).into_response();
+        }
         let (status, code) = self.parts();
         let (message, details) = match &self {
             ApiError::Internal(e) => {

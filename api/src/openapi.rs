@@ -6,7 +6,7 @@
 //! session is needed, 413 and 415 for bodies, 429 where rate limits apply, 500, 503) with the
 //! error body, and the rate-limit headers.
 
-use crate::error::{ErrorBody, ErrorCode, ErrorDetail};
+use crate::error::{ErrorBody, ErrorCode, ErrorDetail, RecordedBody};
 use axum::Json;
 use axum::response::Html;
 use confab_domain::patterns;
@@ -70,7 +70,7 @@ fn error_response(description: &str) -> RefOr<Response> {
 struct Conventions;
 
 impl Conventions {
-    fn apply(path: &str, op: &mut Operation) {
+    fn apply(path: &str, write: bool, op: &mut Operation) {
         let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
         let params = op.parameters.as_ref().is_some_and(|ps| {
             ps.iter().any(|p| {
@@ -82,6 +82,24 @@ impl Conventions {
         });
         let body = op.request_body.is_some();
         let responses = &mut op.responses.responses;
+        if secured && write {
+            responses.entry("202".to_owned()).or_insert_with(|| {
+                ResponseBuilder::new()
+                    .description(
+                        "Recorded, but the read model did not show it in time: the change is \
+                         committed (a retry with the same Idempotency-Key replays this answer); \
+                         read it again shortly",
+                    )
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("RecordedBody")))
+                            .build(),
+                    )
+                    .build()
+                    .into()
+            });
+        }
         let mut add = |status: &str, description: &str| {
             responses
                 .entry(status.to_owned())
@@ -135,17 +153,16 @@ impl Conventions {
 impl Modify for Conventions {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for (path, item) in openapi.paths.paths.iter_mut() {
-            for op in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                Conventions::apply(path, op);
+            for (write, op) in [
+                (false, &mut item.get),
+                (true, &mut item.put),
+                (true, &mut item.post),
+                (true, &mut item.delete),
+                (true, &mut item.patch),
+            ] {
+                if let Some(op) = op {
+                    Conventions::apply(path, write, op);
+                }
             }
         }
     }
@@ -206,6 +223,7 @@ impl Modify for Conventions {
         ErrorBody,
         ErrorDetail,
         ErrorCode,
+        RecordedBody,
         crate::resources::chats::DateOrDateTime
     )),
     modifiers(&Security, &Conventions),

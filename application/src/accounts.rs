@@ -385,7 +385,18 @@ pub async fn sign_in(
     };
     let (token, pos) =
         start_session(svc, &metadata(Some(user.id), correlation_id), user.id).await?;
-    svc.visible(accounts::NAME, pos).await?;
+    // The session is committed and the token exists only in this answer: give it even when
+    // the read model is slow to show the session (the token works once it does).
+    match svc.visible(accounts::NAME, pos).await {
+        Err(AppError::NotVisible(t)) => {
+            tracing::warn!(
+                wanted = t.wanted,
+                reached = t.reached,
+                "a session is recorded but not yet readable; answering with its token"
+            );
+        }
+        other => other?,
+    }
     let credits = credits::balance(svc, &user).await?;
     Ok(SignedIn {
         user,

@@ -399,6 +399,14 @@ impl TestApp {
         assert_eq!(left, 0, "the {queue:?} queue did not drain");
     }
 
+    /// Stops the server like [`TestApp::shutdown`] and hands back its directory, so that
+    /// another instance can start on the same data.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+        self.shutdown().await;
+        dir
+    }
+
     /// Stops the server and checks it stopped cleanly within the grace period.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -1,7 +1,7 @@
 //! `Idempotency-Key` on POST routes, on SQLite and PostgreSQL: retries get the first answer and
 //! store nothing new; a reused key with another body, or a concurrent retry, is a 409.
 
-use crate::helpers::{Db, TestApp, assert_error, on_both, parts, spawn_app};
+use crate::helpers::{Db, TestApp, assert_error, on_both, parts, spawn_app, spawn_app_on};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -9,6 +9,7 @@ on_both!(
     a_retried_post_returns_the_first_answer_and_stores_nothing_new,
     concurrent_retries_with_one_key_create_one_chat,
     answers_older_than_a_day_are_purged,
+    a_write_the_read_model_has_not_shown_is_a_202_a_retry_replays,
 );
 
 async fn post_with_key(
@@ -28,6 +29,37 @@ async fn post_with_key(
     let replayed = r.headers().get("idempotent-replayed").is_some();
     let (status, body) = parts(r).await;
     (status, body, replayed)
+}
+
+/// A write is committed but its read model lags (here no projections run at all): the
+/// answer is 202 with the log position, not a 500, and a retry with the same key replays it
+/// instead of writing again. Once projections run, exactly one chat is there.
+async fn a_write_the_read_model_has_not_shown_is_a_202_a_retry_replays(db: Db) {
+    let first = spawn_app(db).await;
+    let (token, _) = first.sign_up("lag@example.com").await;
+    let (url, data_dir) = (first.database_url.clone(), first.data_dir.clone());
+    let _kept = first.stop().await;
+    let same_data = |c: &mut confab::Config| c.data_dir = data_dir.clone();
+    let lagging = spawn_app_on(url.clone(), |c| {
+        same_data(c);
+        c.run_projections = false;
+        c.write_timeout_ms = 100;
+    })
+    .await;
+    let body = json!({ "title": "Committed" });
+    let (s1, first_answer, r1) = post_with_key(&lagging, "/api/chats", &token, "lag", &body).await;
+    assert_eq!((s1, r1), (202, false), "{first_answer}");
+    assert_eq!(first_answer["status"], "accepted");
+    assert!(first_answer["position"].as_u64().is_some_and(|p| p > 0));
+    let (s2, second_answer, r2) = post_with_key(&lagging, "/api/chats", &token, "lag", &body).await;
+    assert_eq!((s2, r2), (202, true), "a replay, not a second write");
+    assert_eq!(second_answer, first_answer);
+    let _kept_too = lagging.stop().await;
+    let caught_up = spawn_app_on(url, same_data).await;
+    let (_, list) = caught_up.get("/api/chats", Some(&token)).await;
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["chats"][0]["title"], "Committed");
+    caught_up.shutdown().await;
 }
 
 /// The hourly purge deletes answers past their 24 hours and keeps the others.
