@@ -7,7 +7,10 @@
 //! - `CONFAB_BENCH_BACKENDS=sqlite,postgres`  which databases
 //! - `CONFAB_BENCH_SECONDS=5`                 length of each append run
 //! - `CONFAB_BENCH_EVENTS=1000000`            size of the log for read and rebuild
-//! - `CONFAB_BENCH_SMOKE=1`                   a seconds-long run that only checks it all works
+//! - `CONFAB_BENCH_SMOKE=1`                   a seconds-long run that checks it all works
+//!
+//! Either way it fails (exit 1) on a collapse: more writers appending under half as fast as
+//! fewer, or PostgreSQL rebuilding at under a fifth of SQLite's rate.
 //!
 //! PostgreSQL runs in a fresh database on `CONFAB_TEST_POSTGRES_URL` (default the local `test`).
 
@@ -55,7 +58,7 @@ fn settings() -> Settings {
             .and_then(|s| s.parse().ok())
             .unwrap_or(if smoke { 5_000 } else { 1_000_000 }),
         writers: if smoke {
-            vec![1, 16]
+            vec![1, 16, 64]
         } else {
             vec![1, 4, 16, 64]
         },
@@ -278,7 +281,9 @@ async fn main() {
     );
     println!("| database | writers | confab appends/s | raw INSERT+COMMIT/s | ratio |");
     println!("| --- | ---: | ---: | ---: | ---: |");
+    let mut collapses = Vec::new();
     for backend in &s.backends {
+        let mut by_writers = Vec::new();
         for &w in &s.writers {
             let (store, _, url) = fresh(backend, &dir).await;
             let ours = confab_appends(store, w, s.seconds).await;
@@ -287,12 +292,24 @@ async fn main() {
                 "| {backend} | {w} | {ours:.0} | {raw:.0} | {:.2}x |",
                 ours / raw
             );
+            by_writers.push((w, ours));
+        }
+        // More writers must never mean far fewer appends (PostgreSQL at 64 writers once fell
+        // to a twelfth of 16 and nobody noticed).
+        for pair in by_writers.windows(2) {
+            let ((fewer, a), (more, b)) = (pair[0], pair[1]);
+            if b < 0.5 * a {
+                collapses.push(format!(
+                    "{backend}: {more} writers append {b:.0}/s, under half of {fewer} writers' {a:.0}/s"
+                ));
+            }
         }
     }
     println!(
         "\n| database | events | fill s | global read events/s | rebuild s | rebuild events/s |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    let mut rebuild_rates = Vec::new();
     for backend in &s.backends {
         let (store, db, _) = fresh(backend, &dir).await;
         let t = Instant::now();
@@ -331,5 +348,22 @@ async fn main() {
             read as f64 / read_secs,
             head as f64 / rebuild
         );
+        rebuild_rates.push((backend.clone(), head as f64 / rebuild));
+    }
+    // PostgreSQL rebuilding at a fifth of SQLite's rate or less is the Nagle stall of sqlx
+    // 0.9.0 (about 40 ms per statement of some sizes), which made rebuilds crawl at ~1,000
+    // events/s.
+    if let (Some((_, sqlite)), Some((_, postgres))) = (
+        rebuild_rates.iter().find(|(b, _)| b == "sqlite"),
+        rebuild_rates.iter().find(|(b, _)| b == "postgres"),
+    ) && *postgres < 0.2 * sqlite
+    {
+        collapses.push(format!(
+            "postgres rebuilds {postgres:.0} events/s, under a fifth of sqlite's {sqlite:.0}/s"
+        ));
+    }
+    if !collapses.is_empty() {
+        eprintln!("\nCOLLAPSE:\n- {}", collapses.join("\n- "));
+        std::process::exit(1);
     }
 }
