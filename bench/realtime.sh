@@ -17,6 +17,7 @@ if [ "$DB" = postgres ]; then
   NAME="confab_bench_realtime_$$"
   psql -h 127.0.0.1 -U postgres -d test -qc "CREATE DATABASE $NAME" >/dev/null
   export CONFAB_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$NAME"
+  export CONFAB_ENCRYPTION_KEY="${CONFAB_ENCRYPTION_KEY:-$(head -c 32 /dev/urandom | base64)}"
   export CONFAB_AUTO_MIGRATE=true
 fi
 cleanup() {

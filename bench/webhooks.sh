@@ -30,7 +30,8 @@ export CONFAB_DATA_DIR="$DIR" STRIPE_WEBHOOK_SECRET="$SECRET"
 if [ "$DB" = postgres ]; then
   NAME="confab_bench_webhooks_$$"
   psql -h 127.0.0.1 -U postgres -d test -qc "CREATE DATABASE $NAME" >/dev/null
-  export CONFAB_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$NAME" CONFAB_AUTO_MIGRATE=true
+  export CONFAB_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$NAME"
+  export CONFAB_ENCRYPTION_KEY="${CONFAB_ENCRYPTION_KEY:-$(head -c 32 /dev/urandom | base64)}" CONFAB_AUTO_MIGRATE=true
 fi
 cleanup() {
   kill ${SERVER:-} 2>/dev/null || true

@@ -304,8 +304,9 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// The provider-key encryption key: the configured one, or the one kept in the data
-    /// directory (created on first use, readable by its owner only).
+    /// The provider-key encryption key: the configured one, or on the embedded default the one
+    /// kept in the data directory (created on first use, readable by its owner only). On
+    /// PostgreSQL it must be configured: an error says so.
     pub fn encryption_key(&self) -> anyhow::Result<[u8; 32]> {
         use base64::Engine as _;
         let decode = |text: &str, from: &str| -> anyhow::Result<[u8; 32]> {
@@ -320,6 +321,16 @@ impl Config {
             return decode(k.expose_secret(), "CONFAB_ENCRYPTION_KEY");
         }
         let path = self.data_dir.join("encryption.key");
+        if self.database_kind()? == DatabaseKind::Postgres {
+            // Several processes share one PostgreSQL: a key made by each would leave users'
+            // keys undecryptable on the others.
+            anyhow::bail!(
+                "CONFAB_ENCRYPTION_KEY is not set: on PostgreSQL every process must use the same \
+                 key. Set it to the base64 of 32 random bytes (`openssl rand -base64 32`) in every \
+                 process; if this process made one before, it is in {}",
+                path.display()
+            );
+        }
         if let Ok(text) = std::fs::read_to_string(&path) {
             return decode(&text, &path.display().to_string());
         }
@@ -502,6 +513,35 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_needs_a_configured_encryption_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Config {
+            data_dir: dir.path().to_path_buf(),
+            database_url: Some("postgres://postgres@127.0.0.1/none".to_owned().into()),
+            ..Config::default()
+        };
+        let err = c.encryption_key().expect_err("refused").to_string();
+        assert!(err.contains("CONFAB_ENCRYPTION_KEY"), "{err}");
+        assert!(
+            !dir.path().join("encryption.key").exists(),
+            "no key is made"
+        );
+        c.encryption_key = Some(
+            "Y29uZmFiLXRlc3QtZW5jcnlwdGlvbi1rZXktMzJieXQ="
+                .to_owned()
+                .into(),
+        );
+        assert!(c.encryption_key().is_ok());
+        // The embedded default makes one and keeps it.
+        let embedded = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let made = embedded.encryption_key().expect("made");
+        assert_eq!(embedded.encryption_key().expect("kept"), made);
+    }
 
     #[test]
     fn defaults_use_the_embedded_database_in_the_data_dir() {

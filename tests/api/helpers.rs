@@ -55,6 +55,10 @@ pub struct TestApp {
     pub database_url: Option<String>,
 }
 
+/// The provider-key encryption key of every test instance and process (base64 of 32 bytes):
+/// on PostgreSQL all processes must share one.
+pub const TEST_ENCRYPTION_KEY: &str = "Y29uZmFiLXRlc3QtZW5jcnlwdGlvbi1rZXktMzJieXQ=";
+
 /// The test config on `database_url` (the embedded default if `None`) in `dir`.
 pub fn test_config(database_url: Option<String>, dir: &std::path::Path) -> Config {
     Config {
@@ -64,6 +68,7 @@ pub fn test_config(database_url: Option<String>, dir: &std::path::Path) -> Confi
         auto_migrate: true,
         // Tests send many requests from one address; the rate-limit tests turn limits on.
         rate_limit_enabled: false,
+        encryption_key: Some(TEST_ENCRYPTION_KEY.to_owned().into()),
         ..Config::default()
     }
 }
@@ -518,6 +523,7 @@ impl Drop for Killed {
 pub fn confab_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_confab"));
     cmd.env_remove("CONFAB_DATABASE_URL");
+    cmd.env("CONFAB_ENCRYPTION_KEY", TEST_ENCRYPTION_KEY);
     cmd
 }
 
