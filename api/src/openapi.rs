@@ -188,6 +188,11 @@ impl Modify for Conventions {
         crate::chats::edit_message,
         crate::chats::delete_message,
         crate::chats::search_messages,
+        crate::documents::upload,
+        crate::documents::list,
+        crate::documents::get,
+        crate::documents::delete,
+        crate::documents::rag,
         crate::conversations::create_conversation,
         crate::conversations::get_conversation,
         crate::conversations::create_message,
@@ -217,6 +222,7 @@ impl Modify for Conventions {
         (name = "seed-002", description = "Conversations, attachments and LLM providers (snake_case)"),
         (name = "operations", description = "Health and readiness"),
         (name = "ai", description = "AI chat and models"),
+        (name = "documents", description = "Documents for retrieval: upload, processing, grounding answers"),
         (name = "billing", description = "Stripe checkout and portal, invoices, credits, the Stripe webhook"),
         (name = "realtime", description = "Live events: Pusher over WebSocket, channel authorization, Server-Sent Events"),
     )
@@ -266,6 +272,7 @@ const ONE_OF_REQUIRED: &[(&str, &[&str])] = &[
 fn complete(doc: &mut Value) {
     // One file field and nothing else.
     doc["components"]["schemas"]["ImageForm"]["additionalProperties"] = Value::Bool(false);
+    doc["components"]["schemas"]["DocumentForm"]["additionalProperties"] = Value::Bool(false);
     for (schema, fields) in ONE_OF_REQUIRED {
         let choices: Vec<Value> = fields
             .iter()

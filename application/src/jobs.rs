@@ -35,6 +35,32 @@ pub struct ProcessStripeEvent {
     pub event_id: String,
 }
 
+/// Which step of a document's processing a job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DocumentStep {
+    /// Parse the file and record its chunks (then queue [`DocumentStep::Embed`]).
+    Parse,
+    /// Embed the chunks into the vector index and mark the document ready.
+    Embed,
+}
+
+/// Run one step of document `document_id`'s processing ([`crate::documents::process`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessDocument {
+    /// The document.
+    pub document_id: Uuid,
+    /// The step.
+    pub step: DocumentStep,
+    /// A log position the documents read model must reach before the step reads it.
+    #[serde(default)]
+    pub after: Option<u64>,
+    /// The request that caused it.
+    #[serde(default)]
+    pub correlation_id: Option<Uuid>,
+}
+
 /// Work for the background.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Job {
@@ -42,6 +68,8 @@ pub enum Job {
     Reply(GenerateReply),
     /// A verified Stripe event.
     StripeEvent(ProcessStripeEvent),
+    /// A step of a document's processing.
+    Document(ProcessDocument),
 }
 
 impl Job {
@@ -50,6 +78,7 @@ impl Job {
         match self {
             Job::Reply(_) => "generate_reply",
             Job::StripeEvent(_) => "process_stripe_event",
+            Job::Document(_) => "process_document",
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod billing_account;
 pub mod catalogue;
 pub mod chat;
 pub mod credits;
+pub mod document;
 pub mod patterns;
 pub mod provider;
 mod schema;

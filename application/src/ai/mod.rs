@@ -173,10 +173,13 @@ fn validate(svc: &Services, request: &ReplyRequest) -> Result<(Model, MessageCon
             format!("unknown model; one of {}", known.join(", ")),
         );
     }
-    if !request.document_ids.is_empty() {
+    if request.document_ids.len() > crate::documents::MAX_DOCUMENTS_PER_REQUEST {
         problems.add(
             "documentIds",
-            "document retrieval is not available yet; send no documentIds",
+            format!(
+                "at most {} documents",
+                crate::documents::MAX_DOCUMENTS_PER_REQUEST
+            ),
         );
     }
     match (model, content, problems.is_empty()) {
@@ -212,11 +215,19 @@ pub async fn start_reply(
         }
         None => (Uuid::now_v7(), true),
     };
+    // Grounding: the most relevant chunks of the named documents, as a system message before
+    // the conversation (unknown or foreign ids are not found, unready ones a conflict).
+    let mut turns = request.messages.clone();
+    if let Some((context, _sources)) =
+        crate::documents::context_for(svc, user, &request.document_ids, content.as_str()).await?
+    {
+        turns.insert(0, context);
+    }
 
     // Hold the worst-case cost first: a request the balance cannot cover changes nothing.
     let reply_id = Uuid::now_v7();
     let meta = actor.metadata();
-    let prompt = estimate_tokens(request.messages.iter().map(|m| m.content.as_str()));
+    let prompt = estimate_tokens(turns.iter().map(|m| m.content.as_str()));
     credits::run(
         svc,
         user,
@@ -274,7 +285,7 @@ pub async fn start_reply(
                 chat_id,
                 user,
                 model: model.id.clone(),
-                turns: request.messages.clone(),
+                turns: turns.clone(),
                 correlation_id: meta.correlation_id,
             }))
             .await?;
