@@ -1,6 +1,6 @@
 //! Documents for retrieval (seed 003): `POST /api/upload` (multipart field `file`),
 //! `GET /api/documents`, `GET` and `DELETE /api/documents/{id}`, and `POST /api/rag` to process
-//! one again. What is accepted (the kinds, judged by the bytes, and the size) is decided in
+//! one again, and `GET /api/chats/{chatId}/messages/{messageId}/sources`. What is accepted (the kinds, judged by the bytes, and the size) is decided in
 //! [`confab_application::documents::upload`]; processing runs in the document worker.
 
 use crate::auth::AuthUser;
@@ -8,7 +8,7 @@ use crate::error::ErrorBody;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::resources::chats::{PageQuery, page_request};
 use crate::resources::documents::{
-    DocumentForm, DocumentInfo, DocumentPage, RagBody, RagStarted, Uploaded,
+    DocumentForm, DocumentInfo, DocumentPage, MessageSources, RagBody, RagStarted, Uploaded,
 };
 use crate::{ApiError, AppState};
 use axum::Json;
@@ -144,4 +144,24 @@ pub(crate) async fn rag(
         success: true,
         message: "Document processing started".into(),
     }))
+}
+
+/// `GET /api/chats/{chatId}/messages/{messageId}/sources` → `{model, embeddingModel,
+/// sources}`: the provenance of an answer, recorded when the reply was stored.
+#[utoipa::path(get, path = "/api/chats/{chatId}/messages/{messageId}/sources", tag = "documents", security(("bearer" = []), ("cookie" = [])),
+    params(("chatId" = Uuid, Path, description = "The chat"), ("messageId" = Uuid, Path, description = "The message")),
+    responses(
+        (status = 200, description = "The chunks the message was grounded on (none for a message not grounded on documents); a deleted document's chunks are listed, marked deleted, without their text", body = MessageSources),
+        (status = 404, description = "No such chat or message, or not the caller's", body = ErrorBody),
+    ))]
+pub(crate) async fn sources(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiPath((chat_id, message_id)): ApiPath<(Uuid, Uuid)>,
+) -> Result<Json<MessageSources>, ApiError> {
+    Ok(Json(
+        documents::reply_sources(&state.app, &auth, chat_id, message_id)
+            .await?
+            .into(),
+    ))
 }

@@ -111,6 +111,10 @@ pub fn router(state: AppState) -> Router {
             get(documents::get).delete(documents::delete),
         )
         .route("/api/rag", post(documents::rag))
+        .route(
+            "/api/chats/{chat_id}/messages/{message_id}/sources",
+            get(documents::sources),
+        )
         .route("/api/chat", get(ai::health).post(ai::post_chat))
         .route("/api/chat/{chat_id}/stream", get(ai::resume))
         .route("/api/models", get(ai::models))

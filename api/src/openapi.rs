@@ -193,6 +193,7 @@ impl Modify for Conventions {
         crate::documents::get,
         crate::documents::delete,
         crate::documents::rag,
+        crate::documents::sources,
         crate::conversations::create_conversation,
         crate::conversations::get_conversation,
         crate::conversations::create_message,

@@ -25,6 +25,13 @@ pub struct GenerateReply {
     pub turns: Vec<Turn>,
     /// The request that asked for it.
     pub correlation_id: Option<Uuid>,
+    /// The document chunks the context holds, recorded with the reply (none without
+    /// `documentIds`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<confab_domain::sources::RecordedSource>,
+    /// The embedding model retrieval used for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<String>,
 }
 
 /// Apply Stripe event `event_id`, already recorded in its stream.

@@ -17,6 +17,7 @@ pub mod provider;
 mod schema;
 pub mod session;
 pub mod settings;
+pub mod sources;
 pub mod testing;
 mod values;
 

@@ -395,7 +395,8 @@ mod tests {
     #[test]
     fn every_stored_type_name_and_version_is_still_read() {
         use crate::{
-            account, billing, billing_account, chat, credits, document, provider, session, settings,
+            account, billing, billing_account, chat, credits, document, provider, session,
+            settings, sources,
         };
         fn check<E: EventSchema + std::fmt::Debug>(all: &[&str], expected: &[(&str, &[u32])]) {
             let names: Vec<&str> = expected.iter().map(|(t, _)| *t).collect();
@@ -510,6 +511,10 @@ mod tests {
         check::<settings::SettingsUpdated>(
             &[settings::SETTINGS_UPDATED],
             &[("settings.updated", &[1])],
+        );
+        check::<sources::SourcesRecorded>(
+            &[sources::SOURCES_RECORDED],
+            &[("reply.sources_recorded", &[1])],
         );
     }
 }

@@ -293,6 +293,19 @@ pub async fn processing(db: &ReadDb) -> Result<Vec<Uuid>, sqlx::Error> {
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
+/// Ready documents whose vectors are of another model than `model`.
+pub async fn ready_with_other_model(db: &ReadDb, model: &str) -> Result<Vec<Uuid>, sqlx::Error> {
+    let rows: Vec<(Uuid,)> = query_as!(
+        db,
+        fetch_all,
+        (Uuid,),
+        "SELECT id FROM documents WHERE status = 'ready' AND \
+         (embedding_model IS NULL OR embedding_model <> $1) ORDER BY created_at",
+        model
+    )?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
 /// How many chunks of document `id` the read model holds.
 pub async fn chunk_count(db: &ReadDb, id: Uuid) -> Result<u64, sqlx::Error> {
     let (n,): (i64,) = query_as!(

@@ -4,7 +4,9 @@
 //! only its document, ownership everywhere, chats grounded on the relevant chunk, deletion
 //! removing the chunks from retrieval, and re-processing.
 
-use crate::helpers::{Db, TestApp, assert_error, on_both, parts, png, poll, spawn_app_with};
+use crate::helpers::{
+    Db, TestApp, assert_error, on_both, parts, png, poll, spawn_app_on, spawn_app_with,
+};
 use confab::Config;
 use confab_projections::ReadDb;
 use confab_testkit::openai::{Act, OpenAiStandIn};
@@ -25,6 +27,8 @@ on_both!(
     identical_chunks_are_embedded_once,
     a_refused_embedding_fails_the_document_and_rag_processes_it_again,
     a_rate_limited_embeddings_call_is_retried,
+    changing_the_embedding_model_builds_the_new_index_while_the_old_one_answers,
+    a_grounded_answer_lists_its_sources_even_after_its_document_is_deleted,
 );
 
 /// The app with the stand-in as the `openai` provider (chat and embeddings) and small chunks.
@@ -649,5 +653,155 @@ async fn a_rate_limited_embeddings_call_is_retried(db: Db) {
     let doc = settled(&app, &token, &id).await;
     assert_eq!(doc["status"], "ready", "{doc}");
     assert_eq!(up.embedding_requests().len(), 3);
+    app.shutdown().await;
+}
+
+async fn changing_the_embedding_model_builds_the_new_index_while_the_old_one_answers(db: Db) {
+    let up = OpenAiStandIn::start().await;
+    up.always(Act::reply(&["ok"], (10, 10), Duration::ZERO));
+    let mut first = app(db, &up, |c| c.embedding_model = "model-a".into()).await;
+    let (token, _) = first.sign_up("switch@example.com").await;
+    let id = uploaded(&first, &token, "topics.md", two_topics()).await;
+    let doc = settled(&first, &token, &id).await;
+    assert_eq!(doc["embeddingModel"], "model-a", "{doc}");
+    // The same deployment restarts with another model (same database and data directory).
+    let dir = std::mem::replace(&mut first.dir, tempfile::tempdir().expect("tempdir"));
+    let (data_dir, url) = (first.data_dir.clone(), first.database_url.clone());
+    first.shutdown().await;
+    let app = spawn_app_on(url, |c| {
+        c.data_dir = data_dir;
+        c.openai_base_url = Some(up.base_url().to_owned());
+        c.openai_api_key = Some("server-key".to_owned().into());
+        c.chunk_tokens = 60;
+        c.chunk_overlap = 0;
+        c.rag_top_k = 1;
+        c.embedding_model = "model-b".into();
+    })
+    .await;
+    // Retrieval answers throughout: from the old index until the new one is complete.
+    let ask = json!({
+        "messages": [{ "role": "user", "content": "volcano magma" }],
+        "documentIds": [id],
+    });
+    let path = format!("/api/documents/{id}");
+    let mut switched = false;
+    for _ in 0..100 {
+        let r = app
+            .request(Method::POST, "/api/chat", Some(&token))
+            .json(&ask)
+            .send()
+            .await
+            .expect("chat");
+        assert_eq!(r.status(), 200);
+        r.text().await.expect("reply");
+        let context = grounding(&up);
+        assert!(
+            context.contains("volcano") && !context.contains("orchid"),
+            "{context}"
+        );
+        let (_, doc) = app.get(&path, Some(&token)).await;
+        assert_eq!(doc["status"], "ready", "{doc}");
+        if doc["embeddingModel"] == "model-b" {
+            switched = true;
+            break;
+        }
+    }
+    assert!(switched, "the document never switched to the new model");
+    assert!(
+        up.embedding_requests()
+            .iter()
+            .any(|r| r.body["model"] == "model-b" && r.body["input"].is_array())
+    );
+    app.shutdown().await;
+    drop(dir);
+}
+
+async fn a_grounded_answer_lists_its_sources_even_after_its_document_is_deleted(db: Db) {
+    let up = OpenAiStandIn::start().await;
+    up.always(Act::reply(&["Magma, see [1]."], (10, 10), Duration::ZERO));
+    let app = app(db, &up, |c| c.rag_top_k = 1).await;
+    let (token, _) = app.sign_up("sources@example.com").await;
+    let (other, _) = app.sign_up("sources-other@example.com").await;
+    let id = uploaded(&app, &token, "topics.md", two_topics()).await;
+    assert_eq!(settled(&app, &token, &id).await["status"], "ready");
+    let ask = json!({
+        "messages": [{ "role": "user", "content": "What erupts from the volcano?" }],
+        "documentIds": [id],
+    });
+    let r = app
+        .request(Method::POST, "/api/chat", Some(&token))
+        .json(&ask)
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(r.status(), 200);
+    let chat = r.headers()["x-chat-id"].to_str().unwrap().to_owned();
+    r.text().await.unwrap();
+    let (s, page) = app
+        .get(&format!("/api/chats/{chat}/messages"), Some(&token))
+        .await;
+    assert_eq!(s, 200, "{page}");
+    let messages = page["messages"].as_array().unwrap().clone();
+    let find = |role: &str| {
+        messages
+            .iter()
+            .find(|m| m["role"] == role)
+            .and_then(|m| m["id"].as_str())
+            .unwrap_or_else(|| panic!("a {role} message in {messages:?}"))
+            .to_owned()
+    };
+    let (question, answer) = (find("user"), find("assistant"));
+    let path = format!("/api/chats/{chat}/messages/{answer}/sources");
+
+    let (s, body) = app.get(&path, Some(&token)).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["embeddingModel"], "text-embedding-3-small");
+    assert!(body["model"].is_string(), "{body}");
+    let sources = body["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 1, "{body}");
+    assert_eq!(sources[0]["documentId"], id.as_str());
+    assert_eq!(sources[0]["filename"], "topics.md");
+    assert_eq!(sources[0]["chunkIndex"], 0);
+    assert_eq!(sources[0]["deleted"], false);
+    assert!(sources[0]["score"].as_f64().unwrap() > 0.0);
+    assert!(
+        sources[0]["text"].as_str().unwrap().contains("volcano"),
+        "{body}"
+    );
+
+    // The question was not grounded on anything; others see nothing.
+    let (s, body) = app
+        .get(
+            &format!("/api/chats/{chat}/messages/{question}/sources"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        body,
+        json!({ "model": null, "embeddingModel": null, "sources": [] })
+    );
+    let (s, _) = app.get(&path, Some(&other)).await;
+    assert_eq!(s, 404);
+    let unknown = uuid::Uuid::now_v7();
+    let (s, _) = app
+        .get(
+            &format!("/api/chats/{chat}/messages/{unknown}/sources"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    // After the document is deleted the source is still listed, marked, without its text.
+    assert_eq!(
+        app.delete(&format!("/api/documents/{id}"), &token).await,
+        204
+    );
+    let (s, body) = app.get(&path, Some(&token)).await;
+    assert_eq!(s, 200, "{body}");
+    let source = &body["sources"][0];
+    assert_eq!(source["deleted"], true, "{body}");
+    assert_eq!(source["text"], Value::Null);
+    assert_eq!(source["filename"], "topics.md");
     app.shutdown().await;
 }

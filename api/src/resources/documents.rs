@@ -137,3 +137,54 @@ pub struct RagStarted {
     /// `Document processing started`.
     pub message: String,
 }
+
+/// A chunk an answer was grounded on.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceInfo {
+    /// Its document.
+    pub document_id: Uuid,
+    /// The document's name when the answer was given.
+    pub filename: String,
+    /// Its place in the document, from 0.
+    pub chunk_index: u32,
+    /// Its retrieval score (reciprocal rank fusion; higher is more relevant).
+    pub score: f64,
+    /// The text given to the model; null once the document is deleted.
+    pub text: Option<String>,
+    /// Whether the document has been deleted since.
+    pub deleted: bool,
+}
+
+/// What an assistant message was grounded on.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageSources {
+    /// The model that answered; null for a message not grounded on documents.
+    pub model: Option<String>,
+    /// The embedding model of the vectors retrieval used; null when none was.
+    pub embedding_model: Option<String>,
+    /// The chunks, best first; empty for a message not grounded on documents.
+    pub sources: Vec<SourceInfo>,
+}
+
+impl From<confab_application::documents::ReplyProvenance> for MessageSources {
+    fn from(p: confab_application::documents::ReplyProvenance) -> Self {
+        MessageSources {
+            model: p.model,
+            embedding_model: p.embedding_model,
+            sources: p
+                .sources
+                .into_iter()
+                .map(|s| SourceInfo {
+                    document_id: s.source.document_id,
+                    filename: s.source.filename,
+                    chunk_index: s.source.chunk_index,
+                    score: s.source.score,
+                    text: (!s.deleted).then_some(s.source.text),
+                    deleted: s.deleted,
+                })
+                .collect(),
+        }
+    }
+}

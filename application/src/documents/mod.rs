@@ -19,6 +19,7 @@ use crate::{Actor, AppError, Page, PageRequest, Services, metadata, now};
 use bytes::Bytes;
 use chunk::ChunkSizing;
 use confab_domain::document::{Document, DocumentCommand, DocumentError, DocumentUploaded};
+use confab_domain::sources::{RecordedSource, ReplySources};
 use confab_eventstore::EventMetadata;
 use confab_projections::documents::{self, ChunkRow, DocumentRow};
 use object_store::ObjectStoreExt;
@@ -265,7 +266,10 @@ pub async fn reprocess(svc: &Services, actor: &Actor, id: Uuid) -> Result<(), Ap
 }
 
 /// Queues the next step of every document still processing (a crash between an append and a
-/// push, a lost queue file); the steps are idempotent, so one queued twice does no harm.
+/// push, a lost queue file), and the embedding of every ready document whose vectors are of
+/// another model than the configured one: its new index is built beside the old one, which
+/// retrieval keeps using until `document.ready` names the new model. The steps are
+/// idempotent, so one queued twice does no harm. Returns how many were queued.
 pub async fn requeue_processing(svc: &Services) -> Result<usize, AppError> {
     let ids = documents::processing(&svc.db).await?;
     for id in &ids {
@@ -275,7 +279,18 @@ pub async fn requeue_processing(svc: &Services) -> Result<usize, AppError> {
         };
         queue(svc, *id, step, None, None).await?;
     }
-    Ok(ids.len())
+    let stale = documents::ready_with_other_model(&svc.db, &svc.documents.embedding_model).await?;
+    for id in &stale {
+        queue(svc, *id, DocumentStep::Embed, None, None).await?;
+    }
+    if !stale.is_empty() {
+        tracing::info!(
+            documents = stale.len(),
+            model = %svc.documents.embedding_model,
+            "building the vector index of the configured embedding model beside the old one"
+        );
+    }
+    Ok(ids.len() + stale.len())
 }
 
 /// The body of the document job: one step of one document.
@@ -313,7 +328,10 @@ pub async fn process(svc: &Services, job: &ProcessDocument) -> Result<(), AppErr
             )
             .await
         }
-        DocumentStep::Embed => embed_chunks(svc, &uploaded, doc.chunks, meta).await,
+        DocumentStep::Embed => {
+            let rebuild = doc.status == confab_domain::document::Status::Ready;
+            embed_chunks(svc, &uploaded, doc.chunks, rebuild, meta).await
+        }
     }
 }
 
@@ -420,6 +438,7 @@ async fn embed_chunks(
     svc: &Services,
     uploaded: &DocumentUploaded,
     chunks: u32,
+    rebuild: bool,
     meta: EventMetadata,
 ) -> Result<(), AppError> {
     let id = uploaded.document_id;
@@ -429,6 +448,10 @@ async fn embed_chunks(
     let settings = &svc.documents;
     let model = settings.embedding_model.clone();
     let Some(endpoint) = embedding_endpoint(svc, uploaded.owner).await? else {
+        if rebuild {
+            tracing::warn!(document = %id, "no embeddings provider to re-index with; the document keeps its old vectors");
+            return Ok(());
+        }
         let reason = format!(
             "no embeddings provider is configured (provider {:?}); set OPENAI_API_KEY or \
              OPENAI_BASE_URL, or add your own key, then process the document again",
@@ -441,6 +464,18 @@ async fn embed_chunks(
         let texts: Vec<String> = batch.iter().map(|(_, t)| t.clone()).collect();
         let embedded = match embed::embed(&endpoint, &svc.llm.policy, &model, &texts).await {
             Ok(e) => e,
+            // A ready document being re-indexed stays ready on its old vectors: a refusal is
+            // logged, an outage retried later.
+            Err(embed::EmbedError::Refused(m)) if rebuild => {
+                tracing::warn!(document = %id, model, reason = %m, "re-indexing refused; the document keeps its old vectors");
+                return Ok(());
+            }
+            Err(e @ embed::EmbedError::Unavailable(_)) if rebuild => {
+                return Err(AppError::Upstream {
+                    message: e.to_string(),
+                    details: crate::Details::new(),
+                });
+            }
             Err(embed::EmbedError::Refused(m)) => {
                 let reason = format!(
                     "the embeddings provider refused the document ({m}); check the embedding \
@@ -543,34 +578,49 @@ pub async fn retrieve(
     }
     add(lexical);
 
-    // Vectors: exact cosine over the chunks embedded with the configured model.
-    let model = &svc.documents.embedding_model;
-    if let Some(endpoint) = embedding_endpoint(svc, owner).await? {
+    // Vectors: exact cosine over each document's chunks in the index of the model it was made
+    // ready with, so that while a new model's index is being built the old one still answers.
+    let mut models: Vec<&str> = docs
+        .iter()
+        .filter_map(|d| d.embedding_model.as_deref())
+        .collect();
+    models.sort_unstable();
+    models.dedup();
+    let endpoint = if models.is_empty() {
+        None
+    } else {
+        embedding_endpoint(svc, owner).await?
+    };
+    if let Some(endpoint) = endpoint {
         let fast = CallPolicy {
             retries: 1,
             ..svc.llm.policy.clone()
         };
-        match embed::embed(&endpoint, &fast, model, &[query.to_owned()]).await {
-            Ok(q) => {
-                let qv = q.vectors.into_iter().next().unwrap_or_default();
-                let mut scored = Vec::new();
-                for d in docs {
-                    for (c, v) in documents::vectors(&svc.db, owner, d.id, model).await? {
-                        let s = embed::cosine(&qv, &embed::from_bytes(&v));
-                        scored.push((s, c));
+        let mut scored = Vec::new();
+        for model in models {
+            match embed::embed(&endpoint, &fast, model, &[query.to_owned()]).await {
+                Ok(q) => {
+                    let qv = q.vectors.into_iter().next().unwrap_or_default();
+                    for d in docs
+                        .iter()
+                        .filter(|d| d.embedding_model.as_deref() == Some(model))
+                    {
+                        for (c, v) in documents::vectors(&svc.db, owner, d.id, model).await? {
+                            scored.push((embed::cosine(&qv, &embed::from_bytes(&v)), c));
+                        }
                     }
                 }
-                scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-                add(scored
-                    .into_iter()
-                    .take(depth as usize)
-                    .map(|(_, c)| c)
-                    .collect());
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "query embedding failed; retrieving by words alone");
+                Err(e) => {
+                    tracing::warn!(error = %e, model, "query embedding failed; retrieving by words alone");
+                }
             }
         }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        add(scored
+            .into_iter()
+            .take(depth as usize)
+            .map(|(_, c)| c)
+            .collect());
     }
 
     let names: HashMap<Uuid, &str> = docs.iter().map(|d| (d.id, d.filename.as_str())).collect();
@@ -594,6 +644,17 @@ pub async fn retrieve(
     Ok(out)
 }
 
+/// What grounds a reply: the system message holding the chosen chunks, and those chunks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grounding {
+    /// The system message.
+    pub turn: Turn,
+    /// The chunks, best first, as recorded with the reply.
+    pub sources: Vec<RecordedSource>,
+    /// The embedding model of the documents' vectors.
+    pub embedding_model: Option<String>,
+}
+
 /// The context a reply grounded on `document_ids` gets for `query`: a system message holding
 /// the most relevant chunks, each under a numbered source marker, with the instruction to cite
 /// them. Every id must be `owner`'s (else not found) and ready (else a conflict naming its
@@ -603,7 +664,7 @@ pub async fn context_for(
     owner: Uuid,
     document_ids: &[Uuid],
     query: &str,
-) -> Result<Option<(Turn, Vec<Source>)>, AppError> {
+) -> Result<Option<Grounding>, AppError> {
     if document_ids.is_empty() {
         return Ok(None);
     }
@@ -648,13 +709,83 @@ pub async fn context_for(
             s.text.trim()
         ));
     }
-    Ok(Some((
-        Turn {
+    let embedding_model = docs.iter().find_map(|d| d.embedding_model.clone());
+    Ok(Some(Grounding {
+        turn: Turn {
             role: "system".into(),
             content,
         },
+        sources: sources
+            .into_iter()
+            .map(|s| RecordedSource {
+                document_id: s.document_id,
+                filename: s.filename,
+                chunk_index: s.chunk_index,
+                score: s.score,
+                text: s.text,
+            })
+            .collect(),
+        embedding_model,
+    }))
+}
+
+/// A source of a reply as shown now: its text is withheld once its document is deleted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShownSource {
+    /// As recorded.
+    pub source: RecordedSource,
+    /// Whether its document has been deleted since.
+    pub deleted: bool,
+}
+
+/// What a reply was grounded on.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReplyProvenance {
+    /// The model that answered (none for a message with no recorded sources).
+    pub model: Option<String>,
+    /// The embedding model of the vectors retrieval used.
+    pub embedding_model: Option<String>,
+    /// The chunks, best first.
+    pub sources: Vec<ShownSource>,
+}
+
+/// The sources of message `message_id` in `actor`'s chat `chat_id` (another user's chat, or a
+/// message not in it, is not found; a message not grounded on documents has none).
+pub async fn reply_sources(
+    svc: &Services,
+    actor: &Actor,
+    chat_id: Uuid,
+    message_id: Uuid,
+) -> Result<ReplyProvenance, AppError> {
+    confab_projections::chats::get_chat(&svc.db, chat_id, actor.id())
+        .await?
+        .ok_or(AppError::NotFound("chat"))?;
+    confab_projections::chats::get_message(&svc.db, chat_id, message_id)
+        .await?
+        .ok_or(AppError::NotFound("message"))?;
+    let (recorded, _) =
+        confab_eventstore::aggregate::load::<ReplySources>(svc.store.as_ref(), &message_id).await?;
+    let Some(r) = recorded.recorded.filter(|r| r.chat_id == chat_id) else {
+        return Ok(ReplyProvenance::default());
+    };
+    let mut sources = Vec::with_capacity(r.sources.len());
+    for mut source in r.sources {
+        let live = documents::get(&svc.db, source.document_id, actor.id())
+            .await?
+            .is_some();
+        if !live {
+            source.text.clear();
+        }
+        sources.push(ShownSource {
+            source,
+            deleted: !live,
+        });
+    }
+    Ok(ReplyProvenance {
+        model: Some(r.model),
+        embedding_model: r.embedding_model,
         sources,
-    )))
+    })
 }
 
 #[cfg(test)]
