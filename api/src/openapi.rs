@@ -269,7 +269,7 @@ const ONE_OF_REQUIRED: &[(&str, &[&str])] = &[
 ];
 
 /// What the derive cannot say: the fields a body needs at least one of, and the media types of
-/// the profile image's file field.
+/// the profile image's and the document upload's file fields.
 fn complete(doc: &mut Value) {
     // One file field and nothing else.
     doc["components"]["schemas"]["ImageForm"]["additionalProperties"] = Value::Bool(false);
@@ -286,6 +286,14 @@ fn complete(doc: &mut Value) {
     {
         form["encoding"] = serde_json::json!({
             "image": { "contentType": "image/jpeg, image/png, image/gif" }
+        });
+    }
+    if let Some(form) =
+        doc["paths"]["/api/upload"]["post"]["requestBody"]["content"].get_mut("multipart/form-data")
+    {
+        form["encoding"] = serde_json::json!({
+            "file": { "contentType": "application/pdf, text/plain, text/markdown, text/html, \
+                application/vnd.openxmlformats-officedocument.wordprocessingml.document" }
         });
     }
 }
