@@ -5,7 +5,8 @@
 //! removing the chunks from retrieval, and re-processing.
 
 use crate::helpers::{
-    Db, TestApp, assert_error, on_both, parts, png, poll, spawn_app_on, spawn_app_with,
+    Db, Killed, TestApp, assert_error, confab_command, database_for, eventually, free_port,
+    listening, on_both, parts, png, poll, spawn_app_on, spawn_app_with, spawn_quiet,
 };
 use confab::Config;
 use confab_projections::ReadDb;
@@ -29,6 +30,7 @@ on_both!(
     a_rate_limited_embeddings_call_is_retried,
     changing_the_embedding_model_builds_the_new_index_while_the_old_one_answers,
     a_grounded_answer_lists_its_sources_even_after_its_document_is_deleted,
+    a_process_killed_mid_embedding_resumes_without_duplicates,
 );
 
 /// The app with the stand-in as the `openai` provider (chat and embeddings) and small chunks.
@@ -804,4 +806,150 @@ async fn a_grounded_answer_lists_its_sources_even_after_its_document_is_deleted(
     assert_eq!(source["text"], Value::Null);
     assert_eq!(source["filename"], "topics.md");
     app.shutdown().await;
+}
+
+/// `confab serve` as a child process on `dir` (and `database_url`), with the stand-in as its
+/// provider and one chunk per embeddings request.
+async fn serve_process(
+    dir: &std::path::Path,
+    database_url: Option<&str>,
+    up: &OpenAiStandIn,
+) -> (Killed, String) {
+    let port = free_port();
+    let mut cmd = confab_command();
+    cmd.args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env("CONFAB_DATA_DIR", dir)
+        .env("CONFAB_AUTO_MIGRATE", "true")
+        .env("CONFAB_RATE_LIMIT_ENABLED", "false")
+        .env("OPENAI_BASE_URL", up.base_url())
+        .env("OPENAI_API_KEY", "server-key")
+        .env("CONFAB_LLM_FIRST_TOKEN_TIMEOUT_MS", "120000")
+        .env("CONFAB_EMBEDDING_BATCH", "1")
+        .env("CONFAB_DOCUMENT_WORKER_CONCURRENCY", "1")
+        .env("CONFAB_CHUNK_TOKENS", "60")
+        .env("CONFAB_CHUNK_OVERLAP", "0")
+        .env("RUST_LOG", "warn");
+    if let Some(url) = database_url {
+        cmd.env("CONFAB_DATABASE_URL", url);
+    }
+    let child = spawn_quiet(&mut cmd);
+    assert!(listening(port).await, "confab serve did not start");
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+async fn a_process_killed_mid_embedding_resumes_without_duplicates(db: Db) {
+    let up = OpenAiStandIn::start().await;
+    // Two chunks are embedded, the third request never answers: the process dies waiting.
+    up.embeddings_then(200)
+        .embeddings_then(200)
+        .embeddings_then(0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = database_for(db).await;
+    let (mut first, base) = serve_process(dir.path(), url.as_deref(), &up).await;
+    let http = reqwest::Client::new();
+    let signed: Value = http
+        .post(format!("{base}/api/auth/signup"))
+        .json(&json!({ "email": "killed@example.com", "password": "password123", "name": "K" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = signed["token"].as_str().expect("token").to_owned();
+    let text: String = ["rivers", "forests", "deserts", "glaciers", "islands"]
+        .iter()
+        .map(|w| format!("# {w}\n\n{}\n\n", words(w, 30)))
+        .collect();
+    let form = Form::new().part("file", Part::bytes(text.into_bytes()).file_name("geo.md"));
+    let uploaded: Value = http
+        .post(format!("{base}/api/upload"))
+        .bearer_auth(&token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = uploaded["documentId"]
+        .as_str()
+        .expect("documentId")
+        .to_owned();
+    assert!(
+        eventually(
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || async { up.embedding_requests().len() >= 3 }
+        )
+        .await,
+        "the third embeddings request never came"
+    );
+    first.kill();
+
+    // A new process on the same data: the document resumes where it stood.
+    let (_second, base) = serve_process(dir.path(), url.as_deref(), &up).await;
+    let doc = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let r = http
+                .get(format!("{base}/api/documents/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            r.json::<Value>().await.unwrap()
+        },
+        |doc| doc["status"] != "processing",
+    )
+    .await;
+    assert_eq!(doc["status"], "ready", "{doc}");
+    let n = doc["chunks"].as_i64().unwrap();
+    assert!(n >= 4, "{doc}");
+    // Every chunk was sent; the two embedded before the kill were not sent again.
+    let inputs: Vec<String> = up
+        .embedding_requests()
+        .iter()
+        .flat_map(|r| r.body["input"].as_array().cloned().unwrap_or_default())
+        .map(|v| v.as_str().unwrap_or("").to_owned())
+        .collect();
+    let mut distinct = inputs.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len() as i64, n, "{inputs:?}");
+    for before in &inputs[..2] {
+        assert_eq!(
+            inputs.iter().filter(|i| *i == before).count(),
+            1,
+            "{before:?} sent twice"
+        );
+    }
+    // One row per chunk and one vector per chunk: nothing recorded twice.
+    let count = |sql: &'static str| {
+        let url = url.clone();
+        let file = dir.path().join("confab.db");
+        async move {
+            match url {
+                Some(u) => {
+                    let p = sqlx::PgPool::connect(&u).await.unwrap();
+                    sqlx::query_scalar::<_, i64>(sql)
+                        .fetch_one(&p)
+                        .await
+                        .unwrap()
+                }
+                None => {
+                    let p = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
+                        .await
+                        .unwrap();
+                    sqlx::query_scalar::<_, i64>(sql)
+                        .fetch_one(&p)
+                        .await
+                        .unwrap()
+                }
+            }
+        }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM document_chunks").await, n);
+    assert_eq!(count("SELECT COUNT(*) FROM chunk_embeddings").await, n);
 }

@@ -149,7 +149,8 @@ impl OpenAiStandIn {
         lock(&self.script.seen).clone()
     }
 
-    /// Answers the next embeddings request not yet scripted with `status` (429, 500, 400...).
+    /// Answers the next embeddings request not yet scripted with `status` (429, 500, 400...;
+    /// 200 answers it normally, 0 never answers it at all).
     pub fn embeddings_then(&self, status: u16) -> &Self {
         lock(&self.script.embedding_statuses).push_back(status);
         self
@@ -256,7 +257,11 @@ async fn embeddings(
         authorization,
         body: body.clone(),
     });
-    if let Some(code) = lock(&script.embedding_statuses).pop_front() {
+    let scripted = lock(&script.embedding_statuses).pop_front();
+    if scripted == Some(0) {
+        return std::future::pending().await;
+    }
+    if let Some(code) = scripted.filter(|c| *c != 200) {
         return error(
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             "scripted failure",
