@@ -552,15 +552,7 @@ pub async fn retrieve(
     top_k: usize,
 ) -> Result<Vec<Source>, AppError> {
     let depth = u32::try_from(top_k.saturating_mul(4).max(20)).unwrap_or(u32::MAX);
-    let mut fused: HashMap<(Uuid, i32), (f64, String)> = HashMap::new();
-    let mut add = |ranked: Vec<ChunkRow>| {
-        for (rank, c) in ranked.into_iter().enumerate() {
-            let e = fused
-                .entry((c.document_id, c.chunk_index))
-                .or_insert((0.0, c.text));
-            e.0 += 1.0 / (RRF_K + rank as f64 + 1.0);
-        }
-    };
+    let mut rankings: Vec<Vec<ChunkRow>> = Vec::new();
 
     // Lexical: each document's ranking, interleaved so that every document's best come first.
     let mut per_doc = Vec::new();
@@ -576,7 +568,7 @@ pub async fn retrieve(
             }
         }
     }
-    add(lexical);
+    rankings.push(lexical);
 
     // Vectors: exact cosine over each document's chunks in the index of the model it was made
     // ready with, so that while a new model's index is being built the old one still answers.
@@ -616,32 +608,48 @@ pub async fn retrieve(
             }
         }
         scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        add(scored
-            .into_iter()
-            .take(depth as usize)
-            .map(|(_, c)| c)
-            .collect());
+        rankings.push(
+            scored
+                .into_iter()
+                .take(depth as usize)
+                .map(|(_, c)| c)
+                .collect(),
+        );
     }
 
     let names: HashMap<Uuid, &str> = docs.iter().map(|d| (d.id, d.filename.as_str())).collect();
-    let mut out: Vec<Source> = fused
+    Ok(fuse(rankings, top_k)
         .into_iter()
-        .map(|((document_id, index), (score, text))| Source {
-            document_id,
-            filename: names.get(&document_id).copied().unwrap_or("").to_owned(),
-            chunk_index: u32::try_from(index).unwrap_or(0),
+        .map(|(score, c)| Source {
+            document_id: c.document_id,
+            filename: names.get(&c.document_id).copied().unwrap_or("").to_owned(),
+            chunk_index: u32::try_from(c.chunk_index).unwrap_or(0),
             score,
-            text,
+            text: c.text,
         })
-        .collect();
+        .collect())
+}
+
+/// Reciprocal rank fusion: a chunk at rank r (from 1) of a ranking scores 1 / (60 + r), its
+/// scores summed over the rankings; the best `top_k`, best first (ties by document and place).
+fn fuse(rankings: Vec<Vec<ChunkRow>>, top_k: usize) -> Vec<(f64, ChunkRow)> {
+    let mut fused: HashMap<(Uuid, i32), (f64, ChunkRow)> = HashMap::new();
+    for ranking in rankings {
+        for (rank, c) in ranking.into_iter().enumerate() {
+            let e = fused
+                .entry((c.document_id, c.chunk_index))
+                .or_insert_with(|| (0.0, c));
+            e.0 += 1.0 / (RRF_K + rank as f64 + 1.0);
+        }
+    }
+    let mut out: Vec<(f64, ChunkRow)> = fused.into_values().collect();
     out.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then(a.document_id.cmp(&b.document_id))
-            .then(a.chunk_index.cmp(&b.chunk_index))
+        b.0.total_cmp(&a.0)
+            .then(a.1.document_id.cmp(&b.1.document_id))
+            .then(a.1.chunk_index.cmp(&b.1.chunk_index))
     });
     out.truncate(top_k);
-    Ok(out)
+    out
 }
 
 /// What grounds a reply: the system message holding the chosen chunks, and those chunks.
@@ -791,6 +799,40 @@ pub async fn reply_sources(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(doc: u128, index: i32) -> ChunkRow {
+        ChunkRow {
+            document_id: Uuid::from_u128(doc),
+            chunk_index: index,
+            text: format!("{doc}/{index}"),
+        }
+    }
+
+    fn places(fused: &[(f64, ChunkRow)]) -> Vec<(u128, i32)> {
+        fused
+            .iter()
+            .map(|(_, c)| (c.document_id.as_u128(), c.chunk_index))
+            .collect()
+    }
+
+    #[test]
+    fn fusion_favours_chunks_both_rankings_agree_on() {
+        let lexical = vec![row(1, 0), row(1, 1)];
+        let vector = vec![row(1, 1), row(1, 9)];
+        let fused = fuse(vec![lexical, vector], 3);
+        // 1/1 is found by both; 1/0 and 1/9 by one each, 1/0 higher.
+        assert_eq!(places(&fused), [(1, 1), (1, 0), (1, 9)]);
+        assert!((fused[0].0 - (1.0 / 61.0 + 1.0 / 62.0)).abs() < 1e-12);
+        assert_eq!(fused[0].1.text, "1/1");
+    }
+
+    #[test]
+    fn fusion_keeps_the_top_k_and_breaks_ties_by_place() {
+        let fused = fuse(vec![vec![row(2, 0)], vec![row(1, 3)]], 5);
+        assert_eq!(places(&fused), [(1, 3), (2, 0)]);
+        assert_eq!(fuse(vec![vec![row(1, 0), row(1, 1)]], 1).len(), 1);
+        assert!(fuse(vec![], 5).is_empty());
+    }
 
     #[test]
     fn filenames_lose_their_path_and_control_characters() {
