@@ -69,11 +69,26 @@ impl Application {
         // Stripe events are queued in this process's own file, so its worker runs here
         // whether or not the other jobs do.
         let stripe = stripe_queue(&config).await?;
-        let app = jobs.services(&config, &backend, &engine, Some(stripe.queue.clone()))?;
+        // Documents are queued in this process's own file too: uploads arrive here.
+        let documents = confab_workers::documents::DocumentQueue::open(
+            &config.data_dir.join("document-jobs.db"),
+        )
+        .await
+        .context("the document job queue (document-jobs.db in CONFAB_DATA_DIR)")?;
+        let app = jobs.services(
+            &config,
+            &backend,
+            &engine,
+            Some(stripe.queue.clone()),
+            Some(documents.queue.clone()),
+        )?;
         // Events recorded whose job was lost (a crash between the two, a removed queue file).
         confab_application::billing::requeue_unprocessed(&app)
             .await
             .context("queuing unprocessed Stripe events again")?;
+        confab_application::documents::requeue_processing(&app)
+            .await
+            .context("queuing documents still processing again")?;
         let monitor = if config.run_jobs {
             jobs.monitor(&config, app.clone())?
         } else {
@@ -84,6 +99,12 @@ impl Application {
             stripe,
             app.clone(),
             config.billing.worker_concurrency,
+        );
+        let monitor = confab_workers::documents::register(
+            monitor,
+            documents,
+            app.clone(),
+            config.document_worker_concurrency,
         );
         let realtime = realtime_for(&config, &backend).await?;
         let state = AppState {
@@ -258,14 +279,15 @@ impl Jobs {
         })
     }
 
-    /// The services the use cases run with in this process; `stripe` is the Stripe queue of a
-    /// process that serves the webhook.
+    /// The services the use cases run with in this process; `stripe` and `documents` are the
+    /// Stripe and document queues of a process that serves the webhook and uploads.
     pub(crate) fn services(
         &self,
         config: &Config,
         backend: &Backend,
         engine: &confab_projections::Engine,
         stripe: Option<confab_workers::billing::StripeQueue>,
+        documents: Option<confab_workers::documents::DocumentQueue>,
     ) -> anyhow::Result<Services> {
         use std::sync::Arc;
         use std::time::Duration;
@@ -311,8 +333,10 @@ impl Jobs {
             jobs: Arc::new(confab_workers::Queues {
                 replies: self.queue.clone(),
                 stripe,
+                documents,
             }),
             billing,
+            documents: Arc::new(config.document_settings()?),
         })
     }
 
@@ -356,7 +380,7 @@ pub async fn work(
     let backend = Backend::open(&config, Migrations::Require).await?;
     let engine = backend.engine();
     let jobs = Jobs::open(&config, &backend, &engine).await?;
-    let app = jobs.services(&config, &backend, &engine, None)?;
+    let app = jobs.services(&config, &backend, &engine, None, None)?;
     let (stop, stopped) = watch::channel(false);
     let monitor = match jobs.queue {
         confab_workers::queue::ReplyQueue::Postgres(_) => {

@@ -105,6 +105,27 @@ pub struct Config {
     pub llm_backoff_ms: u64,
     /// Replies one process generates at once (`CONFAB_WORKER_CONCURRENCY`).
     pub worker_concurrency: usize,
+    /// Kinds of document accepted for retrieval, judged by the bytes, comma-separated from
+    /// pdf, txt, md, html, docx (`CONFAB_UPLOAD_TYPES`, default all five).
+    pub upload_types: String,
+    /// Largest document upload, in bytes (`CONFAB_UPLOAD_MAX_BYTES`, default 10 MB).
+    pub upload_max_bytes: usize,
+    /// The embedding model (`CONFAB_EMBEDDING_MODEL`, default `text-embedding-3-small`).
+    pub embedding_model: String,
+    /// The provider (by name) whose OpenAI-compatible endpoint embeds
+    /// (`CONFAB_EMBEDDING_PROVIDER`, default `openai`).
+    pub embedding_provider: String,
+    /// Texts per embeddings request (`CONFAB_EMBEDDING_BATCH`, default 64).
+    pub embedding_batch: usize,
+    /// Most tokens in a document chunk (`CONFAB_CHUNK_TOKENS`, default 512).
+    pub chunk_tokens: usize,
+    /// Tokens neighbouring chunks share (`CONFAB_CHUNK_OVERLAP`, default 64).
+    pub chunk_overlap: usize,
+    /// Chunks retrieval puts into a reply's context (`CONFAB_RAG_TOP_K`, default 5).
+    pub rag_top_k: usize,
+    /// Document jobs (parsing, embedding) one process runs at once
+    /// (`CONFAB_DOCUMENT_WORKER_CONCURRENCY`, default 2): the cap on embeddings calls in flight.
+    pub document_worker_concurrency: usize,
     /// Whether `serve` runs the job workers (LLM replies, the credit reset) itself
     /// (`CONFAB_RUN_JOBS`); on PostgreSQL, turn off when dedicated `confab work` processes run
     /// them. The embedded SQLite default always runs them in `serve`.
@@ -237,6 +258,15 @@ impl Default for Config {
             llm_retries: 2,
             llm_backoff_ms: 500,
             worker_concurrency: 8,
+            upload_types: "pdf,txt,md,html,docx".into(),
+            upload_max_bytes: 10 * 1024 * 1024,
+            embedding_model: "text-embedding-3-small".into(),
+            embedding_provider: "openai".into(),
+            embedding_batch: 64,
+            chunk_tokens: 512,
+            chunk_overlap: 64,
+            rag_top_k: 5,
+            document_worker_concurrency: 2,
             run_jobs: true,
             rate_limit_enabled: true,
             rate_limit_per_ip: "10/10s".into(),
@@ -402,6 +432,55 @@ impl Config {
                 "CONFAB_RATE_LIMIT_BACKEND {other:?} is not a backend: use memory or redis"
             ),
         }
+    }
+
+    /// The document settings: accepted kinds, size limit, chunking, embedding, retrieval.
+    pub fn document_settings(
+        &self,
+    ) -> anyhow::Result<confab_application::documents::DocumentSettings> {
+        use confab_application::documents::chunk::ChunkSizing;
+        use confab_application::documents::parse::DocType;
+        let mut types = Vec::new();
+        for name in self
+            .upload_types
+            .split(',')
+            .filter(|n| !n.trim().is_empty())
+        {
+            let kind = DocType::parse(name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "CONFAB_UPLOAD_TYPES names {name:?}; the kinds are pdf, txt, md, html, docx"
+                )
+            })?;
+            if !types.contains(&kind) {
+                types.push(kind);
+            }
+        }
+        if types.is_empty() {
+            anyhow::bail!(
+                "CONFAB_UPLOAD_TYPES names no kind; use some of pdf, txt, md, html, docx"
+            );
+        }
+        let sizing = ChunkSizing {
+            tokens: self.chunk_tokens,
+            overlap: self.chunk_overlap,
+        }
+        .validate()
+        .map_err(|e| anyhow::anyhow!("CONFAB_CHUNK_TOKENS / CONFAB_CHUNK_OVERLAP: {e}"))?;
+        if self.upload_max_bytes == 0 {
+            anyhow::bail!("CONFAB_UPLOAD_MAX_BYTES must be at least 1");
+        }
+        if self.rag_top_k == 0 {
+            anyhow::bail!("CONFAB_RAG_TOP_K must be at least 1");
+        }
+        Ok(confab_application::documents::DocumentSettings {
+            types,
+            max_bytes: self.upload_max_bytes,
+            embedding_model: self.embedding_model.clone(),
+            embedding_provider: self.embedding_provider.clone(),
+            sizing,
+            top_k: self.rag_top_k,
+            batch: self.embedding_batch.max(1),
+        })
     }
 
     /// The allow-listed provider hosts.

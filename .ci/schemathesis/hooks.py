@@ -8,7 +8,8 @@
   the rest of the run keeps the shared token.
 - `GET /api/cron/reset-credits` is called with `CRON_SECRET`, its own credential.
 - Rules JSON Schema cannot state are kept by the cases meant to be valid: a chat request's last
-  message is the user's, a date range ends after it starts, a profile image is an image.
+  message is the user's, a date range ends after it starts, a profile image is an image, an
+  uploaded document is a document (a PDF, or else plain text).
 """
 
 import hashlib
@@ -71,6 +72,8 @@ def before_call(context, case, kwargs):
         _set_header(case, "Authorization", f"Bearer {CRON_SECRET}")
     elif path == "/api/profile/image":
         _an_image_if_meant_valid(case, kwargs)
+    elif path == "/api/upload":
+        _a_document_if_meant_valid(case, kwargs)
 
 
 @schemathesis.hook("filter_body").apply_to(method="POST", path="/api/chat")
@@ -136,3 +139,17 @@ def _an_image_if_meant_valid(case, kwargs):
         kwargs["files"] = {"image": ("image.png", _PNG, "image/png")}
 
 
+
+
+def _a_document_if_meant_valid(case, kwargs):
+    """A rule JSON Schema cannot state: the file's own bytes are a PDF, a Word document, HTML,
+    Markdown or text. A case meant to be valid whose file is another format (schemathesis sends
+    PNG, JPEG, WebP and ZIP samples) sends a small text file instead, as the image hook does."""
+    body = case.body
+    if not (_is_positive(case) and isinstance(body, dict) and set(body) == {"file"}):
+        return
+    data = getattr(body["file"], "data", body["file"])
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    if isinstance(data, (bytes, bytearray)) and not bytes(data).startswith(b"%PDF"):
+        kwargs["files"] = {"file": ("notes.txt", b"Schemathesis notes.\n", "text/plain")}

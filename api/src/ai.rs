@@ -52,7 +52,8 @@ fn unprocessable(e: ApiError) -> ApiError {
             headers(("x-chat-id" = Uuid, description = "The chat the reply is stored in"))),
         (status = 402, description = "The balance does not cover the request's worst-case cost", body = ErrorBody),
         (status = 403, description = "The model is not allowed for the user's tier", body = ErrorBody),
-        (status = 404, description = "No such chat, or not the caller's", body = ErrorBody),
+        (status = 404, description = "No such chat or document, or not the caller's", body = ErrorBody),
+        (status = 409, description = "A document of `documentIds` is not ready (still processing, or failed)", body = ErrorBody),
         (status = 422, description = "Invalid body", body = ErrorBody),
         (status = 503, description = "No provider configured for the model", body = ErrorBody),
     ))]

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod billing;
 pub mod chats;
 pub mod conversations;
+pub mod documents;
 pub mod error;
 pub mod extract;
 mod health;
@@ -94,6 +95,26 @@ pub fn router(state: AppState) -> Router {
             put(chats::edit_message).delete(chats::delete_message),
         )
         .route("/api/messages/search", get(chats::search_messages))
+        .route(
+            "/api/upload",
+            post(documents::upload).layer(axum::extract::DefaultBodyLimit::max(
+                state
+                    .app
+                    .documents
+                    .max_bytes
+                    .saturating_add(documents::FORM_OVERHEAD_BYTES),
+            )),
+        )
+        .route("/api/documents", get(documents::list))
+        .route(
+            "/api/documents/{id}",
+            get(documents::get).delete(documents::delete),
+        )
+        .route("/api/rag", post(documents::rag))
+        .route(
+            "/api/chats/{chat_id}/messages/{message_id}/sources",
+            get(documents::sources),
+        )
         .route("/api/chat", get(ai::health).post(ai::post_chat))
         .route("/api/chat/{chat_id}/stream", get(ai::resume))
         .route("/api/models", get(ai::models))

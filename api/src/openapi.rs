@@ -205,6 +205,12 @@ impl Modify for Conventions {
         crate::chats::edit_message,
         crate::chats::delete_message,
         crate::chats::search_messages,
+        crate::documents::upload,
+        crate::documents::list,
+        crate::documents::get,
+        crate::documents::delete,
+        crate::documents::rag,
+        crate::documents::sources,
         crate::conversations::create_conversation,
         crate::conversations::get_conversation,
         crate::conversations::create_message,
@@ -235,6 +241,7 @@ impl Modify for Conventions {
         (name = "seed-002", description = "Conversations, attachments and LLM providers (snake_case)"),
         (name = "operations", description = "Health and readiness"),
         (name = "ai", description = "AI chat and models"),
+        (name = "documents", description = "Documents for retrieval: upload, processing, grounding answers"),
         (name = "billing", description = "Stripe checkout and portal, invoices, credits, the Stripe webhook"),
         (name = "realtime", description = "Live events: Pusher over WebSocket, channel authorization, Server-Sent Events"),
     )
@@ -280,10 +287,11 @@ const ONE_OF_REQUIRED: &[(&str, &[&str])] = &[
 ];
 
 /// What the derive cannot say: the fields a body needs at least one of, and the media types of
-/// the profile image's file field.
+/// the profile image's and the document upload's file fields.
 fn complete(doc: &mut Value) {
     // One file field and nothing else.
     doc["components"]["schemas"]["ImageForm"]["additionalProperties"] = Value::Bool(false);
+    doc["components"]["schemas"]["DocumentForm"]["additionalProperties"] = Value::Bool(false);
     for (schema, fields) in ONE_OF_REQUIRED {
         let choices: Vec<Value> = fields
             .iter()
@@ -296,6 +304,14 @@ fn complete(doc: &mut Value) {
     {
         form["encoding"] = serde_json::json!({
             "image": { "contentType": "image/jpeg, image/png, image/gif" }
+        });
+    }
+    if let Some(form) =
+        doc["paths"]["/api/upload"]["post"]["requestBody"]["content"].get_mut("multipart/form-data")
+    {
+        form["encoding"] = serde_json::json!({
+            "file": { "contentType": "application/pdf, text/plain, text/markdown, text/html, \
+                application/vnd.openxmlformats-officedocument.wordprocessingml.document" }
         });
     }
 }

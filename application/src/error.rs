@@ -358,6 +358,12 @@ impl From<UserLlmConfigError> for AppError {
     }
 }
 
+impl From<confab_domain::sources::SourcesError> for AppError {
+    fn from(e: confab_domain::sources::SourcesError) -> Self {
+        match e {}
+    }
+}
+
 impl From<SettingsError> for AppError {
     fn from(e: SettingsError) -> Self {
         match e {}

@@ -25,6 +25,13 @@ pub struct GenerateReply {
     pub turns: Vec<Turn>,
     /// The request that asked for it.
     pub correlation_id: Option<Uuid>,
+    /// The document chunks the context holds, recorded with the reply (none without
+    /// `documentIds`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<confab_domain::sources::RecordedSource>,
+    /// The embedding model retrieval used for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<String>,
 }
 
 /// Apply Stripe event `event_id`, already recorded in its stream.
@@ -35,6 +42,32 @@ pub struct ProcessStripeEvent {
     pub event_id: String,
 }
 
+/// Which step of a document's processing a job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DocumentStep {
+    /// Parse the file and record its chunks (then queue [`DocumentStep::Embed`]).
+    Parse,
+    /// Embed the chunks into the vector index and mark the document ready.
+    Embed,
+}
+
+/// Run one step of document `document_id`'s processing ([`crate::documents::process`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessDocument {
+    /// The document.
+    pub document_id: Uuid,
+    /// The step.
+    pub step: DocumentStep,
+    /// A log position the documents read model must reach before the step reads it.
+    #[serde(default)]
+    pub after: Option<u64>,
+    /// The request that caused it.
+    #[serde(default)]
+    pub correlation_id: Option<Uuid>,
+}
+
 /// Work for the background.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Job {
@@ -42,6 +75,8 @@ pub enum Job {
     Reply(GenerateReply),
     /// A verified Stripe event.
     StripeEvent(ProcessStripeEvent),
+    /// A step of a document's processing.
+    Document(ProcessDocument),
 }
 
 impl Job {
@@ -50,6 +85,7 @@ impl Job {
         match self {
             Job::Reply(_) => "generate_reply",
             Job::StripeEvent(_) => "process_stripe_event",
+            Job::Document(_) => "process_document",
         }
     }
 }

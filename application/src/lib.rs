@@ -9,7 +9,8 @@
 //! map them, in one place each.
 //!
 //! One module per use-case group: [`accounts`], [`chats`], [`settings`], [`ai`] (replies,
-//! models, credits), [`billing`], [`providers`]. [`jobs`] holds what use cases queue for the
+//! models, credits), [`billing`], [`providers`], [`documents`] (uploads and retrieval).
+//! [`jobs`] holds what use cases queue for the
 //! background and the port the workers implement.
 
 pub mod accounts;
@@ -17,6 +18,7 @@ pub mod ai;
 pub mod billing;
 pub mod chats;
 pub mod credits;
+pub mod documents;
 pub mod error;
 pub mod jobs;
 pub mod providers;
@@ -66,6 +68,8 @@ pub struct Services {
     pub jobs: Arc<dyn jobs::JobQueue>,
     /// Stripe: the client, the prices sold, the return URLs.
     pub billing: billing::BillingSettings,
+    /// Documents: accepted uploads, chunking, embedding, retrieval.
+    pub documents: Arc<documents::DocumentSettings>,
 }
 
 impl Services {

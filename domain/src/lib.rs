@@ -11,11 +11,13 @@ pub mod billing_account;
 pub mod catalogue;
 pub mod chat;
 pub mod credits;
+pub mod document;
 pub mod patterns;
 pub mod provider;
 mod schema;
 pub mod session;
 pub mod settings;
+pub mod sources;
 pub mod testing;
 mod values;
 

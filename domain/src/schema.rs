@@ -395,7 +395,8 @@ mod tests {
     #[test]
     fn every_stored_type_name_and_version_is_still_read() {
         use crate::{
-            account, billing, billing_account, chat, credits, provider, session, settings,
+            account, billing, billing_account, chat, credits, document, provider, session,
+            settings, sources,
         };
         fn check<E: EventSchema + std::fmt::Debug>(all: &[&str], expected: &[(&str, &[u32])]) {
             let names: Vec<&str> = expected.iter().map(|(t, _)| *t).collect();
@@ -414,6 +415,17 @@ mod tests {
                 ("chat.message_edited", &[1]),
                 ("chat.message_deleted", &[1]),
                 ("chat.attachment_added", &[1]),
+            ],
+        );
+        check::<document::DocumentEvent>(
+            document::event_types::ALL,
+            &[
+                ("document.uploaded", &[1]),
+                ("document.chunks_recorded", &[1]),
+                ("document.ready", &[1]),
+                ("document.failed", &[1]),
+                ("document.processing_requested", &[1]),
+                ("document.deleted", &[1]),
             ],
         );
         check::<credits::CreditEvent>(
@@ -499,6 +511,10 @@ mod tests {
         check::<settings::SettingsUpdated>(
             &[settings::SETTINGS_UPDATED],
             &[("settings.updated", &[1])],
+        );
+        check::<sources::SourcesRecorded>(
+            &[sources::SOURCES_RECORDED],
+            &[("reply.sources_recorded", &[1])],
         );
     }
 }

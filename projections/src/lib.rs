@@ -8,6 +8,7 @@ pub mod billing;
 pub mod chats;
 pub mod credits;
 pub mod db;
+pub mod documents;
 pub mod engine;
 pub mod providers;
 pub mod search;
@@ -27,5 +28,6 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(providers::ProvidersProjection),
         Arc::new(credits::CreditsProjection),
         Arc::new(billing::BillingProjection),
+        Arc::new(documents::DocumentsProjection),
     ]
 }

@@ -10,6 +10,7 @@ mod auth;
 mod billing;
 mod chats;
 mod cli;
+mod documents;
 mod idempotency;
 mod images;
 mod objects;

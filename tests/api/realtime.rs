@@ -28,6 +28,7 @@ on_both!(
     events_about_other_users_chats_never_arrive,
     sign_out_closes_that_sessions_connections,
     the_pusher_handshake_ping_and_errors_follow_the_protocol,
+    a_documents_status_changes_reach_its_owner_only,
 );
 
 const KEY: &str = "confab-test-key";
@@ -935,4 +936,79 @@ async fn pusher_js_receives_every_event_from_another_instance_and_is_closed_on_s
     let _ = client.child.kill().await;
     b.shutdown().await;
     a.shutdown().await;
+}
+
+/// The next `document:updated` of the stream, skipping other events.
+async fn document_update(sse: &mut Sse) -> Value {
+    loop {
+        let f = sse.event().await;
+        if f.event.as_deref() == Some("document:updated") {
+            assert!(f.id.is_some());
+            return f.json();
+        }
+    }
+}
+
+async fn a_documents_status_changes_reach_its_owner_only(db: Db) {
+    let up = confab_testkit::openai::OpenAiStandIn::start().await;
+    up.embeddings_then(400);
+    let app = spawn_app_with(db, |c| {
+        c.openai_base_url = Some(up.base_url().to_owned());
+        c.llm_backoff_ms = 20;
+    })
+    .await;
+    let (token, _) = app.sign_up("rt-doc@example.com").await;
+    let (other, _) = app.sign_up("rt-doc-other@example.com").await;
+    let mut sse = Sse::open(&app, &token, None).await;
+    sse.until_connected().await;
+    let mut theirs = Sse::open(&app, &other, None).await;
+    theirs.until_connected().await;
+
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(b"live status words".to_vec()).file_name("a.txt"),
+    );
+    let (status, body) = parts(
+        app.request(Method::POST, "/api/upload", Some(&token))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["documentId"].clone();
+    // Uploaded, then failed (the provider refuses the first embedding), then processing and
+    // ready again after POST /api/rag.
+    assert_eq!(
+        document_update(&mut sse).await,
+        json!({ "id": id, "status": "processing", "chunks": 0, "error": null })
+    );
+    let failed = document_update(&mut sse).await;
+    assert_eq!(
+        (failed["status"].clone(), failed["chunks"].clone()),
+        (json!("failed"), json!(1))
+    );
+    assert!(
+        failed["error"].as_str().unwrap().contains("refused"),
+        "{failed}"
+    );
+    let (status, _) = app
+        .post("/api/rag", Some(&token), &json!({ "documentId": id }))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        document_update(&mut sse).await,
+        json!({ "id": id, "status": "processing", "chunks": 1, "error": null })
+    );
+    assert_eq!(
+        document_update(&mut sse).await,
+        json!({ "id": id, "status": "ready", "chunks": 1, "error": null })
+    );
+    // The other user heard nothing of it.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), theirs.next()).await;
+    if let Ok(Some(f)) = quiet {
+        assert!(f.comment.is_some(), "another user's client got {f:?}");
+    }
+    app.shutdown().await;
 }

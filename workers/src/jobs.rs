@@ -7,7 +7,7 @@
 //! [`confab_application::credits::reset_all`]); this module only adapts them to apalis.
 
 use apalis::prelude::*;
-use confab_application::jobs::{GenerateReply, ProcessStripeEvent};
+use confab_application::jobs::{GenerateReply, ProcessDocument, ProcessStripeEvent};
 use confab_application::{AppError, Services};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -87,6 +87,20 @@ impl Job for ProcessStripeEvent {
             confab_application::billing::process_stripe_event(svc, &self.event_id).await?;
         tracing::info!(stripe_event = %self.event_id, %outcome, "stripe event processed");
         Ok(())
+    }
+}
+
+impl Job for ProcessDocument {
+    const NAME: &'static str = crate::documents::DOCUMENT_QUEUE;
+    // A step fails (rather than recording `document.failed`) only while the store, the read
+    // models or the object store cannot be reached or lag.
+    const MAX_ATTEMPTS: usize = 10;
+    type Context = Services;
+
+    async fn run(self, svc: &Services) -> Result<(), JobError> {
+        confab_application::documents::process(svc, &self)
+            .await
+            .map_err(JobError::from)
     }
 }
 

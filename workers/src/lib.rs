@@ -1,12 +1,14 @@
 //! Confab's background work, run by `confab work` and, on the embedded default, inside
 //! `confab serve`: the projection runners that keep the read models at the head of the log,
-//! and the job workers (LLM replies, the monthly credit reset, Stripe events) on apalis queues.
+//! and the job workers (LLM replies, the monthly credit reset, Stripe events, documents) on
+//! apalis queues.
 //!
 //! Job bodies are the application layer's use cases; this crate owns the queues, the one
 //! [`jobs::Job`] trait that adapts a use case to apalis, and [`Queues`], the application's
 //! [`JobQueue`] port.
 
 pub mod billing;
+pub mod documents;
 pub mod jobs;
 pub mod queue;
 
@@ -56,6 +58,8 @@ pub struct Queues {
     pub replies: queue::ReplyQueue,
     /// Stripe events: only in processes that serve the webhook (`serve`).
     pub stripe: Option<billing::StripeQueue>,
+    /// Document processing: only in processes that take uploads (`serve`).
+    pub documents: Option<documents::DocumentQueue>,
 }
 
 #[async_trait::async_trait]
@@ -68,6 +72,13 @@ impl JobQueue for Queues {
                 None => Err(QueueError {
                     queue: billing::STRIPE_QUEUE,
                     source: "this process has no Stripe queue (only `serve` does)".into(),
+                }),
+            },
+            Job::Document(j) => match &self.documents {
+                Some(q) => q.push(j).await,
+                None => Err(QueueError {
+                    queue: documents::DOCUMENT_QUEUE,
+                    source: "this process has no document queue (only `serve` does)".into(),
                 }),
             },
         }

@@ -1,9 +1,11 @@
 //! What realtime clients are told: seed 000's events (`message:sent`, `message:updated`,
 //! `message:deleted`, `chat:updated`, `chat:deleted`) with exactly its payload shapes, mapped
-//! from the chat events of the log.
+//! from the chat events of the log; and `document:updated` `{id, status, chunks, error}`
+//! (seed 003) when a document's status changes.
 
 use chrono::{DateTime, Utc};
 use confab_domain::chat::{ChatEvent, event_types as chat_types};
+use confab_domain::document::{Document, DocumentEvent, event_types as document_types};
 use confab_domain::session::{SessionEvent, event_types as session_types};
 use confab_domain::{EventSchema, UpcastError};
 use confab_eventstore::RecordedEvent;
@@ -23,6 +25,8 @@ pub mod names {
     pub const CHAT_UPDATED: &str = "chat:updated";
     /// A chat was removed: the chat id, as a JSON string.
     pub const CHAT_DELETED: &str = "chat:deleted";
+    /// A document's status changed: `{id, status, chunks, error}`.
+    pub const DOCUMENT_UPDATED: &str = "document:updated";
 }
 
 /// One event for the clients of one user.
@@ -32,7 +36,8 @@ pub struct RealtimeEvent {
     pub id: u64,
     /// The chat's owner: the only user whose clients receive it.
     pub user: Uuid,
-    /// The chat it is about.
+    /// The chat it is about (for `document:updated`, the document: it reaches the user's
+    /// channel, never a chat's).
     pub chat: Uuid,
     /// One of [`names`].
     pub name: &'static str,
@@ -62,6 +67,13 @@ pub enum Decoded {
         /// The session.
         session: Uuid,
     },
+    /// A document's status changed: the document, at the stream version of the event.
+    Document {
+        /// The document.
+        document: Uuid,
+        /// The version of the event in the document's stream.
+        version: u64,
+    },
     /// Nothing realtime clients are told about.
     Ignored,
 }
@@ -72,6 +84,27 @@ pub fn decode(event: &RecordedEvent) -> Result<Decoded, UpcastError> {
     if chat_types::ALL.contains(&t) {
         let e = ChatEvent::from_stored(t, event.schema_version, event.payload.clone())?;
         return Ok(Decoded::Chat(chat_of(&e), e));
+    }
+    if matches!(
+        t,
+        document_types::UPLOADED
+            | document_types::READY
+            | document_types::FAILED
+            | document_types::PROCESSING_REQUESTED
+    ) {
+        let e = DocumentEvent::from_stored(t, event.schema_version, event.payload.clone())?;
+        let document = match e {
+            DocumentEvent::Uploaded(u) => u.document_id,
+            DocumentEvent::Ready(r) => r.document_id,
+            DocumentEvent::Failed(f) => f.document_id,
+            DocumentEvent::ProcessingRequested(p) => p.document_id,
+            DocumentEvent::ChunksRecorded(c) => c.document_id,
+            DocumentEvent::Deleted(d) => d.document_id,
+        };
+        return Ok(Decoded::Document {
+            document,
+            version: event.version,
+        });
     }
     if t == session_types::SESSION_REVOKED
         && let SessionEvent::Revoked(r) =
@@ -155,6 +188,24 @@ pub fn to_realtime(id: u64, e: &ChatEvent, info: &ChatInfo) -> Option<RealtimeEv
         chat: chat_of(e),
         name,
         data: data.to_string(),
+    })
+}
+
+/// `document:updated` for `doc` as it stood after an event at log position `id`.
+pub fn document_updated(id: u64, document: Uuid, doc: &Document) -> Option<RealtimeEvent> {
+    let owner = doc.owner()?;
+    Some(RealtimeEvent {
+        id,
+        user: owner,
+        chat: document,
+        name: names::DOCUMENT_UPDATED,
+        data: json!({
+            "id": document,
+            "status": doc.status.as_str(),
+            "chunks": doc.chunks,
+            "error": doc.error,
+        })
+        .to_string(),
     })
 }
 

@@ -5,8 +5,8 @@
 
 use super::events::{self, ChatInfo, Decoded};
 use super::hub::Hub;
-use confab_domain::EventSchema;
 use confab_domain::chat::ChatEvent;
+use confab_domain::{Aggregate, EventSchema};
 use confab_eventstore::{EventStore, RecordedEvent, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -144,6 +144,34 @@ async fn handle(hub: &Hub, owners: &Owners, event: &RecordedEvent) -> Result<(),
     };
     match decoded {
         Decoded::Ignored => {}
+        Decoded::Document { document, version } => {
+            // The document as it stood after this event: its owner and chunk count are in
+            // earlier events of its stream.
+            let stream =
+                <confab_domain::document::Document as confab_domain::Aggregate>::stream_name(
+                    &document,
+                );
+            let history = owners
+                .store
+                .read_stream(&stream, 1, version as usize)
+                .await?;
+            let mut doc = confab_domain::document::Document::default();
+            for e in history.iter().filter(|e| e.version <= version) {
+                match doc
+                    .clone()
+                    .evolve_stored(&e.event_type, e.schema_version, e.payload.clone())
+                {
+                    Ok(next) => doc = next,
+                    Err(err) => {
+                        tracing::warn!(error = %err, %document, "realtime: skipping a document event that does not decode");
+                        return Ok(());
+                    }
+                }
+            }
+            if let Some(r) = events::document_updated(event.position, document, &doc) {
+                hub.publish(r);
+            }
+        }
         Decoded::SessionRevoked { user, session } => hub.revoke(user, session),
         Decoded::Chat(chat, e) => {
             if let Some(info) = events::chat_info(&e) {

@@ -40,9 +40,9 @@ pub struct ChatBody {
     #[schema(nullable = false)]
     #[serde(default, deserialize_with = "super::not_null")]
     pub model_id: Option<String>,
-    /// Documents whose relevant passages ground the answer (none yet: document retrieval is
-    /// not served, and any id is refused).
-    #[schema(nullable = false, max_items = 0)]
+    /// The caller's documents whose most relevant passages ground the answer, at most 20
+    /// (404 for an unknown or another user's id, 409 for one not ready).
+    #[schema(nullable = false, max_items = 20)]
     #[serde(default, deserialize_with = "super::not_null")]
     pub document_ids: Option<Vec<Uuid>>,
 }

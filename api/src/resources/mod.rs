@@ -9,6 +9,7 @@
 pub mod ai;
 pub mod billing;
 pub mod chats;
+pub mod documents;
 pub mod operations;
 pub mod providers;
 pub mod settings;

@@ -191,10 +191,13 @@ fn validate(svc: &Services, request: &ReplyRequest) -> Result<(Model, MessageCon
             format!("unknown model; one of {}", known.join(", ")),
         );
     }
-    if !request.document_ids.is_empty() {
+    if request.document_ids.len() > crate::documents::MAX_DOCUMENTS_PER_REQUEST {
         problems.add(
             "documentIds",
-            "document retrieval is not available yet; send no documentIds",
+            format!(
+                "at most {} documents",
+                crate::documents::MAX_DOCUMENTS_PER_REQUEST
+            ),
         );
     }
     match (model, content, problems.is_empty()) {
@@ -230,11 +233,23 @@ pub async fn start_reply(
         }
         None => (Uuid::now_v7(), true),
     };
+    // Grounding: the most relevant chunks of the named documents, as a system message before
+    // the conversation (unknown or foreign ids are not found, unready ones a conflict).
+    let mut turns = request.messages.clone();
+    let grounding =
+        crate::documents::context_for(svc, user, &request.document_ids, content.as_str()).await?;
+    let (sources, embedding_model) = match grounding {
+        Some(g) => {
+            turns.insert(0, g.turn);
+            (g.sources, g.embedding_model)
+        }
+        None => (Vec::new(), None),
+    };
 
     // Hold the worst-case cost first: a request the balance cannot cover changes nothing.
     let reply_id = Uuid::now_v7();
     let meta = actor.metadata();
-    let prompt = estimate_tokens(request.messages.iter().map(|m| m.content.as_str()));
+    let prompt = estimate_tokens(turns.iter().map(|m| m.content.as_str()));
     credits::run(
         svc,
         user,
@@ -292,8 +307,10 @@ pub async fn start_reply(
                 chat_id,
                 user,
                 model: model.id.clone(),
-                turns: request.messages.clone(),
+                turns: turns.clone(),
                 correlation_id: meta.correlation_id,
+                sources: sources.clone(),
+                embedding_model: embedding_model.clone(),
             }))
             .await?;
         Ok::<_, AppError>((reply, sent.appended.map(|a| a.last_position)))
@@ -420,13 +437,34 @@ pub async fn generate_reply(svc: &Services, job: &GenerateReply) -> Result<(), A
                 meta.clone(),
             )
             .await;
-        match sent {
-            Ok(done) => position = done.appended.map(|a| a.last_position),
-            // Stored by an earlier run of this job, or the chat was deleted meanwhile.
-            Err(ExecuteError::Domain(
-                ChatError::MessageAlreadyExists | ChatError::ChatNotFound,
-            )) => {}
+        let stored_message = match sent {
+            Ok(done) => {
+                position = done.appended.map(|a| a.last_position);
+                true
+            }
+            // Stored by an earlier run of this job.
+            Err(ExecuteError::Domain(ChatError::MessageAlreadyExists)) => true,
+            // The chat was deleted meanwhile.
+            Err(ExecuteError::Domain(ChatError::ChatNotFound)) => false,
             Err(e) => return Err(e.into()),
+        };
+        // The provenance of a grounded reply, recorded once beside it.
+        if stored_message && !job.sources.is_empty() {
+            svc.commands
+                .execute::<confab_domain::sources::ReplySources>(
+                    &job.reply_id,
+                    confab_domain::sources::SourcesRecorded {
+                        message_id: job.reply_id,
+                        chat_id: job.chat_id,
+                        owner: job.user,
+                        model: job.model.clone(),
+                        embedding_model: job.embedding_model.clone(),
+                        sources: job.sources.clone(),
+                        at: Utc::now(),
+                    },
+                    meta.clone(),
+                )
+                .await?;
         }
     }
     let charged = credits::run(

@@ -2,6 +2,11 @@
 //! answered with server-sent event chunks and the usage in the last one, or with a scripted
 //! failure (an error status, a hang before the first token, a connection broken mid-stream).
 //! It records every request's `Authorization` header and body.
+//!
+//! `POST /v1/embeddings` answers each input with a deterministic bag-of-words vector (each word,
+//! lower-cased, hashed into one of [`EMBEDDING_DIMENSIONS`] buckets), so texts sharing words
+//! are close and texts sharing none are orthogonal; scripted statuses (429, 500, ...) can be
+//! queued before it ([`OpenAiStandIn::embeddings_then`]). Its requests are recorded apart.
 
 use axum::Router;
 use axum::body::Body;
@@ -66,6 +71,33 @@ struct Script {
     /// What to do once `next` is empty.
     fallback: Mutex<Option<Act>>,
     seen: Mutex<Vec<Request>>,
+    /// Statuses the next embeddings requests answer with, before vectors.
+    embedding_statuses: Mutex<VecDeque<u16>>,
+    embedding_seen: Mutex<Vec<Request>>,
+}
+
+/// The length of the stand-in's embedding vectors.
+pub const EMBEDDING_DIMENSIONS: usize = 256;
+
+/// The stand-in's vector of `text`: word counts hashed into buckets (FNV-1a), normalised.
+pub fn embedding_of(text: &str) -> Vec<f32> {
+    let mut v = vec![0f32; EMBEDDING_DIMENSIONS];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in word.to_lowercase().bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        v[(h % EMBEDDING_DIMENSIONS as u64) as usize] += 1.0;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
 }
 
 /// A running stand-in; clones share it. It stops with the Tokio runtime that started it.
@@ -88,6 +120,7 @@ impl OpenAiStandIn {
         let script = Arc::new(Script::default());
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
+            .route("/v1/embeddings", post(embeddings))
             .with_state(script.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let base_url = format!("http://{}/v1", listener.local_addr()?);
@@ -111,9 +144,21 @@ impl OpenAiStandIn {
         *lock(&self.script.fallback) = Some(act);
     }
 
-    /// Every request so far, oldest first.
+    /// Every chat-completions request so far, oldest first.
     pub fn requests(&self) -> Vec<Request> {
         lock(&self.script.seen).clone()
+    }
+
+    /// Answers the next embeddings request not yet scripted with `status` (429, 500, 400...;
+    /// 200 answers it normally, 0 never answers it at all).
+    pub fn embeddings_then(&self, status: u16) -> &Self {
+        lock(&self.script.embedding_statuses).push_back(status);
+        self
+    }
+
+    /// Every embeddings request so far, oldest first.
+    pub fn embedding_requests(&self) -> Vec<Request> {
+        lock(&self.script.embedding_seen).clone()
     }
 }
 
@@ -195,4 +240,52 @@ async fn completions(
             yield Err(std::io::Error::other("connection broken"));
         })),
     }
+}
+
+async fn embeddings(
+    State(script): State<Arc<Script>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    lock(&script.embedding_seen).push(Request {
+        authorization,
+        body: body.clone(),
+    });
+    let scripted = lock(&script.embedding_statuses).pop_front();
+    if scripted == Some(0) {
+        return std::future::pending().await;
+    }
+    if let Some(code) = scripted.filter(|c| *c != 200) {
+        return error(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "scripted failure",
+        );
+    }
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().unwrap_or("").to_owned())
+            .collect(),
+        _ => return error(StatusCode::BAD_REQUEST, "input must be a string or strings"),
+    };
+    let tokens: usize = inputs.iter().map(|i| i.split_whitespace().count()).sum();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| json!({ "object": "embedding", "index": i, "embedding": embedding_of(text) }))
+        .collect();
+    axum::Json(json!({
+        "object": "list",
+        "model": body["model"],
+        "data": data,
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+    }))
+    .into_response()
 }
