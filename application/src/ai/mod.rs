@@ -69,43 +69,60 @@ impl From<NoProvider> for AppError {
     }
 }
 
-/// Where a call of `model` for `user` goes: the user's own key for the model's provider if
-/// they set one, or else the configured provider.
-pub async fn endpoint(svc: &Services, user: Uuid, model: &Model) -> Result<Endpoint, AppError> {
-    if let Some((base_url, sealed)) =
-        confab_projections::providers::user_key_by_provider_name(&svc.db, user, &model.provider)
-            .await?
-    {
-        // Never fall back to the operator's key: that would bill the operator for the user's
-        // traffic and hide that their key is unusable.
-        let key = svc.cipher.decrypt(&sealed).map_err(|_| {
-            tracing::error!(user = %user, provider = %model.provider,
-                "a stored provider key cannot be decrypted (was CONFAB_ENCRYPTION_KEY changed?)");
-            let mut details = Details::new();
-            details.insert("provider".into(), model.provider.clone().into());
-            AppError::Unavailable {
-                message: format!(
-                    "your key for {} cannot be used; set it again",
-                    model.provider
-                ),
-                details,
-            }
-        })?;
-        return Ok(Endpoint {
-            base_url,
-            api_key: Some(key),
-            guard: Some(crate::providers::GuardedResolver::new(
-                svc.provider_hosts_allowlist.to_vec(),
-            )),
-        });
-    }
-    match svc.llm.providers.iter().find(|p| p.name == model.provider) {
-        Some(p) => Ok(Endpoint {
+/// `user`'s own endpoint for `provider`, when they stored a key for it: the registered
+/// provider's URL, checked at connect time. A stored key that cannot be decrypted is an
+/// error the user sees, never a silent fall-back to the operator's key (which would bill the
+/// operator for the user's traffic and hide that their key is unusable).
+pub async fn user_endpoint(
+    svc: &Services,
+    user: Uuid,
+    provider: &str,
+) -> Result<Option<Endpoint>, AppError> {
+    let Some((base_url, sealed)) =
+        confab_projections::providers::user_key_by_provider_name(&svc.db, user, provider).await?
+    else {
+        return Ok(None);
+    };
+    let key = svc.cipher.decrypt(&sealed).map_err(|_| {
+        tracing::error!(user = %user, provider = %provider,
+            "a stored provider key cannot be decrypted (was CONFAB_ENCRYPTION_KEY changed?)");
+        let mut details = Details::new();
+        details.insert("provider".into(), provider.into());
+        AppError::Unavailable {
+            message: format!("your key for {provider} cannot be used; set it again"),
+            details,
+        }
+    })?;
+    Ok(Some(Endpoint {
+        base_url,
+        api_key: Some(key),
+        guard: Some(crate::providers::GuardedResolver::new(
+            svc.provider_hosts_allowlist.to_vec(),
+        )),
+    }))
+}
+
+/// The operator's configured endpoint for `provider`, if any.
+pub fn configured_endpoint(svc: &Services, provider: &str) -> Option<Endpoint> {
+    svc.llm
+        .providers
+        .iter()
+        .find(|p| p.name == provider)
+        .map(|p| Endpoint {
             base_url: p.base_url.clone(),
             api_key: p.api_key.clone(),
             guard: None,
-        }),
-        None => Err(NoProvider {
+        })
+}
+
+/// Where a call of `model` for `user` goes: the user's own key for the model's provider if
+/// they set one, or else the configured provider.
+pub async fn endpoint(svc: &Services, user: Uuid, model: &Model) -> Result<Endpoint, AppError> {
+    if let Some(own) = user_endpoint(svc, user, &model.provider).await? {
+        return Ok(own);
+    }
+    configured_endpoint(svc, &model.provider).ok_or_else(|| {
+        NoProvider {
             model: model.id.clone(),
             provider: model.provider.clone(),
             setting: match model.provider.as_str() {
@@ -114,8 +131,8 @@ pub async fn endpoint(svc: &Services, user: Uuid, model: &Model) -> Result<Endpo
                 other => format!("a [[providers]] entry named {other:?} in the config file"),
             },
         }
-        .into()),
-    }
+        .into()
+    })
 }
 
 /// The models `actor`'s tier may use.

@@ -413,24 +413,10 @@ async fn parse_and_chunk(
 /// provider if they set one, else the configured provider.
 async fn embedding_endpoint(svc: &Services, owner: Uuid) -> Result<Option<Endpoint>, AppError> {
     let provider = &svc.documents.embedding_provider;
-    if let Some((base_url, sealed)) =
-        confab_projections::providers::user_key_by_provider_name(&svc.db, owner, provider).await?
-        && let Ok(key) = svc.cipher.decrypt(&sealed)
-    {
-        return Ok(Some(Endpoint {
-            base_url,
-            api_key: Some(key),
-        }));
+    if let Some(own) = crate::ai::user_endpoint(svc, owner, provider).await? {
+        return Ok(Some(own));
     }
-    Ok(svc
-        .llm
-        .providers
-        .iter()
-        .find(|p| &p.name == provider)
-        .map(|p| Endpoint {
-            base_url: p.base_url.clone(),
-            api_key: p.api_key.clone(),
-        }))
+    Ok(crate::ai::configured_endpoint(svc, provider))
 }
 
 #[tracing::instrument(skip_all, fields(document = %uploaded.document_id))]
