@@ -104,10 +104,10 @@ pub async fn upload(
 ) -> Result<DocumentRow, AppError> {
     let settings = &svc.documents;
     if bytes.len() > settings.max_bytes {
-        return Err(AppError::TooLarge(format!(
-            "the file must be at most {} bytes",
-            settings.max_bytes
-        )));
+        return Err(AppError::invalid(
+            "file",
+            format!("must be at most {} bytes", settings.max_bytes),
+        ));
     }
     if bytes.is_empty() {
         return Err(AppError::invalid("file", "the file is empty"));
