@@ -5,8 +5,11 @@
 //! key with a different body is a 409; a retry while the first request still runs is a 409 too.
 //! 5xx answers are not kept, so a retry after a failure runs again. Sign-up and sign-in are not
 //! covered: their answers hold session tokens, which are never stored in the clear. Answers are
-//! kept 24 hours; [`purge_periodically`] deletes older ones every hour.
+//! kept 24 hours; [`purge_periodically`] deletes older ones every hour. The caller is
+//! authenticated before the body is read (anonymous requests pass to the route, which answers
+//! 401), and a body is buffered only up to the route's own limit.
 
+use crate::auth::AuthUser;
 use crate::{ApiError, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -23,8 +26,24 @@ use sha2::{Digest, Sha256};
 pub const HEADER: &str = "idempotency-key";
 /// How long an answer is kept.
 const KEEP: Duration = Duration::hours(24);
-/// Largest body buffered for hashing and replay.
+/// Largest response kept for replay.
 const MAX_BODY: usize = 16 * 1024 * 1024;
+/// The body limit of routes without their own (axum's default).
+const DEFAULT_REQUEST_LIMIT: usize = 2 * 1024 * 1024;
+
+/// The body limit of the route at `path`: a request is never buffered beyond what the route
+/// itself would read.
+fn request_limit(state: &AppState, path: &str) -> usize {
+    match path {
+        "/api/profile/image" => crate::images::MAX_BODY_BYTES,
+        "/api/upload" => state
+            .app
+            .documents
+            .max_bytes
+            .saturating_add(crate::documents::FORM_OVERHEAD_BYTES),
+        _ => DEFAULT_REQUEST_LIMIT,
+    }
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -210,15 +229,28 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
             )
         })?
         .to_owned();
+    // Who asks comes first: an anonymous or signed-out caller gets the route's own answer
+    // (401) without the body being read, let alone buffered. The user found is handed on to
+    // the route.
+    let mut req = req;
+    if req.extensions().get::<AuthUser>().is_none() {
+        match crate::auth::authenticate(state, req.headers()).await? {
+            Some(user) => {
+                req.extensions_mut().insert(user);
+            }
+            None => return Ok(next.run(req).await),
+        }
+    }
     let scope = token_hash(&format!(
         "{}\u{0}{}\u{0}{key}",
         principal(&req),
         req.uri().path()
     ));
+    let limit = request_limit(state, req.uri().path());
     let (parts, body) = req.into_parts();
-    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY)
+    let bytes: Bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::PayloadTooLarge("request body too large".into()))?;
+        .map_err(|_| ApiError::PayloadTooLarge(format!("the body is over {limit} bytes")))?;
     let request_hash = hex(&Sha256::digest(&bytes));
     let db = &state.app.db;
     let internal = |e: sqlx::Error| ApiError::Internal(e.into());

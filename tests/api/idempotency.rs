@@ -10,6 +10,7 @@ on_both!(
     concurrent_retries_with_one_key_create_one_chat,
     answers_older_than_a_day_are_purged,
     a_write_the_read_model_has_not_shown_is_a_202_a_retry_replays,
+    a_caller_is_authenticated_before_the_body_is_buffered,
 );
 
 async fn post_with_key(
@@ -60,6 +61,28 @@ async fn a_write_the_read_model_has_not_shown_is_a_202_a_retry_replays(db: Db) {
     assert_eq!(list["total"], 1, "{list}");
     assert_eq!(list["chats"][0]["title"], "Committed");
     caught_up.shutdown().await;
+}
+
+/// A keyed request from nobody is answered 401 from its headers: its body, larger than the
+/// layer ever buffers, is not read. A signed-in caller is held to the route's own limit.
+async fn a_caller_is_authenticated_before_the_body_is_buffered(db: Db) {
+    let app = spawn_app(db).await;
+    let (token, _) = app.sign_up("limits@example.com").await;
+    let send = |bearer: &str, bytes: usize| {
+        app.request(Method::POST, "/api/chats", None)
+            .bearer_auth(bearer)
+            .header("Idempotency-Key", "big")
+            .header("content-type", "application/json")
+            .body(vec![b' '; bytes])
+            .send()
+    };
+    let r = send("not-a-session", 17 << 20).await.expect("answered");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = send(&token, 3 << 20).await.expect("answered");
+    assert_eq!(r.status().as_u16(), 413);
+    let (_, list) = app.get("/api/chats", Some(&token)).await;
+    assert_eq!(list["total"], 0);
+    app.shutdown().await;
 }
 
 /// The hourly purge deletes answers past their 24 hours and keeps the others.
