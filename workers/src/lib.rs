@@ -11,6 +11,7 @@ pub mod billing;
 pub mod documents;
 pub mod jobs;
 pub mod queue;
+pub mod sqlite_queue;
 
 use confab_application::jobs::{Job, JobQueue, QueueError};
 use confab_projections::Engine;
