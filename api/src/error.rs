@@ -46,8 +46,13 @@ pub enum ApiError {
         details: Value,
     },
     /// 409 `conflict`.
-    #[error("{0}")]
-    Conflict(String),
+    #[error("{message}")]
+    Conflict {
+        /// What conflicts.
+        message: String,
+        /// Specifics (a document's status, say).
+        details: Value,
+    },
     /// 413 `payload_too_large`.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -135,7 +140,10 @@ impl From<AppError> for ApiError {
             AppError::Unauthenticated(_) => ApiError::Unauthorized,
             AppError::Forbidden(m) => ApiError::Forbidden(m),
             e @ AppError::NotFound(_) => ApiError::NotFound(e.to_string()),
-            AppError::Conflict { message, .. } => ApiError::Conflict(message),
+            AppError::Conflict { message, details } => ApiError::Conflict {
+                message,
+                details: Value::Object(details),
+            },
             e @ AppError::InsufficientCredits { needed, available } => {
                 ApiError::InsufficientCredits {
                     message: e.to_string(),
@@ -173,6 +181,14 @@ impl From<AppError> for ApiError {
 }
 
 impl ApiError {
+    /// A conflict without details.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            message: message.into(),
+            details: json!({}),
+        }
+    }
+
     /// A validation error on one field.
     pub fn field(field: &str, reason: impl Into<String>) -> Self {
         let reason = reason.into();
@@ -203,7 +219,7 @@ impl ApiError {
             ApiError::InsufficientCredits { .. } => {
                 (StatusCode::PAYMENT_REQUIRED, ErrorCode::InsufficientCredits)
             }
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            ApiError::Conflict { .. } => (StatusCode::CONFLICT, ErrorCode::Conflict),
             ApiError::PayloadTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
             }
@@ -306,6 +322,7 @@ impl IntoResponse for ApiError {
                 ("internal server error".to_owned(), json!({}))
             }
             ApiError::Validation { message, details }
+            | ApiError::Conflict { message, details }
             | ApiError::Unprocessable { message, details }
             | ApiError::InsufficientCredits { message, details } => {
                 (message.clone(), details.clone())

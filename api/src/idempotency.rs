@@ -261,20 +261,20 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
                 .await
                 .map_err(internal)?;
         } else if stored.request_hash != request_hash {
-            return Err(ApiError::Conflict(
-                "this Idempotency-Key was used with a different request".into(),
+            return Err(ApiError::conflict(
+                "this Idempotency-Key was used with a different request",
             ));
         } else if stored.status.is_none() {
-            return Err(ApiError::Conflict(
-                "a request with this Idempotency-Key is still in progress; retry later".into(),
+            return Err(ApiError::conflict(
+                "a request with this Idempotency-Key is still in progress; retry later",
             ));
         } else {
             return Ok(replay(stored));
         }
     }
     if !claim(db, &scope, &request_hash).await.map_err(internal)? {
-        return Err(ApiError::Conflict(
-            "a request with this Idempotency-Key is still in progress; retry later".into(),
+        return Err(ApiError::conflict(
+            "a request with this Idempotency-Key is still in progress; retry later",
         ));
     }
     let resp = next

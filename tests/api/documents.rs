@@ -504,6 +504,12 @@ async fn a_document_not_ready_cannot_ground_a_chat(db: Db) {
     let (s, body) = app.post("/api/chat", Some(&token), &ask).await;
     assert_eq!(s, 409, "{body}");
     assert_error(&body, "conflict");
+    assert_eq!(body["error"]["details"]["status"], "failed", "{body}");
+    assert_eq!(
+        body["error"]["details"]["documentId"],
+        id.as_str(),
+        "{body}"
+    );
     assert!(
         body["error"]["message"]
             .as_str()
