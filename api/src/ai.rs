@@ -133,7 +133,7 @@ fn stream_response(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if let Ok(v) = HeaderValue::from_str(&chat_id.to_string()) {
-        h.insert("x-chat-id", v);
+        h.insert(CHAT_ID_HEADER, v);
     }
     r
 }
@@ -171,6 +171,26 @@ pub(crate) async fn resume(
             Ok(stream_response(reply, offset, chat_id, None))
         }
         None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+/// The response header naming a streamed reply's chat.
+pub(crate) const CHAT_ID_HEADER: &str = "x-chat-id";
+
+/// The chat's reply streamed from its start, for an `Idempotency-Key` replay of `POST
+/// /api/chat`; once the reply is no longer held, a 409 whose details name the chat.
+pub(crate) async fn replay_reply(
+    state: &AppState,
+    user: &AuthUser,
+    chat_id: Uuid,
+) -> Result<Response, ApiError> {
+    match ai::resume(&state.app, user, chat_id).await? {
+        Some(reply) => Ok(stream_response(reply, 0, chat_id, None)),
+        None => Err(ApiError::Conflict {
+            message: "the reply of this request has finished; read it from the chat's messages"
+                .into(),
+            details: serde_json::json!({ "chatId": chat_id }),
+        }),
     }
 }
 

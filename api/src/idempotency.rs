@@ -7,7 +7,10 @@
 //! covered: their answers hold session tokens, which are never stored in the clear. Answers are
 //! kept 24 hours; [`purge_periodically`] deletes older ones every hour. The caller is
 //! authenticated before the body is read (anonymous requests pass to the route, which answers
-//! 401), and a body is buffered only up to the route's own limit.
+//! 401), and a body is buffered only up to the route's own limit. A streamed reply (`POST
+//! /api/chat`) is passed through as it streams; its chat is kept, and a replay streams that
+//! chat's reply again from its start (409 naming the chat once the reply is no longer held),
+//! never asking the model twice.
 
 use crate::auth::AuthUser;
 use crate::{ApiError, AppState};
@@ -203,6 +206,28 @@ fn replay(stored: Stored) -> Response {
     resp
 }
 
+/// The content type recorded for a streamed reply: the kept body is its chat's id.
+const STREAMED_REPLY: &str = "application/x-confab-streamed-reply";
+
+/// Replays a streamed reply: the chat's reply from its start, live if it is still being
+/// generated; once it is gone from memory, 409 naming the chat (its messages hold the reply).
+async fn replay_stream(
+    state: &AppState,
+    user: &AuthUser,
+    stored: Stored,
+) -> Result<Response, ApiError> {
+    let chat = stored
+        .body
+        .as_deref()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a kept streamed reply has no chat")))?;
+    let mut resp = crate::ai::replay_reply(state, user, chat).await?;
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(resp)
+}
+
 /// The middleware.
 pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
     match handle(&state, req, next).await {
@@ -268,6 +293,13 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
             return Err(ApiError::conflict(
                 "a request with this Idempotency-Key is still in progress; retry later",
             ));
+        } else if stored.content_type.as_deref() == Some(STREAMED_REPLY) {
+            let user = parts
+                .extensions
+                .get::<AuthUser>()
+                .cloned()
+                .ok_or(ApiError::Unauthorized)?;
+            return replay_stream(state, &user, stored).await;
         } else {
             return Ok(replay(stored));
         }
@@ -280,6 +312,26 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
     let resp = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
+    // A streamed reply (`POST /api/chat`) passes through as it streams; what is kept is its
+    // chat, so that a replay resumes that chat's reply instead of asking the model again.
+    if resp.status().is_success()
+        && let Some(chat) = resp
+            .headers()
+            .get(crate::ai::CHAT_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| uuid::Uuid::parse_str(v).ok())
+    {
+        keep(
+            db,
+            &scope,
+            resp.status().as_u16(),
+            Some(STREAMED_REPLY),
+            chat.to_string().as_bytes(),
+        )
+        .await
+        .map_err(internal)?;
+        return Ok(resp);
+    }
     let (parts, body) = resp.into_parts();
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,

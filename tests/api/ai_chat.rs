@@ -20,6 +20,7 @@ on_both!(
     a_reply_is_streamed_stored_and_charged_by_its_usage,
     concurrent_requests_never_overdraw,
     an_account_that_cannot_be_reset_does_not_stop_the_others,
+    a_keyed_chat_request_streams_and_its_replay_never_asks_the_model_again,
 );
 
 fn hello() -> Act {
@@ -500,6 +501,60 @@ async fn the_route_resets_accounts_the_schedule_has_not() {
     let v: Value = get().await.unwrap().json().await.unwrap();
     assert_eq!(v["resetCount"], 0, "never twice in one month");
     assert_eq!(app.credit_history(&a, "?type=reset").await["total"], 1);
+    app.shutdown().await;
+}
+
+/// With an `Idempotency-Key`, a reply still streams as it is generated (its first piece
+/// arrives alone), and a retry with the key replays that chat's reply without calling the
+/// model again.
+async fn a_keyed_chat_request_streams_and_its_replay_never_asks_the_model_again(db: Db) {
+    let up = OpenAiStandIn::start().await;
+    up.then(Act::reply(
+        &["First, ", "then ", "last."],
+        (10, 10),
+        Duration::from_millis(300),
+    ));
+    let app = app_with(db, &up, |_| {}).await;
+    let (token, _) = app.sign_up("keyed@example.com").await;
+    let send = || {
+        app.request(Method::POST, "/api/chat", Some(&token))
+            .header("Idempotency-Key", "one-question")
+            .json(&ask("Count to three"))
+            .send()
+    };
+    let mut r = send().await.expect("chat");
+    assert_eq!(r.status(), 200);
+    let chat_id = r.headers()["x-chat-id"].to_str().unwrap().to_owned();
+    let first = r.chunk().await.expect("read").expect("a first piece");
+    assert_ne!(
+        &first[..],
+        b"First, then last.",
+        "streamed, not buffered whole"
+    );
+    let mut text = String::from_utf8(first.to_vec()).unwrap();
+    while let Some(piece) = r.chunk().await.expect("read") {
+        text.push_str(std::str::from_utf8(&piece).unwrap());
+    }
+    assert_eq!(text, "First, then last.");
+
+    let again = send().await.expect("replay");
+    let headers = again.headers().clone();
+    match again.status().as_u16() {
+        200 => {
+            assert_eq!(headers["idempotent-replayed"], "true");
+            assert_eq!(headers["x-chat-id"].to_str().unwrap(), chat_id);
+            assert_eq!(again.text().await.unwrap(), "First, then last.");
+        }
+        409 => {
+            let (_, body) = parts(again).await;
+            assert_eq!(body["error"]["details"]["chatId"], chat_id.as_str());
+        }
+        other => panic!("a replay answers 200 or 409, not {other}"),
+    }
+    assert_eq!(up.requests().len(), 1, "the model was asked once");
+    app.drained(Queue::Replies).await;
+    let ms = messages(&app, &token, &chat_id).await;
+    assert_eq!(ms.len(), 2, "one question, one reply: {ms:?}");
     app.shutdown().await;
 }
 
