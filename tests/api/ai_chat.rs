@@ -440,6 +440,43 @@ async fn a_users_own_key_is_used_for_their_provider() {
     app.shutdown().await;
 }
 
+/// A user's stored key that no longer decrypts (the encryption key was changed) is an error
+/// the user sees, naming the provider; the call never falls back to the operator's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_key_that_cannot_be_decrypted_is_refused_not_replaced() {
+    let up = OpenAiStandIn::start().await;
+    up.always(hello());
+    let app = app_with(Db::Sqlite, &up, with_admin).await;
+    let admin = app.sign_in_admin().await;
+    let (_, provider) = app.add_provider(&admin, "OpenAI", up.base_url()).await;
+    let (token, user) = app.sign_up("rekeyed@example.com").await;
+    let (s, cfg) = app
+        .add_user_key(&token, &user["id"], &provider["id"], "sk-user-own-key-1234")
+        .await;
+    assert_eq!(s, 201, "{cfg}");
+    let data_dir = app.data_dir.clone();
+    let _kept = app.stop().await;
+    let rekeyed = spawn_app_on(None, |c| {
+        openai_at(c, &up);
+        with_admin(c);
+        c.data_dir = data_dir.clone();
+        c.encryption_key = Some(
+            "b3RoZXIta2V5LW90aGVyLWtleS1vdGhlci1rZXktMzI="
+                .to_owned()
+                .into(),
+        );
+    })
+    .await;
+    let (s, _, body) = chat(&rekeyed, &token, &ask("hi")).await;
+    assert_eq!(s, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "unavailable");
+    assert_eq!(v["error"]["details"]["provider"], "openai", "{v}");
+    assert!(up.requests().is_empty(), "no call with the operator's key");
+    assert_eq!(balance(&rekeyed, &token).await, 1000, "nothing charged");
+    rekeyed.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_month_is_reset_once_by_the_schedule_or_the_route() {
     let up = OpenAiStandIn::start().await;
