@@ -65,6 +65,20 @@ pub struct Request {
     pub body: Value,
 }
 
+impl Request {
+    /// What a call brought: its `Authorization` header and its body, parsed.
+    fn of(headers: &HeaderMap, body: &str) -> Request {
+        Request {
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
+            body: serde_json::from_str(body).unwrap_or(Value::Null),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Script {
     next: Mutex<VecDeque<Act>>,
@@ -200,16 +214,7 @@ async fn completions(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let authorization = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let body = serde_json::from_str(&body).unwrap_or(Value::Null);
-    lock(&script.seen).push(Request {
-        authorization,
-        body,
-    });
+    lock(&script.seen).push(Request::of(&headers, &body));
     let next = lock(&script.next).pop_front();
     let Some(act) = next.or_else(|| lock(&script.fallback).clone()) else {
         return error(
@@ -247,16 +252,9 @@ async fn embeddings(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let authorization = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    lock(&script.embedding_seen).push(Request {
-        authorization,
-        body: body.clone(),
-    });
+    let seen = Request::of(&headers, &body);
+    let body = seen.body.clone();
+    lock(&script.embedding_seen).push(seen);
     let scripted = lock(&script.embedding_statuses).pop_front();
     if scripted == Some(0) {
         return std::future::pending().await;
