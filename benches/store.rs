@@ -306,9 +306,10 @@ async fn main() {
         }
     }
     println!(
-        "\n| database | events | fill s | global read events/s | rebuild s | rebuild events/s |"
+        "\n| database | events | fill s | global read events/s | rebuild s | rebuild events/s \
+         | audit s | audit events/s | online rebuild s | online events/s |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut rebuild_rates = Vec::new();
     for backend in &s.backends {
         let (store, db, _) = fresh(backend, &dir).await;
@@ -329,7 +330,7 @@ async fn main() {
         let read_secs = t.elapsed().as_secs_f64();
         assert_eq!(read, head);
 
-        let mut engine = Engine::new(store.clone(), db, confab_projections::all());
+        let mut engine = Engine::new(store.clone(), db.clone(), confab_projections::all());
         if let Some(b) = std::env::var("CONFAB_BENCH_BATCH")
             .ok()
             .and_then(|b| b.parse().ok())
@@ -343,10 +344,42 @@ async fn main() {
             .expect("rebuild");
         let rebuild = t.elapsed().as_secs_f64();
         assert_eq!(reached, head);
+
+        // `confab audit chats`: the log replayed into a shadow and compared with the live rows.
+        let t = Instant::now();
+        let report = confab::audit::run(
+            store.clone(),
+            &db,
+            confab_projections::all(),
+            &confab::audit::Options {
+                projections: vec![confab_projections::chats::NAME.to_owned()],
+                hold_grace: std::time::Duration::from_secs(60),
+                progress: false,
+            },
+        )
+        .await
+        .expect("audit");
+        let audit = t.elapsed().as_secs_f64();
+        assert!(report.clean, "the audit found differences after a rebuild");
+
+        // `confab projections rebuild chats --online`: side by side, then swapped in.
+        let chats = confab_projections::all()
+            .into_iter()
+            .find(|p| p.name() == confab_projections::chats::NAME)
+            .expect("chats");
+        let t = Instant::now();
+        let online = confab::rebuild::online(store.clone(), &db, chats, false, None)
+            .await
+            .expect("online rebuild");
+        let online_secs = t.elapsed().as_secs_f64();
+        assert_eq!(online.position, head);
         println!(
-            "| {backend} | {head} | {fill:.1} | {:.0} | {rebuild:.2} | {:.0} |",
+            "| {backend} | {head} | {fill:.1} | {:.0} | {rebuild:.2} | {:.0} | {audit:.2} | {:.0} \
+             | {online_secs:.2} | {:.0} |",
             read as f64 / read_secs,
-            head as f64 / rebuild
+            head as f64 / rebuild,
+            head as f64 / audit,
+            head as f64 / online_secs
         );
         rebuild_rates.push((backend.clone(), head as f64 / rebuild));
     }

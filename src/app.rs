@@ -19,7 +19,89 @@ pub struct Application {
     jobs: Option<apalis::prelude::Monitor>,
     realtime: confab_api::realtime::Realtime,
     db: confab_projections::ReadDb,
+    services: Services,
     port: u16,
+    upgrade: Upgrade,
+}
+
+/// The read models built by another version of their projection than this code's. One that
+/// has data is rebuilt online, side by side, while the old one serves, and swapped in when it
+/// is complete (`/readyz` stays ready); one that never had data is rebuilt at once.
+#[derive(Default)]
+pub(crate) struct Upgrade {
+    online: Vec<std::sync::Arc<dyn confab_projections::Projection>>,
+    store: Option<std::sync::Arc<dyn confab_eventstore::EventStore>>,
+    db: Option<confab_projections::ReadDb>,
+}
+
+impl Upgrade {
+    /// Rebuilds at once the outdated read models that are empty; returns the others.
+    pub(crate) async fn plan(
+        backend: &Backend,
+        engine: &confab_projections::Engine,
+    ) -> anyhow::Result<Upgrade> {
+        let mut online = Vec::new();
+        for (name, stored, code) in engine.outdated().await? {
+            let at = crate::audit::checkpoint(&backend.db, name).await?;
+            if at == 0 {
+                match engine.rebuild(name, |_, _| {}).await {
+                    Ok(_) | Err(confab_projections::ProjectionError::Halted { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                continue;
+            }
+            tracing::info!(
+                projection = name,
+                stored,
+                code,
+                "read model built by another version; rebuilding it online while it serves"
+            );
+            if let Some(p) = confab_projections::all().into_iter().find(|p| p.name() == name) {
+                online.push(p);
+            }
+        }
+        Ok(Upgrade {
+            online,
+            store: Some(backend.store.clone()),
+            db: Some(backend.db.clone()),
+        })
+    }
+
+    /// Runs the online rebuilds one after the other until done or `stop`.
+    pub(crate) fn spawn(self, stop: watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>> {
+        let (Some(store), Some(db)) = (self.store, self.db) else {
+            return None;
+        };
+        if self.online.is_empty() {
+            return None;
+        }
+        Some(tokio::spawn(async move {
+            for p in self.online {
+                let name = p.name();
+                match crate::rebuild::online(store.clone(), &db, p, false, Some(stop.clone()))
+                    .await
+                {
+                    Ok(done) => tracing::info!(
+                        projection = name,
+                        position = done.position,
+                        events = done.events,
+                        rows = done.rows,
+                        seconds = done.seconds,
+                        "read model rebuilt online and swapped in"
+                    ),
+                    Err(e) => tracing::error!(
+                        projection = name,
+                        error = format!("{e:#}"),
+                        "online rebuild failed; the old read model still serves: rebuild it \
+                         with `confab projections rebuild NAME --online`"
+                    ),
+                }
+                if *stop.borrow() {
+                    break;
+                }
+            }
+        }))
+    }
 }
 
 impl Application {
@@ -48,14 +130,26 @@ impl Application {
                 "set both CONFAB_ADMIN_EMAIL and CONFAB_ADMIN_PASSWORD to create an admin, or neither"
             ),
         }
-        let engine = backend.engine();
+        let engine = backend
+            .engine()
+            .with_on_error(config.projection_on_error()?);
+        let mut upgrade = Upgrade::default();
         if config.run_projections {
             // Serve nothing stale: bring every read model up to the log as it is now (events
             // appended while the server was down, by `confab admin create`, say) before the
-            // first request. With dedicated workers, /readyz reports their lag instead.
+            // first request. With dedicated workers, /readyz reports their lag instead. A read
+            // model built by another version of its projection is rebuilt side by side while
+            // the old one serves (see `Upgrade`).
+            upgrade = Upgrade::plan(&backend, &engine).await?;
             for name in engine.names() {
-                let at = engine.catch_up(name, |_, _| {}).await?;
-                tracing::debug!(projection = name, position = at, "caught up at start-up");
+                match engine.catch_up(name, |_, _| {}).await {
+                    Ok(at) => {
+                        tracing::debug!(projection = name, position = at, "caught up at start-up")
+                    }
+                    // Logged where it halted; /readyz names it until an operator acts.
+                    Err(confab_projections::ProjectionError::Halted { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         let jobs = Jobs::open(&config, &backend, &engine).await?;
@@ -69,19 +163,22 @@ impl Application {
         // Stripe events are queued in this process's own file, so its worker runs here
         // whether or not the other jobs do.
         let stripe = stripe_queue(&config).await?;
-        // Documents are queued in this process's own file too: uploads arrive here.
-        let documents = confab_workers::documents::DocumentQueue::open(
-            &config.data_dir.join("document-jobs.db"),
-        )
-        .await
-        .context("the document job queue (document-jobs.db in CONFAB_DATA_DIR)")?;
+        let documents = document_queue(&config, &backend).await?;
+        // On SQLite the document queue is this process's own file, so its worker runs here
+        // whatever CONFAB_RUN_JOBS says; on PostgreSQL it is shared and runs with the others.
+        let documents_here = config.run_jobs
+            || matches!(
+                documents,
+                confab_workers::documents::OpenedDocumentQueue::Sqlite(_)
+            );
         let app = jobs.services(
             &config,
             &backend,
             &engine,
             Some(stripe.queue.clone()),
-            Some(documents.queue.clone()),
+            Some(documents.queue()),
         )?;
+        let app = with_pgvector(&config, &backend, app).await?;
         // Events recorded whose job was lost (a crash between the two, a removed queue file).
         confab_application::billing::requeue_unprocessed(&app)
             .await
@@ -100,15 +197,20 @@ impl Application {
             app.clone(),
             config.billing.worker_concurrency,
         );
-        let monitor = confab_workers::documents::register(
-            monitor,
-            documents,
-            app.clone(),
-            config.document_worker_concurrency,
-        );
+        let monitor = if documents_here {
+            confab_workers::documents::register(
+                monitor,
+                documents,
+                app.clone(),
+                config.document_worker_concurrency,
+            )
+        } else {
+            monitor
+        };
         let realtime = realtime_for(&config, &backend).await?;
+        let services = app.clone();
         let state = AppState {
-            app,
+            app: app.clone(),
             engine: engine.clone(),
             readiness_max_lag: config.readiness_max_lag,
             cron_secret: config
@@ -130,9 +232,11 @@ impl Application {
             listener,
             router: confab_api::router(state),
             workers: config.run_projections.then(|| Workers::new(engine)),
+            upgrade,
             jobs: Some(monitor),
             realtime,
             db: backend.db.clone(),
+            services,
             port,
         })
     }
@@ -142,6 +246,12 @@ impl Application {
         self.port
     }
 
+    /// The services its use cases run with: for tests and tools that drive the application
+    /// layer of this very process (a use case without its HTTP edge, a job body by hand).
+    pub fn services(&self) -> Services {
+        self.services.clone()
+    }
+
     /// Serves until `shutdown` resolves, then drains connections and stops the workers.
     pub async fn run_until(
         self,
@@ -149,6 +259,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let workers = self.workers.map(|w| tokio::spawn(w.run(stopped.clone())));
+        let upgrade = self.upgrade.spawn(stopped.clone());
         let jobs = self.jobs.map(|m| spawn_monitor(m, stopped.clone()));
         let tailer = self.realtime.spawn_tailer();
         let purge = tokio::spawn(confab_api::idempotency::purge_periodically(
@@ -183,6 +294,9 @@ impl Application {
         }
         if let Some(w) = workers {
             w.await?;
+        }
+        if let Some(u) = upgrade {
+            u.await?;
         }
         Ok(())
     }
@@ -256,7 +370,10 @@ impl Jobs {
                 let opened = ReplyQueue::open(&config.data_dir.join("jobs.db"))
                     .await
                     .context("the job queue (jobs.db in CONFAB_DATA_DIR)")?;
-                (opened, Relay::Local(ReplyHub::new()))
+                (
+                    opened,
+                    Relay::Local(ReplyHub::new(), Some(backend.db.clone())),
+                )
             }
             confab_projections::ReadDb::Postgres(pool) => {
                 let opened = ReplyQueue::open_postgres(pool, config.worker_concurrency.max(1))
@@ -316,6 +433,7 @@ impl Jobs {
             positions: engine.positions(),
             write_timeout: Duration::from_millis(config.write_timeout_ms),
             session_ttl: chrono::Duration::hours(i64::from(config.session_ttl_hours)),
+            hold_ttl: config.credit_hold_ttl()?,
             catalogue: Arc::new(config.catalogue.clone()),
             llm: Arc::new(confab_application::ai::LlmSettings {
                 providers: config.llm_providers(),
@@ -337,10 +455,13 @@ impl Jobs {
             }),
             billing,
             documents: Arc::new(config.document_settings()?),
+            vectors: Arc::new(confab_application::documents::index::VectorIndex::new(
+                config.vector_cache_mb.saturating_mul(1024 * 1024),
+            )),
         })
     }
 
-    /// The job workers: replies and the credit reset.
+    /// The job workers: replies, the credit reset and the sweep of expired credit holds.
     pub(crate) fn monitor(
         self,
         config: &Config,
@@ -351,6 +472,7 @@ impl Jobs {
             app,
             config.worker_concurrency.max(1),
             &config.credit_reset_schedule,
+            &config.credit_sweep_schedule,
         )
     }
 }
@@ -378,28 +500,46 @@ pub async fn work(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let backend = Backend::open(&config, Migrations::Require).await?;
-    let engine = backend.engine();
+    let engine = backend
+        .engine()
+        .with_on_error(config.projection_on_error()?);
+    // A read model built by another version of its projection is rebuilt from the log, side
+    // by side while the old one serves.
+    let upgrade = Upgrade::plan(&backend, &engine).await?;
     let jobs = Jobs::open(&config, &backend, &engine).await?;
-    let app = jobs.services(&config, &backend, &engine, None, None)?;
     let (stop, stopped) = watch::channel(false);
-    let monitor = match jobs.queue {
-        confab_workers::queue::ReplyQueue::Postgres(_) => {
-            tracing::info!("confab work: projections and job workers running");
-            Some(spawn_monitor(jobs.monitor(&config, app)?, stopped.clone()))
-        }
-        confab_workers::queue::ReplyQueue::Sqlite(_) => {
-            tracing::info!(
-                "confab work: projections running; on the embedded SQLite default the job \
-                 workers run in `serve`"
-            );
-            None
-        }
+    let on_postgres = matches!(jobs.queue, confab_workers::queue::ReplyQueue::Postgres(_));
+    let monitor = if on_postgres {
+        let documents = document_queue(&config, &backend).await?;
+        let app = jobs.services(&config, &backend, &engine, None, Some(documents.queue()))?;
+        let app = with_pgvector(&config, &backend, app).await?;
+        let monitor = jobs.monitor(&config, app.clone())?;
+        let monitor = confab_workers::documents::register(
+            monitor,
+            documents,
+            app,
+            config.document_worker_concurrency,
+        );
+        tracing::info!(
+            "confab work: projections and job workers (replies, credit reset, documents) running"
+        );
+        Some(spawn_monitor(monitor, stopped.clone()))
+    } else {
+        tracing::info!(
+            "confab work: projections running; on the embedded SQLite default the job \
+             workers run in `serve`"
+        );
+        None
     };
+    let upgrading = upgrade.spawn(stopped.clone());
     let workers = tokio::spawn(Workers::new(engine).run(stopped));
     shutdown.await;
     tracing::info!("shutting down");
     let _ = stop.send(true);
     workers.await?;
+    if let Some(u) = upgrading {
+        u.await?;
+    }
     if let Some(m) = monitor {
         m.await?;
     }
@@ -407,6 +547,85 @@ pub async fn work(
 }
 
 /// The Stripe job queue of this process: its own file in the data directory.
+/// `svc` with pgvector turned on when the database is PostgreSQL, `CONFAB_PGVECTOR` is not
+/// `off` and the extension is installed or can be created; then the vectors stored before it
+/// was are copied into its index.
+async fn with_pgvector(
+    config: &Config,
+    backend: &Backend,
+    mut svc: Services,
+) -> anyhow::Result<Services> {
+    let mode = config.pgvector.trim().to_ascii_lowercase();
+    if !matches!(mode.as_str(), "auto" | "on" | "off") {
+        anyhow::bail!(
+            "CONFAB_PGVECTOR is {:?}; use auto, on or off",
+            config.pgvector
+        );
+    }
+    let confab_projections::ReadDb::Postgres(pool) = &backend.db else {
+        if mode == "on" {
+            anyhow::bail!("CONFAB_PGVECTOR=on needs PostgreSQL (CONFAB_DATABASE_URL)");
+        }
+        return Ok(svc);
+    };
+    if mode == "off" {
+        tracing::info!("pgvector off (CONFAB_PGVECTOR=off): vectors ranked by the in-memory index");
+        return Ok(svc);
+    }
+    let enabled = confab_projections::pgvector::enable(pool)
+        .await
+        .context("checking for the pgvector extension")?;
+    if !enabled {
+        if mode == "on" {
+            anyhow::bail!(
+                "CONFAB_PGVECTOR=on but the vector extension is not installed in PostgreSQL"
+            );
+        }
+        tracing::info!(
+            "pgvector is not installed: vectors ranked by the in-memory index and exact re-ranking"
+        );
+        return Ok(svc);
+    }
+    let copied = confab_projections::pgvector::backfill(pool)
+        .await
+        .context("copying stored vectors into the pgvector index")?;
+    tracing::info!(
+        copied,
+        "pgvector on: vectors ranked by HNSW indexes (cosine)"
+    );
+    let mut settings = (*svc.documents).clone();
+    settings.pgvector = true;
+    svc.documents = std::sync::Arc::new(settings);
+    Ok(svc)
+}
+
+/// The document queue of a process: on SQLite its own file (`document-jobs.db` in the data
+/// directory), on PostgreSQL the `process_document` queue shared by every process.
+async fn document_queue(
+    config: &Config,
+    backend: &Backend,
+) -> anyhow::Result<confab_workers::documents::OpenedDocumentQueue> {
+    use confab_workers::documents::OpenedDocumentQueue;
+    match &backend.db {
+        confab_projections::ReadDb::Sqlite(_) => {
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!(
+                    "cannot create the data directory {}",
+                    config.data_dir.display()
+                )
+            })?;
+            OpenedDocumentQueue::sqlite(&config.data_dir.join("document-jobs.db"))
+                .await
+                .context("the document job queue (document-jobs.db in CONFAB_DATA_DIR)")
+        }
+        confab_projections::ReadDb::Postgres(pool) => {
+            OpenedDocumentQueue::postgres(pool, config.document_worker_concurrency.max(1))
+                .await
+                .context("the document job queue (schema apalis in CONFAB_DATABASE_URL)")
+        }
+    }
+}
+
 async fn stripe_queue(
     config: &Config,
 ) -> anyhow::Result<confab_workers::billing::OpenedStripeQueue> {

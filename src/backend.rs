@@ -63,6 +63,9 @@ impl Backend {
             DatabaseKind::Postgres => {
                 let pool = PgPoolOptions::new()
                     .max_connections(16)
+                    // With PostgreSQL out of reach, a request fails in seconds (503, retry)
+                    // instead of queueing for sqlx's default 30.
+                    .acquire_timeout(std::time::Duration::from_secs(3))
                     .connect(&url)
                     .await
                     .context("cannot connect to PostgreSQL (check CONFAB_DATABASE_URL)")?;

@@ -39,6 +39,10 @@ pub struct Config {
     /// Whether `serve` runs the projections itself (`CONFAB_RUN_PROJECTIONS`); turn off when
     /// dedicated `confab work` processes run them.
     pub run_projections: bool,
+    /// What a projection does with an event it cannot apply after its retries
+    /// (`CONFAB_PROJECTION_ON_ERROR`): `halt` (default: it stops there and `/readyz` names it)
+    /// or `park` (the event goes to the dead letters and the projection goes on).
+    pub projection_on_error: String,
     /// Whether `serve` applies pending migrations on PostgreSQL at start-up
     /// (`CONFAB_AUTO_MIGRATE`); SQLite is always migrated.
     pub auto_migrate: bool,
@@ -95,6 +99,13 @@ pub struct Config {
     /// When the workers run the monthly credit reset, as a cron expression with seconds
     /// (`CONFAB_CREDIT_RESET_SCHEDULE`, default `0 0 0 1 * *`: midnight UTC on the 1st).
     pub credit_reset_schedule: String,
+    /// How long a reply's credit hold lasts, in seconds (`CONFAB_CREDIT_HOLD_TTL_SECS`,
+    /// default 3600): past it, a hold nothing settled (a crash before its job was queued, a
+    /// job out of attempts) is released by the sweeper. Keep it above the longest reply.
+    pub credit_hold_ttl_secs: u64,
+    /// When the workers release expired credit holds, as a cron expression with seconds
+    /// (`CONFAB_CREDIT_SWEEP_SCHEDULE`, default `0 * * * * *`: every minute).
+    pub credit_sweep_schedule: String,
     /// Longest wait for a provider's first token, per attempt (`CONFAB_LLM_FIRST_TOKEN_TIMEOUT_MS`).
     pub llm_first_token_timeout_ms: u64,
     /// Longest silence between two chunks of a reply (`CONFAB_LLM_IDLE_TIMEOUT_MS`).
@@ -126,6 +137,14 @@ pub struct Config {
     /// Document jobs (parsing, embedding) one process runs at once
     /// (`CONFAB_DOCUMENT_WORKER_CONCURRENCY`, default 2): the cap on embeddings calls in flight.
     pub document_worker_concurrency: usize,
+    /// Memory the in-memory vector index of retrieval may keep, in MiB
+    /// (`CONFAB_VECTOR_CACHE_MB`): the sign bits of documents' vectors, about 250 bytes a
+    /// chunk at 1,536 dimensions.
+    pub vector_cache_mb: usize,
+    /// pgvector on PostgreSQL (`CONFAB_PGVECTOR`): `auto` (default) uses it when the `vector`
+    /// extension is installed or can be created, `on` refuses to start without it, `off`
+    /// keeps the in-memory index and exact re-ranking.
+    pub pgvector: String,
     /// Whether `serve` runs the job workers (LLM replies, the credit reset) itself
     /// (`CONFAB_RUN_JOBS`); on PostgreSQL, turn off when dedicated `confab work` processes run
     /// them. The embedded SQLite default always runs them in `serve`.
@@ -237,6 +256,7 @@ impl Default for Config {
             max_event_bytes: 1024 * 1024,
             readiness_max_lag: 10_000,
             run_projections: true,
+            projection_on_error: "halt".into(),
             auto_migrate: false,
             admin_email: None,
             encryption_key: None,
@@ -253,6 +273,8 @@ impl Default for Config {
             catalogue: Catalogue::default(),
             cron_secret: None,
             credit_reset_schedule: "0 0 0 1 * *".into(),
+            credit_hold_ttl_secs: 3600,
+            credit_sweep_schedule: "0 * * * * *".into(),
             llm_first_token_timeout_ms: 60_000,
             llm_idle_timeout_ms: 60_000,
             llm_retries: 2,
@@ -267,6 +289,8 @@ impl Default for Config {
             chunk_overlap: 64,
             rag_top_k: 5,
             document_worker_concurrency: 2,
+            vector_cache_mb: 512,
+            pgvector: "auto".into(),
             run_jobs: true,
             rate_limit_enabled: true,
             rate_limit_per_ip: "10/10s".into(),
@@ -334,6 +358,25 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// What projections do with an event they cannot apply.
+    pub fn projection_on_error(&self) -> anyhow::Result<confab_projections::OnError> {
+        self.projection_on_error
+            .parse()
+            .map_err(|e| anyhow::anyhow!("CONFAB_PROJECTION_ON_ERROR: {e}"))
+    }
+
+    /// How long a reply's credit hold lasts: at least a second.
+    pub fn credit_hold_ttl(&self) -> anyhow::Result<chrono::Duration> {
+        if self.credit_hold_ttl_secs == 0 {
+            anyhow::bail!("CONFAB_CREDIT_HOLD_TTL_SECS must be at least 1 (seconds)");
+        }
+        let secs = i64::try_from(self.credit_hold_ttl_secs)
+            .ok()
+            .and_then(chrono::Duration::try_seconds)
+            .ok_or_else(|| anyhow::anyhow!("CONFAB_CREDIT_HOLD_TTL_SECS is too large"))?;
+        Ok(secs)
+    }
+
     /// The provider-key encryption key: the configured one, or on the embedded default the one
     /// kept in the data directory (created on first use, readable by its owner only). On
     /// PostgreSQL it must be configured: an error says so.
@@ -480,6 +523,7 @@ impl Config {
             sizing,
             top_k: self.rag_top_k,
             batch: self.embedding_batch.max(1),
+            pgvector: false,
         })
     }
 

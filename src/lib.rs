@@ -2,9 +2,12 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod events;
+pub mod rebuild;
 
 pub use app::Application;
 pub use config::Config;

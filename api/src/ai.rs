@@ -237,7 +237,10 @@ pub(crate) async fn credit_history(
     if let Some(k) = q.kind.as_deref()
         && !confab_projections::credits::TYPES.contains(&k)
     {
-        problems.add("type", "must be usage, reset, topup or subscription");
+        problems.add(
+            "type",
+            "must be usage, reset, topup, subscription, grant, adjustment or release",
+        );
     }
     if !problems.is_empty() {
         return Err(problems.into());

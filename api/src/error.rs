@@ -172,6 +172,10 @@ impl From<AppError> for ApiError {
                     "a write is committed but its read model is behind; answering 202");
                 ApiError::Recorded { position: t.wanted }
             }
+            e @ (AppError::Store(_) | AppError::ReadModel(_)) if database_down(&e) => {
+                tracing::warn!(error = %e, "the database is unreachable; answering 503");
+                ApiError::database_down()
+            }
             e @ (AppError::Store(_)
             | AppError::Upcast(_)
             | AppError::ReadModel(_)
@@ -180,7 +184,61 @@ impl From<AppError> for ApiError {
     }
 }
 
+/// Whether `e` is, at its root, the database being out of reach (down, restarting, refusing
+/// connections, no connection free in time) rather than a fault: a 503 to retry, not a 500.
+pub fn database_down(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        // The event store keeps its database error behind an `Arc`, whose own `source` would
+        // skip it.
+        if let Some(shared) =
+            c.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+        {
+            cause = Some(&**shared);
+            continue;
+        }
+        if let Some(sql) = c.downcast_ref::<sqlx::Error>() {
+            return match sql {
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed => true,
+                // PostgreSQL: connection exceptions (class 08), shutting down or starting up
+                // (57P01-57P03), too many connections (53300). SQLite: busy or locked past
+                // the busy timeout.
+                sqlx::Error::Database(d) => d.code().is_some_and(|code| {
+                    code.starts_with("08")
+                        || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300" | "5" | "6")
+                }),
+                _ => false,
+            };
+        }
+        cause = c.source();
+    }
+    false
+}
+
 impl ApiError {
+    /// The database is out of reach: 503 with `Retry-After`, to retry shortly.
+    pub fn database_down() -> Self {
+        ApiError::Busy {
+            message: "the database is unavailable; retry shortly".into(),
+            retry_after_secs: 1,
+        }
+    }
+
+    /// A database error met at the edge: 503 when the database is out of reach, else 500.
+    pub fn database(e: sqlx::Error) -> Self {
+        if database_down(&e) {
+            tracing::warn!(error = %e, "the database is unreachable; answering 503");
+            ApiError::database_down()
+        } else {
+            ApiError::Internal(e.into())
+        }
+    }
+
     /// A conflict without details.
     pub fn conflict(message: impl Into<String>) -> Self {
         ApiError::Conflict {
@@ -368,6 +426,31 @@ mod tests {
         let status = r.status();
         let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
         (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_database_out_of_reach_is_a_503_to_retry_a_fault_is_a_500() {
+        use confab_eventstore::StoreError;
+        let refused = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        for down in [
+            AppError::ReadModel(sqlx::Error::PoolTimedOut),
+            AppError::ReadModel(sqlx::Error::Io(refused())),
+            AppError::Store(StoreError::database(sqlx::Error::PoolTimedOut)),
+            AppError::Store(StoreError::database(sqlx::Error::Io(refused()))),
+        ] {
+            let (status, body) = body(down.into()).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert_eq!(body["error"]["code"], "unavailable");
+        }
+        for fault in [
+            AppError::ReadModel(sqlx::Error::RowNotFound),
+            AppError::Store(StoreError::database(sqlx::Error::ColumnNotFound(
+                "x".into(),
+            ))),
+        ] {
+            let (status, _) = body(fault.into()).await;
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        }
     }
 
     #[tokio::test]

@@ -18,13 +18,21 @@ pub async fn healthz() -> Json<Health> {
 /// `GET /readyz`: the store answers and every projection is within the allowed lag.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "Store reachable, projections within the allowed lag", body = Readiness), (status = 503, description = "Not ready: the projections behind, or the store unreachable", body = ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, ApiError> {
-    let statuses = state.engine.status().await.map_err(|e| {
-        tracing::warn!(error = %e, "readiness check cannot read the store");
-        ApiError::Unavailable {
-            message: "event store or read model database unreachable".into(),
-            details: json!({}),
-        }
-    })?;
+    // Answered within two seconds whatever the database does: a probe that hangs is no probe.
+    let unreachable = || ApiError::Unavailable {
+        message: "event store or read model database unreachable".into(),
+        details: json!({}),
+    };
+    let statuses = tokio::time::timeout(std::time::Duration::from_secs(2), state.engine.status())
+        .await
+        .map_err(|_| {
+            tracing::warn!("readiness check: the store did not answer within 2 s");
+            unreachable()
+        })?
+        .map_err(|e| {
+            tracing::warn!(error = %e, "readiness check cannot read the store");
+            unreachable()
+        })?;
     let projections: Vec<ProjectionProgress> = statuses
         .iter()
         .map(|s| ProjectionProgress {
@@ -34,6 +42,23 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Readiness>, Ap
             lag: s.lag(),
         })
         .collect();
+    let halted: Vec<String> = statuses
+        .iter()
+        .filter_map(|s| {
+            s.halted
+                .map(|p| format!("{} halted at position {p}", s.name))
+        })
+        .collect();
+    if !halted.is_empty() {
+        return Err(ApiError::Unavailable {
+            message: format!(
+                "{}: an event it cannot apply; `confab projections parked` shows why, \
+                 `confab projections retry` or `skip` resumes",
+                halted.join(", ")
+            ),
+            details: json!({ "projections": projections, "halted": halted }),
+        });
+    }
     let behind: Vec<&str> = statuses
         .iter()
         .filter(|s| s.lag() > state.readiness_max_lag)

@@ -3,7 +3,11 @@
 //!
 //! Keys are scoped to the caller (their session token's hash), the method and the path. The same
 //! key with a different body is a 409; a retry while the first request still runs is a 409 too.
-//! 5xx answers are not kept, so a retry after a failure runs again. Sign-up and sign-in are not
+//! 5xx answers are not kept, so a retry after a failure runs again; so does a retry after a
+//! run that never answered (its process died) once 15 seconds have passed. A request that
+//! creates something (a chat, a message, an attachment, a provider) creates it under an id fixed
+//! at the key's first use, so a run again finds what an earlier run wrote instead of writing it
+//! twice. Sign-up and sign-in are not
 //! covered: their answers hold session tokens, which are never stored in the clear. Answers are
 //! kept 24 hours; [`purge_periodically`] deletes older ones every hour. The caller is
 //! authenticated before the body is read (anonymous requests pass to the route, which answers
@@ -31,6 +35,10 @@ pub const HEADER: &str = "idempotency-key";
 const KEEP: Duration = Duration::hours(24);
 /// Largest response kept for replay.
 const MAX_BODY: usize = 16 * 1024 * 1024;
+/// How long a claim may go unanswered before it counts as abandoned (its run's process died)
+/// and a retry runs the request again. Runs are bounded well below this: the body is read
+/// before the claim, and a write waits at most `CONFAB_WRITE_TIMEOUT_MS` for its read model.
+const ABANDONED_AFTER: Duration = Duration::seconds(15);
 /// The body limit of routes without their own (axum's default).
 const DEFAULT_REQUEST_LIMIT: usize = 2 * 1024 * 1024;
 
@@ -121,27 +129,95 @@ pub async fn purge_periodically(db: ReadDb, mut stop: tokio::sync::watch::Receiv
     }
 }
 
-async fn claim(db: &ReadDb, scope: &str, request_hash: &str) -> Result<bool, sqlx::Error> {
-    let sql = "INSERT INTO idempotency_keys (scope, request_hash, created_at) VALUES ($1, $2, $3) \
-               ON CONFLICT (scope) DO NOTHING";
+/// Claims `scope` for a run of the request: the id of what the request creates, fixed at its
+/// first claim, or `None` while another run holds the claim. A claim whose run never answered
+/// (its process died, or it failed with a 5xx) is taken over by the next run of the same
+/// request, with the same id, so that it finds what the first run may have written instead of
+/// writing it again.
+async fn claim(
+    db: &ReadDb,
+    scope: &str,
+    request_hash: &str,
+) -> Result<Option<uuid::Uuid>, sqlx::Error> {
+    let insert = "INSERT INTO idempotency_keys (scope, request_hash, created_at, resource_id) \
+                  VALUES ($1, $2, $3, $4) ON CONFLICT (scope) DO NOTHING";
+    let take_over = "UPDATE idempotency_keys SET created_at = $3 WHERE scope = $1 \
+                     AND request_hash = $2 AND status IS NULL AND created_at < $4 \
+                     RETURNING resource_id";
     let now = Utc::now();
-    let n = match db {
-        ReadDb::Sqlite(p) => sqlx::query(sql)
-            .bind(scope)
-            .bind(request_hash)
-            .bind(now)
-            .execute(p)
-            .await?
-            .rows_affected(),
-        ReadDb::Postgres(p) => sqlx::query(sql)
-            .bind(scope)
-            .bind(request_hash)
-            .bind(now)
-            .execute(p)
-            .await?
-            .rows_affected(),
+    let id = uuid::Uuid::now_v7();
+    let abandoned = now - ABANDONED_AFTER;
+    let taken: Option<Option<String>> = match db {
+        ReadDb::Sqlite(p) => {
+            let n = sqlx::query(insert)
+                .bind(scope)
+                .bind(request_hash)
+                .bind(now)
+                .bind(id.to_string())
+                .execute(p)
+                .await?
+                .rows_affected();
+            if n == 1 {
+                return Ok(Some(id));
+            }
+            sqlx::query_scalar(take_over)
+                .bind(scope)
+                .bind(request_hash)
+                .bind(now)
+                .bind(abandoned)
+                .fetch_optional(p)
+                .await?
+        }
+        ReadDb::Postgres(p) => {
+            let n = sqlx::query(insert)
+                .bind(scope)
+                .bind(request_hash)
+                .bind(now)
+                .bind(id.to_string())
+                .execute(p)
+                .await?
+                .rows_affected();
+            if n == 1 {
+                return Ok(Some(id));
+            }
+            sqlx::query_scalar(take_over)
+                .bind(scope)
+                .bind(request_hash)
+                .bind(now)
+                .bind(abandoned)
+                .fetch_optional(p)
+                .await?
+        }
     };
-    Ok(n == 1)
+    // A claim made before resource ids were kept has none: the run gets a fresh one.
+    Ok(taken.map(|kept| {
+        kept.and_then(|k| uuid::Uuid::parse_str(&k).ok())
+            .unwrap_or(id)
+    }))
+}
+
+/// Gives a claim up after a run that did not answer (a 5xx): the next run of the request takes
+/// it over at once, keeping its resource id (the failed run may have written before failing).
+async fn abandon(db: &ReadDb, scope: &str) -> Result<(), sqlx::Error> {
+    let sql = "UPDATE idempotency_keys SET created_at = $2 WHERE scope = $1";
+    let long_ago = Utc::now() - ABANDONED_AFTER - Duration::seconds(1);
+    match db {
+        ReadDb::Sqlite(p) => {
+            sqlx::query(sql)
+                .bind(scope)
+                .bind(long_ago)
+                .execute(p)
+                .await?;
+        }
+        ReadDb::Postgres(p) => {
+            sqlx::query(sql)
+                .bind(scope)
+                .bind(long_ago)
+                .execute(p)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 async fn keep(
@@ -278,7 +354,7 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
         .map_err(|_| ApiError::PayloadTooLarge(format!("the body is over {limit} bytes")))?;
     let request_hash = hex(&Sha256::digest(&bytes));
     let db = &state.app.db;
-    let internal = |e: sqlx::Error| ApiError::Internal(e.into());
+    let internal = ApiError::database;
 
     if let Some(stored) = lookup(db, &scope).await.map_err(internal)? {
         if Utc::now() - stored.created_at > KEEP {
@@ -290,9 +366,12 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
                 "this Idempotency-Key was used with a different request",
             ));
         } else if stored.status.is_none() {
-            return Err(ApiError::conflict(
-                "a request with this Idempotency-Key is still in progress; retry later",
-            ));
+            if Utc::now() - stored.created_at < ABANDONED_AFTER {
+                return Err(ApiError::conflict(
+                    "a request with this Idempotency-Key is still in progress; retry later",
+                ));
+            }
+            // Abandoned by a run that never answered: taken over below.
         } else if stored.content_type.as_deref() == Some(STREAMED_REPLY) {
             let user = parts
                 .extensions
@@ -304,10 +383,14 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
             return Ok(replay(stored));
         }
     }
-    if !claim(db, &scope, &request_hash).await.map_err(internal)? {
+    let Some(resource_id) = claim(db, &scope, &request_hash).await.map_err(internal)? else {
         return Err(ApiError::conflict(
             "a request with this Idempotency-Key is still in progress; retry later",
         ));
+    };
+    let mut parts = parts;
+    if let Some(user) = parts.extensions.get_mut::<AuthUser>() {
+        user.0.resource_id = Some(resource_id);
     }
     let resp = next
         .run(Request::from_parts(parts, Body::from(bytes)))
@@ -336,16 +419,14 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(e) => {
-            let _ = exec(db, "DELETE FROM idempotency_keys WHERE scope = $1", &scope).await;
+            let _ = abandon(db, &scope).await;
             return Err(ApiError::Internal(
                 anyhow::Error::new(e).context("reading the response body to keep"),
             ));
         }
     };
     if parts.status.is_server_error() {
-        exec(db, "DELETE FROM idempotency_keys WHERE scope = $1", &scope)
-            .await
-            .map_err(internal)?;
+        abandon(db, &scope).await.map_err(internal)?;
     } else {
         let ct = parts
             .headers

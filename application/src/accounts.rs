@@ -437,6 +437,7 @@ pub async fn authenticate(
         user: s.user,
         session_id: s.session_id,
         correlation_id,
+        resource_id: None,
     }))
 }
 

@@ -43,14 +43,29 @@ pub async fn create_chat(
     title: ChatTitle,
 ) -> Result<ChatRow, AppError> {
     actor.may_act_for(owner)?;
-    let chat_id = Uuid::now_v7();
+    let chat_id = actor.new_id();
     let command = ChatCommand::Create {
         chat_id,
         owner,
         title,
         at: now(),
     };
-    run(svc, actor, chat_id, command).await?;
+    match svc
+        .commands
+        .execute::<Chat>(&chat_id, command, actor.metadata())
+        .await
+    {
+        Ok(done) => {
+            svc.visible(chats::NAME, done.appended.map(|a| a.last_position))
+                .await?;
+        }
+        // Created by an earlier run of this very request (same Idempotency-Key), whose answer
+        // was lost: answer with what it created.
+        Err(ExecuteError::Domain(ChatError::ChatAlreadyExists)) if actor.resource_id.is_some() => {
+            svc.caught_up(chats::NAME).await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
     chats::get_chat(&svc.db, chat_id, owner)
         .await?
         .ok_or(AppError::bug(
@@ -213,7 +228,7 @@ pub async fn send_message(
     content: MessageContent,
     kind: MessageKind,
 ) -> Result<MessageRow, AppError> {
-    let message_id = Uuid::now_v7();
+    let message_id = actor.new_id();
     let command = ChatCommand::SendMessage {
         message_id,
         actor: actor.id(),
@@ -222,7 +237,31 @@ pub async fn send_message(
         kind,
         at: now(),
     };
-    let done = run(svc, actor, chat_id, command).await?;
+    let done = match svc
+        .commands
+        .execute::<Chat>(&chat_id, command, actor.metadata())
+        .await
+    {
+        Ok(done) => {
+            svc.visible(chats::NAME, done.appended.map(|a| a.last_position))
+                .await?;
+            done
+        }
+        // Sent by an earlier run of this very request (same Idempotency-Key), whose answer was
+        // lost: answer with that message.
+        Err(ExecuteError::Domain(ChatError::MessageAlreadyExists))
+            if actor.resource_id.is_some() =>
+        {
+            svc.caught_up(chats::NAME).await?;
+            return chats::get_message(&svc.db, chat_id, message_id)
+                .await?
+                .filter(|m| m.user_id == actor.id())
+                .ok_or(AppError::bug(
+                    "a message sent by an earlier run of the request is missing",
+                ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     // The event holds the whole new row, and the read model holds it too by now: answer from
     // the event rather than reading it back.
     done.events
@@ -371,7 +410,7 @@ pub async fn add_attachment(
     let chat_id = chats::chat_of_message(&svc.db, message_id, actor.id())
         .await?
         .ok_or(AppError::NotFound("message"))?;
-    let attachment_id = Uuid::now_v7();
+    let attachment_id = actor.new_id();
     let command = ChatCommand::AddAttachment {
         message_id,
         attachment_id,

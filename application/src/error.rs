@@ -304,7 +304,9 @@ impl From<CreditError> for AppError {
             CreditError::InsufficientCredits { needed, available } => {
                 AppError::InsufficientCredits { needed, available }
             }
-            CreditError::InvalidAmount => AppError::invalid("amount", e.to_string()),
+            CreditError::InvalidAmount | CreditError::BelowZero { .. } => {
+                AppError::invalid("amount", e.to_string())
+            }
             CreditError::UnknownReservation => AppError::internal("settling credits", e),
         }
     }
@@ -354,6 +356,12 @@ impl From<ProviderError> for AppError {
 
 impl From<UserLlmConfigError> for AppError {
     fn from(e: UserLlmConfigError) -> Self {
+        match e {}
+    }
+}
+
+impl From<confab_domain::operations::ControlError> for AppError {
+    fn from(e: confab_domain::operations::ControlError) -> Self {
         match e {}
     }
 }

@@ -21,6 +21,7 @@ pub mod credits;
 pub mod documents;
 pub mod error;
 pub mod jobs;
+pub mod operations;
 pub mod providers;
 pub mod settings;
 
@@ -52,6 +53,8 @@ pub struct Services {
     pub write_timeout: Duration,
     /// How long a sign-in session lasts.
     pub session_ttl: chrono::Duration,
+    /// How long a reply's credit hold lasts before the sweeper may release it.
+    pub hold_ttl: chrono::Duration,
     /// Models and tiers.
     pub catalogue: Arc<Catalogue>,
     /// LLM providers and the rules of calling them.
@@ -70,9 +73,18 @@ pub struct Services {
     pub billing: billing::BillingSettings,
     /// Documents: accepted uploads, chunking, embedding, retrieval.
     pub documents: Arc<documents::DocumentSettings>,
+    /// The in-memory vector index of retrieval (a cache of the stored vectors).
+    pub vectors: Arc<documents::index::VectorIndex>,
 }
 
 impl Services {
+    /// Waits until `projection` has applied everything in the log now: for a read of what an
+    /// earlier run of the same request wrote, whose position is not known.
+    pub async fn caught_up(&self, projection: &str) -> Result<(), AppError> {
+        let head = self.store.head_position().await?;
+        self.visible(projection, (head > 0).then_some(head)).await
+    }
+
     /// Read-your-writes: waits until `projection` has applied position `pos` (nothing to wait
     /// for when the command appended nothing), so the caller's next read sees the write.
     pub async fn visible(&self, projection: &str, pos: Option<u64>) -> Result<(), AppError> {
@@ -95,6 +107,11 @@ pub struct Actor {
     pub session_id: Uuid,
     /// The request (its `x-request-id`), recorded on every event it causes.
     pub correlation_id: Option<Uuid>,
+    /// The id of what this request creates, when it is fixed in advance: a request sent with
+    /// an `Idempotency-Key` always creates the same resource, so that running it again (its
+    /// first run was cut short by a crash) finds what the first run made instead of making
+    /// another.
+    pub resource_id: Option<Uuid>,
 }
 
 impl Actor {
@@ -106,6 +123,11 @@ impl Actor {
     /// Whether the user is an administrator.
     pub fn is_admin(&self) -> bool {
         self.user.role == "admin"
+    }
+
+    /// The id of the resource this request creates: the one fixed for it, or a new one.
+    pub fn new_id(&self) -> Uuid {
+        self.resource_id.unwrap_or_else(Uuid::now_v7)
     }
 
     /// Metadata for the events this actor causes.

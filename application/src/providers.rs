@@ -1,29 +1,43 @@
 //! LLM providers and users' own provider keys (seed 002): registering a provider (admins),
 //! reading one, setting and reading a user's key.
 //!
-//! Keys are encrypted with AES-256-GCM before they are recorded and are never returned: only a
-//! masked hint. A provider endpoint must be https, with no credentials in it, and must not point
+//! Keys are encrypted with AES-256-GCM before they are recorded, bound to their user and
+//! provider and tagged with the id of the master key ([`KeyCipher`]), and are never returned:
+//! only a masked hint. A provider endpoint must be https, with no credentials in it, and must not point
 //! at a loopback, private, link-local or otherwise internal address (server-side request
 //! forgery), unless its host is on the operator's allow-list.
 
 use crate::{Actor, AppError, Problems, Services, now};
-use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine as _;
 use confab_domain::provider::{Provider, RegisterProvider, SetUserKey, UserLlmConfig};
 use confab_projections::providers::{self, ProviderRow, UserConfigRow};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 use uuid::Uuid;
 
 /// A key could not be sealed or opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CipherError {
     /// Encryption failed.
     #[error("key encryption failed")]
     Encrypt,
-    /// The stored key is not one this cipher sealed (another key, or damaged).
-    #[error("a stored key cannot be decrypted")]
+    /// The stored key was sealed under a master key this process does not hold (the
+    /// configured `CONFAB_ENCRYPTION_KEY` changed, or another instance uses another one).
+    #[error(
+        "a stored key was sealed under encryption key id {kid}, which is not configured \
+         (the current key id is {current})"
+    )]
+    UnknownKey {
+        /// The key id the ciphertext names.
+        kid: String,
+        /// The key id of the configured key.
+        current: String,
+    },
+    /// The stored key does not open: damaged, or sealed for another user or provider.
+    #[error("a stored key cannot be decrypted (damaged, or sealed for another user or provider)")]
     Decrypt,
 }
 
@@ -33,51 +47,136 @@ impl From<CipherError> for AppError {
     }
 }
 
-/// Encrypts and decrypts provider keys with the configured 256-bit key.
+/// What a sealed provider key is bound to, as associated data: a ciphertext copied to another
+/// user's or another provider's configuration does not open there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyScope {
+    /// The user who owns the key.
+    pub user: Uuid,
+    /// The registered provider it is for (by id: provider names need not be unique).
+    pub provider: Uuid,
+}
+
+impl KeyScope {
+    /// The canonical associated data: a fixed label and the two ids' 16 bytes each, so no two
+    /// scopes share an encoding.
+    fn aad(&self) -> [u8; AAD_LABEL.len() + 32] {
+        let mut out = [0u8; AAD_LABEL.len() + 32];
+        out[..AAD_LABEL.len()].copy_from_slice(AAD_LABEL);
+        out[AAD_LABEL.len()..AAD_LABEL.len() + 16].copy_from_slice(self.user.as_bytes());
+        out[AAD_LABEL.len() + 16..].copy_from_slice(self.provider.as_bytes());
+        out
+    }
+}
+
+const AAD_LABEL: &[u8] = b"confab/user-provider-key/v2\0";
+const KID_LABEL: &[u8] = b"confab/key-id/v1\0";
+const V2_PREFIX: &str = "v2:";
+
+/// The id of a master key: the first 8 hex digits of SHA-256 over a domain-separated encoding
+/// of it. It names the key in ciphertexts and logs without revealing it.
+pub fn key_id(key: &[u8; 32]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(KID_LABEL)
+        .chain_update(key)
+        .finalize();
+    hex::encode(&digest[..4])
+}
+
+/// Encrypts and decrypts users' provider keys with AES-256-GCM under a small keyring of master
+/// keys by id, one of them current (the one new keys are sealed with).
+///
+/// A sealed key reads `v2:<kid>:<base64(nonce || ciphertext+tag)>`, bound to its
+/// [`KeyScope`] as associated data. Keys sealed before key ids existed (plain base64, no
+/// associated data) still open with the current key.
 #[derive(Clone)]
-pub struct KeyCipher(Aes256Gcm);
+pub struct KeyCipher {
+    current: String,
+    keys: HashMap<String, Aes256Gcm>,
+}
 
 impl std::fmt::Debug for KeyCipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeyCipher(..)")
+        write!(f, "KeyCipher(current: {})", self.current)
     }
 }
 
 impl KeyCipher {
-    /// A cipher over a 32-byte key.
+    /// A keyring holding one 32-byte master key, which is current.
     pub fn new(key: &[u8; 32]) -> Self {
-        KeyCipher(Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)))
+        let current = key_id(key);
+        let keys = HashMap::from([(
+            current.clone(),
+            Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)),
+        )]);
+        KeyCipher { current, keys }
     }
 
-    /// Encrypts `plain`: base64 of a fresh 96-bit nonce followed by the ciphertext and tag.
-    pub fn encrypt(&self, plain: &str) -> Result<String, CipherError> {
+    /// The id of the key new ciphertexts are sealed with.
+    pub fn current_key_id(&self) -> &str {
+        &self.current
+    }
+
+    fn current_cipher(&self) -> &Aes256Gcm {
+        // `new` puts the current key in the map, and nothing removes it.
+        &self.keys[&self.current]
+    }
+
+    /// Seals `plain` for `scope` under the current key, with a fresh 96-bit nonce.
+    pub fn encrypt(&self, plain: &str, scope: KeyScope) -> Result<String, CipherError> {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let aad = scope.aad();
         let sealed = self
-            .0
-            .encrypt(&nonce, plain.as_bytes())
+            .current_cipher()
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plain.as_bytes(),
+                    aad: &aad,
+                },
+            )
             .map_err(|_| CipherError::Encrypt)?;
         let mut out = nonce.to_vec();
         out.extend(sealed);
-        Ok(base64::engine::general_purpose::STANDARD.encode(out))
+        Ok(format!(
+            "{V2_PREFIX}{}:{}",
+            self.current,
+            base64::engine::general_purpose::STANDARD.encode(out)
+        ))
     }
 
-    /// Decrypts what [`KeyCipher::encrypt`] produced.
-    pub fn decrypt(&self, sealed: &str) -> Result<String, CipherError> {
-        let fail = || CipherError::Decrypt;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(sealed)
-            .map_err(|_| fail())?;
-        if bytes.len() < 12 {
-            return Err(fail());
-        }
-        let (nonce, ct) = bytes.split_at(12);
-        let nonce: [u8; 12] = nonce.try_into().map_err(|_| fail())?;
-        let plain = self
-            .0
-            .decrypt(&Nonce::from(nonce), ct)
-            .map_err(|_| fail())?;
-        String::from_utf8(plain).map_err(|_| fail())
+    /// Opens what [`KeyCipher::encrypt`] sealed for `scope`, or a key sealed in the format
+    /// before key ids (base64 without a prefix; the base64 alphabet has no `:`).
+    pub fn decrypt(&self, sealed: &str, scope: KeyScope) -> Result<String, CipherError> {
+        let Some(rest) = sealed.strip_prefix(V2_PREFIX) else {
+            // The first format: no key id, no associated data, sealed with the only key there
+            // was, which can only be today's current key.
+            return open(self.current_cipher(), sealed, b"");
+        };
+        let (kid, body) = rest.split_once(':').ok_or(CipherError::Decrypt)?;
+        let cipher = self.keys.get(kid).ok_or_else(|| CipherError::UnknownKey {
+            kid: kid.to_owned(),
+            current: self.current.clone(),
+        })?;
+        open(cipher, body, &scope.aad())
     }
+}
+
+fn open(cipher: &Aes256Gcm, body: &str, aad: &[u8]) -> Result<String, CipherError> {
+    let fail = || CipherError::Decrypt;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|_| fail())?;
+    if bytes.len() < 12 {
+        return Err(fail());
+    }
+    let (nonce, ct) = bytes.split_at(12);
+    let nonce: [u8; 12] = nonce.try_into().map_err(|_| fail())?;
+    let plain = cipher
+        .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad })
+        .map_err(|_| fail())?;
+    String::from_utf8(plain).map_err(|_| fail())
 }
 
 /// A masked hint of a key: its first three and last four characters, e.g. `sk-...a1b2`.
@@ -276,7 +375,7 @@ pub async fn register_provider(
     let Some(api_endpoint) = endpoint.filter(|_| problems.is_empty()) else {
         return Err(problems.into());
     };
-    let provider_id = Uuid::now_v7();
+    let provider_id = actor.new_id();
     let command = RegisterProvider {
         provider_id,
         name,
@@ -325,7 +424,13 @@ pub async fn set_user_key(
     let command = SetUserKey {
         user_id,
         provider_id,
-        encrypted_key: svc.cipher.encrypt(api_key)?,
+        encrypted_key: svc.cipher.encrypt(
+            api_key,
+            KeyScope {
+                user: user_id,
+                provider: provider_id,
+            },
+        )?,
         key_hint: key_hint(api_key),
         at: now(),
     };
@@ -418,19 +523,98 @@ mod tests {
         assert!(guard.check_url("https://8.8.8.8/v1").is_ok());
     }
 
+    fn scope(user: u128, provider: u128) -> KeyScope {
+        KeyScope {
+            user: Uuid::from_u128(user),
+            provider: Uuid::from_u128(provider),
+        }
+    }
+
     #[test]
     fn keys_round_trip_encrypted_and_hints_hide_them() {
         let c = KeyCipher::new(&[7u8; 32]);
-        let sealed = c.encrypt("sk-test-1234567890abcd").unwrap();
+        let sealed = c.encrypt("sk-test-1234567890abcd", scope(1, 2)).unwrap();
         assert!(!sealed.contains("1234567890"));
         assert_ne!(
             sealed,
-            c.encrypt("sk-test-1234567890abcd").unwrap(),
+            c.encrypt("sk-test-1234567890abcd", scope(1, 2)).unwrap(),
             "fresh nonce each time"
         );
-        assert_eq!(c.decrypt(&sealed).unwrap(), "sk-test-1234567890abcd");
-        assert!(KeyCipher::new(&[8u8; 32]).decrypt(&sealed).is_err());
+        assert_eq!(
+            c.decrypt(&sealed, scope(1, 2)).unwrap(),
+            "sk-test-1234567890abcd"
+        );
         assert_eq!(key_hint("sk-test-1234567890abcd"), "sk-...abcd");
         assert_eq!(key_hint("short"), "...");
+    }
+
+    #[test]
+    fn a_sealed_key_names_its_master_key_id() {
+        let c = KeyCipher::new(&[7u8; 32]);
+        // SHA-256("confab/key-id/v1\0" || key), first 4 bytes: computed independently.
+        assert_eq!(c.current_key_id(), "af448592");
+        assert_eq!(key_id(&[7u8; 32]), "af448592");
+        assert_ne!(key_id(&[8u8; 32]), "af448592");
+        let sealed = c.encrypt("sk-test-1234567890abcd", scope(1, 2)).unwrap();
+        assert!(sealed.starts_with("v2:af448592:"), "{sealed}");
+        assert!(!format!("{c:?}").contains("[7"), "the key never prints");
+    }
+
+    #[test]
+    fn a_sealed_key_opens_only_for_its_user_and_provider() {
+        let c = KeyCipher::new(&[7u8; 32]);
+        let sealed = c.encrypt("sk-test-1234567890abcd", scope(1, 2)).unwrap();
+        assert_eq!(c.decrypt(&sealed, scope(3, 2)), Err(CipherError::Decrypt));
+        assert_eq!(c.decrypt(&sealed, scope(1, 3)), Err(CipherError::Decrypt));
+        // The ids are not interchangeable: (user, provider) is ordered.
+        assert_eq!(c.decrypt(&sealed, scope(2, 1)), Err(CipherError::Decrypt));
+        // A key id forged onto the ciphertext does not help, nor does damage.
+        let body = sealed.rsplit_once(':').unwrap().1;
+        assert_eq!(c.decrypt(body, scope(1, 2)), Err(CipherError::Decrypt));
+        assert_eq!(
+            c.decrypt("v2:af448592:not base64!", scope(1, 2)),
+            Err(CipherError::Decrypt)
+        );
+        assert_eq!(
+            c.decrypt("v2:af448592", scope(1, 2)),
+            Err(CipherError::Decrypt)
+        );
+    }
+
+    #[test]
+    fn a_key_sealed_under_another_master_key_is_an_error_naming_its_key_id() {
+        let sealed = KeyCipher::new(&[8u8; 32])
+            .encrypt("sk-test-1234567890abcd", scope(1, 2))
+            .unwrap();
+        let err = KeyCipher::new(&[7u8; 32])
+            .decrypt(&sealed, scope(1, 2))
+            .unwrap_err();
+        let kid = key_id(&[8u8; 32]);
+        assert_eq!(
+            err,
+            CipherError::UnknownKey {
+                kid: kid.clone(),
+                current: "af448592".into()
+            }
+        );
+        let text = err.to_string();
+        assert!(text.contains(&kid) && text.contains("af448592"), "{text}");
+    }
+
+    #[test]
+    fn keys_sealed_in_the_first_format_still_open() {
+        // Sealed by the format before key ids: base64(nonce || ciphertext+tag) under [7; 32],
+        // no associated data (made with Python's `cryptography`, nonce 00..0b).
+        let old = "AAECAwQFBgcICQoLa+rEHHhuuCoOn9Wt0GtYz9cLjrdvGg5LC4t1/TqgQJWgXbfS/p+MHA==";
+        let c = KeyCipher::new(&[7u8; 32]);
+        assert_eq!(
+            c.decrypt(old, scope(1, 2)).unwrap(),
+            "sk-legacy-0123456789wxyz"
+        );
+        // Under another master key it does not open (and names no key id: it has none).
+        assert_eq!(
+            KeyCipher::new(&[8u8; 32]).decrypt(old, scope(1, 2)),
+            Err(CipherError::Decrypt)
+        );
     }
 }

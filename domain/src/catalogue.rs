@@ -35,6 +35,16 @@ pub struct Model {
     pub max_output_tokens: u32,
 }
 
+/// The price of an embedding model (documents' vectors are charged to their uploader).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbeddingPrice {
+    /// The model's name, as `CONFAB_EMBEDDING_MODEL` names it.
+    pub id: String,
+    /// Credits per 1,000,000 tokens embedded (embeddings cost a small fraction of a chat
+    /// model's input, hence the larger unit).
+    pub price_per_1m: u32,
+}
+
 /// Tiers, lowest first, and models.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalogue {
@@ -44,6 +54,9 @@ pub struct Catalogue {
     pub models: Vec<Model>,
     /// The model used when a request names none.
     pub default_model: String,
+    /// Embedding models' prices; a model not listed costs nothing (a local server's).
+    #[serde(default)]
+    pub embedding_models: Vec<EmbeddingPrice>,
 }
 
 /// Why a catalogue cannot be used.
@@ -105,6 +118,16 @@ impl Catalogue {
     /// The model with this id.
     pub fn model(&self, id: &str) -> Option<&Model> {
         self.models.iter().find(|m| m.id == id)
+    }
+
+    /// Credits for embedding `tokens` tokens with `model`, rounded up: zero for a model the
+    /// catalogue does not price, or prices at zero.
+    pub fn embedding_cost(&self, model: &str, tokens: u64) -> i64 {
+        let Some(price) = self.embedding_models.iter().find(|m| m.id == model) else {
+            return 0;
+        };
+        let micro = u128::from(tokens) * u128::from(price.price_per_1m);
+        i64::try_from(micro.div_ceil(1_000_000)).unwrap_or(i64::MAX)
     }
 
     /// Whether an account of `tier` may use `model`.
@@ -172,6 +195,22 @@ impl Default for Catalogue {
                 model("claude-3-opus-20240229", "anthropic", "pro", 60, 300),
             ],
             default_model: "gpt-4o-mini".into(),
+            // In proportion to the chat prices (gpt-4o-mini's input, 1 credit per 1,000
+            // tokens, is $0.15 per million): OpenAI's $0.02, $0.13 and $0.10 per million.
+            embedding_models: vec![
+                EmbeddingPrice {
+                    id: "text-embedding-3-small".into(),
+                    price_per_1m: 134,
+                },
+                EmbeddingPrice {
+                    id: "text-embedding-3-large".into(),
+                    price_per_1m: 867,
+                },
+                EmbeddingPrice {
+                    id: "text-embedding-ada-002".into(),
+                    price_per_1m: 667,
+                },
+            ],
         }
     }
 }
@@ -217,6 +256,19 @@ mod tests {
         assert_eq!(mini.cost(1001, 1000), 6);
         assert_eq!(mini.reservation(1000), 1 + 4 * 4096 / 1000 + 1);
         assert_eq!(estimate_tokens(["abc", "abcd"]), 1 + 4 + 2 + 4);
+    }
+
+    #[test]
+    fn embeddings_cost_by_the_million_rounded_up_and_unpriced_models_nothing() {
+        let c = Catalogue::default();
+        assert_eq!(c.embedding_cost("text-embedding-3-small", 0), 0);
+        assert_eq!(c.embedding_cost("text-embedding-3-small", 1), 1);
+        assert_eq!(c.embedding_cost("text-embedding-3-small", 1_000_000), 134);
+        assert_eq!(c.embedding_cost("text-embedding-3-small", 1_000_001), 135);
+        assert_eq!(c.embedding_cost("nomic-embed-text", 5_000_000), 0);
+        let mut free = c.clone();
+        free.embedding_models[0].price_per_1m = 0;
+        assert_eq!(free.embedding_cost("text-embedding-3-small", 5_000_000), 0);
     }
 
     #[test]

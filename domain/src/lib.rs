@@ -12,6 +12,8 @@ pub mod catalogue;
 pub mod chat;
 pub mod credits;
 pub mod document;
+pub mod log;
+pub mod operations;
 pub mod patterns;
 pub mod provider;
 mod schema;

@@ -432,10 +432,13 @@ mod tests {
             credits::event_types::ALL,
             &[
                 ("credits.reset", &[1]),
-                ("credits.reserved", &[1]),
+                ("credits.reserved", &[1, 2]),
                 ("credits.consumed", &[1]),
                 ("credits.released", &[1]),
                 ("credits.granted", &[1]),
+                ("credits.hold_expired", &[1]),
+                ("credits.charged", &[1]),
+                ("credits.adjusted", &[1]),
             ],
         );
         check::<billing::StripeEventEvent>(
@@ -515,6 +518,10 @@ mod tests {
         check::<sources::SourcesRecorded>(
             &[sources::SOURCES_RECORDED],
             &[("reply.sources_recorded", &[1])],
+        );
+        check::<crate::operations::EventSkipped>(
+            &[crate::operations::EVENT_SKIPPED],
+            &[("projection.event_skipped", &[1])],
         );
     }
 }

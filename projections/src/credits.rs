@@ -1,5 +1,7 @@
-//! The `credits` projection: each user's balance and the credit history (usage, resets, top-ups
-//! and subscription grants) that `GET /api/billing/credit-history` pages through.
+//! The `credits` projection: each user's balance and the credit history (the starting grant,
+//! usage, resets, top-ups, subscription grants, operator adjustments, and holds released
+//! because they expired) that `GET /api/billing/credit-history` pages through. Every change of
+//! a balance is a transaction, so a user's history sums to their balance.
 
 use crate::db::{ReadDb, Tx};
 use crate::engine::{Projection, ProjectionError};
@@ -18,7 +20,19 @@ pub struct CreditsProjection;
 pub const NAME: &str = "credits";
 
 /// The kinds of transaction, as API.md names them.
-pub const TYPES: &[&str] = &["usage", "reset", "topup", "subscription"];
+pub const TYPES: &[&str] = &[
+    "usage",
+    "reset",
+    "topup",
+    "subscription",
+    "grant",
+    "adjustment",
+    "release",
+];
+
+/// The version of this projection: 2 shows the ledger's opening as a `grant` (it was a
+/// `reset`) and records operator adjustments.
+pub const VERSION: u32 = 2;
 
 /// One history row to write.
 struct Entry<'a> {
@@ -30,6 +44,8 @@ struct Entry<'a> {
     model: Option<&'a str>,
     reference: Option<&'a str>,
     tokens: Option<(u64, u64)>,
+    released: Option<i64>,
+    actor: Option<&'a str>,
     at: DateTime<Utc>,
 }
 
@@ -39,10 +55,19 @@ impl Projection for CreditsProjection {
         NAME
     }
 
+    fn version(&self) -> u32 {
+        VERSION
+    }
+
     fn handles(&self, event_type: &str) -> bool {
         matches!(
             event_type,
-            event_types::RESET | event_types::CONSUMED | event_types::GRANTED
+            event_types::RESET
+                | event_types::CONSUMED
+                | event_types::GRANTED
+                | event_types::HOLD_EXPIRED
+                | event_types::CHARGED
+                | event_types::ADJUSTED
         )
     }
 
@@ -52,16 +77,24 @@ impl Projection for CreditsProjection {
             event.schema_version,
             event.payload.clone(),
         )?;
+        let document = match &e {
+            CreditEvent::Charged(c) => c.document_id.map(|d| d.to_string()),
+            _ => None,
+        };
         let entry = match &e {
+            // The first event of a ledger opens it with the starting allowance: a grant, not a
+            // month's reset (whichever command opened it).
             CreditEvent::Reset(r) => Entry {
                 user: r.user,
-                kind: "reset",
+                kind: if event.version == 1 { "grant" } else { "reset" },
                 amount: r.amount,
                 balance_after: r.balance_after,
                 chat_id: None,
                 model: None,
                 reference: Some(&r.period),
                 tokens: None,
+                released: None,
+                actor: None,
                 at: r.at,
             },
             CreditEvent::Consumed(c) => Entry {
@@ -73,6 +106,8 @@ impl Projection for CreditsProjection {
                 model: Some(&c.model),
                 reference: None,
                 tokens: Some((c.input_tokens, c.output_tokens)),
+                released: None,
+                actor: None,
                 at: c.at,
             },
             CreditEvent::Granted(g) => Entry {
@@ -87,7 +122,52 @@ impl Projection for CreditsProjection {
                 model: None,
                 reference: Some(&g.grant_id),
                 tokens: None,
+                released: None,
+                actor: None,
                 at: g.at,
+            },
+            // A hold that lapsed: the balance is unchanged (a hold only kept credits from
+            // use), so the row adds nothing and says what it gave back.
+            CreditEvent::HoldExpired(x) => Entry {
+                user: x.user,
+                kind: "release",
+                amount: 0,
+                balance_after: x.balance,
+                chat_id: Some(x.chat_id),
+                model: Some(&x.model),
+                reference: None,
+                tokens: None,
+                released: Some(x.amount),
+                actor: None,
+                at: x.at,
+            },
+            // Usage without a reservation (a document's embeddings): its reference is the
+            // document.
+            CreditEvent::Charged(c) => Entry {
+                user: c.user,
+                kind: "usage",
+                amount: -c.amount,
+                balance_after: c.balance_after,
+                chat_id: None,
+                model: Some(&c.model),
+                reference: document.as_deref(),
+                tokens: Some((c.input_tokens, 0)),
+                released: None,
+                actor: None,
+                at: c.at,
+            },
+            CreditEvent::Adjusted(a) => Entry {
+                user: a.user,
+                kind: "adjustment",
+                amount: a.amount,
+                balance_after: a.balance_after,
+                chat_id: None,
+                model: None,
+                reference: Some(&a.reason),
+                tokens: None,
+                released: None,
+                actor: Some(&a.by),
+                at: a.at,
             },
             CreditEvent::Reserved(_) | CreditEvent::Released(_) => return Ok(()),
         };
@@ -98,9 +178,9 @@ impl Projection for CreditsProjection {
         execute!(
             tx,
             "INSERT INTO credit_transactions (id, user_id, position, type, amount, \
-             balance_after, chat_id, model, reference, input_tokens, output_tokens, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (id) DO NOTHING",
+             balance_after, chat_id, model, reference, input_tokens, output_tokens, released, \
+             actor, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             $14) ON CONFLICT (id) DO NOTHING",
             event.event_id,
             entry.user,
             event.position as i64,
@@ -112,6 +192,8 @@ impl Projection for CreditsProjection {
             entry.reference,
             input,
             output,
+            entry.released,
+            entry.actor,
             entry.at
         )?;
         execute!(
@@ -137,7 +219,7 @@ impl Projection for CreditsProjection {
 pub struct TransactionRow {
     /// The event's id.
     pub id: Uuid,
-    /// usage, reset, topup or subscription.
+    /// usage, reset, topup, subscription, grant, adjustment or release.
     #[sqlx(rename = "type")]
     pub kind: String,
     /// Credits added (negative when charged).
@@ -148,18 +230,24 @@ pub struct TransactionRow {
     pub chat_id: Option<Uuid>,
     /// The model a usage was for.
     pub model: Option<String>,
-    /// The month of a reset, or the payment of a grant.
+    /// The month of a reset or the starting grant, the payment of a top-up or subscription,
+    /// the document of an embedding usage, or the reason of an adjustment.
     pub reference: Option<String>,
     /// Input tokens of a usage.
     pub input_tokens: Option<i64>,
     /// Output tokens of a usage.
     pub output_tokens: Option<i64>,
+    /// Credits an expired hold gave back (a release).
+    pub released: Option<i64>,
+    /// Who made an adjustment.
+    pub actor: Option<String>,
     /// When.
     pub created_at: DateTime<Utc>,
 }
 
 /// A page of `user`'s credit history, newest first, optionally of one `kind`, and how many
-/// there are in all.
+/// there are in all. The page and its total come from one statement, so they agree however
+/// the ledger moves meanwhile.
 pub async fn history(
     db: &ReadDb,
     user: Uuid,
@@ -167,19 +255,31 @@ pub async fn history(
     limit: u32,
     offset: u64,
 ) -> Result<(Vec<TransactionRow>, u64), sqlx::Error> {
+    /// A row with the count of the whole list.
+    #[derive(sqlx::FromRow)]
+    struct Counted {
+        #[sqlx(flatten)]
+        row: TransactionRow,
+        total: i64,
+    }
     let rows = query_as!(
         db,
         fetch_all,
-        TransactionRow,
+        Counted,
         "SELECT id, type, amount, balance_after, chat_id, model, reference, input_tokens, \
-         output_tokens, created_at FROM credit_transactions \
-         WHERE user_id = $1 AND ($2 IS NULL OR type = $2) \
+         output_tokens, released, actor, created_at, COUNT(*) OVER () AS total \
+         FROM credit_transactions WHERE user_id = $1 AND ($2 IS NULL OR type = $2) \
          ORDER BY position DESC LIMIT $3 OFFSET $4",
         user,
         kind,
         i64::from(limit),
         offset as i64
     )?;
+    if let Some(first) = rows.first() {
+        let total = first.total as u64;
+        return Ok((rows.into_iter().map(|c| c.row).collect(), total));
+    }
+    // A page past the end: the total still says how many there are.
     let (total,): (i64,) = query_as!(
         db,
         fetch_one,
@@ -188,7 +288,7 @@ pub async fn history(
         user,
         kind
     )?;
-    Ok((rows, total as u64))
+    Ok((Vec::new(), total as u64))
 }
 
 /// `user`'s balance, if their account has opened.

@@ -462,3 +462,204 @@ pub async fn vectors(
         })
         .collect())
 }
+
+/// How far the vector index of one embedding model is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexProgress {
+    /// Chunks of live documents (ready or processing) that have a vector of the model.
+    pub embedded: u64,
+    /// Chunks of live documents.
+    pub chunks: u64,
+    /// The models ready documents are retrieved with now, each with how many documents.
+    pub serving: Vec<(String, u64)>,
+}
+
+impl IndexProgress {
+    /// Whether retrieval uses `model` for every ready document and every live chunk has its
+    /// vector.
+    pub fn complete(&self, model: &str) -> bool {
+        self.embedded >= self.chunks && self.serving.iter().all(|(m, _)| m == model)
+    }
+}
+
+/// The progress of the vector index of `model` (for `confab projections status`): built side
+/// by side from the chunks while retrieval keeps the models in `serving`.
+pub async fn index_progress(db: &ReadDb, model: &str) -> Result<IndexProgress, sqlx::Error> {
+    let (chunks, embedded): (i64, i64) = query_as!(
+        db,
+        fetch_one,
+        (i64, i64),
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE EXISTS (SELECT 1 FROM chunk_embeddings e \
+         WHERE e.hash = c.hash AND e.model = $1)) FROM document_chunks c \
+         JOIN documents d ON d.id = c.document_id WHERE d.status IN ('ready', 'processing')",
+        model
+    )?;
+    let serving: Vec<(String, i64)> = query_as!(
+        db,
+        fetch_all,
+        (String, i64),
+        "SELECT embedding_model, COUNT(*) FROM documents WHERE status = 'ready' AND \
+         embedding_model IS NOT NULL GROUP BY embedding_model ORDER BY embedding_model"
+    )?;
+    Ok(IndexProgress {
+        embedded: u64::try_from(embedded).unwrap_or(0),
+        chunks: u64::try_from(chunks).unwrap_or(0),
+        serving: serving
+            .into_iter()
+            .map(|(m, n)| (m, u64::try_from(n).unwrap_or(0)))
+            .collect(),
+    })
+}
+
+/// Every chunk of `owner`'s document `id` that has a vector of `model`: (place, hash,
+/// little-endian f32 bytes), in order. Ownership is part of the query.
+pub async fn vectors_of(
+    db: &ReadDb,
+    owner: Uuid,
+    id: Uuid,
+    model: &str,
+) -> Result<Vec<(i32, String, Vec<u8>)>, sqlx::Error> {
+    query_as!(
+        db,
+        fetch_all,
+        (i32, String, Vec<u8>),
+        "SELECT c.chunk_index, c.hash, e.vector FROM document_chunks c \
+         JOIN chunk_embeddings e ON e.hash = c.hash AND e.model = $3 \
+         WHERE c.document_id = $1 AND c.owner_id = $2 ORDER BY c.chunk_index",
+        id,
+        owner,
+        model
+    )
+}
+
+/// The stored vectors of `model` of the chunk `hashes` (little-endian f32 bytes by hash).
+pub async fn embeddings_by_hash(
+    db: &ReadDb,
+    model: &str,
+    hashes: &[&str],
+) -> Result<std::collections::HashMap<String, Vec<u8>>, sqlx::Error> {
+    let mut out = std::collections::HashMap::with_capacity(hashes.len());
+    // Bounded lists of placeholders: well under both databases' limits.
+    for part in hashes.chunks(500) {
+        let marks: Vec<String> = (0..part.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT hash, vector FROM chunk_embeddings WHERE model = $1 AND hash IN ({})",
+            marks.join(", ")
+        );
+        let rows: Vec<(String, Vec<u8>)> = match db {
+            ReadDb::Sqlite(p) => {
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(model);
+                for h in part {
+                    q = q.bind(*h);
+                }
+                q.fetch_all(p).await?
+            }
+            ReadDb::Postgres(p) => {
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(model);
+                for h in part {
+                    q = q.bind(*h);
+                }
+                q.fetch_all(p).await?
+            }
+        };
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+/// The texts of `owner`'s chunks at `places` (document, place); missing ones are left out.
+pub async fn chunk_texts(
+    db: &ReadDb,
+    owner: Uuid,
+    places: &[(Uuid, i32)],
+) -> Result<Vec<ChunkRow>, sqlx::Error> {
+    let mut out = Vec::with_capacity(places.len());
+    for (id, index) in places {
+        let row = query_as!(
+            db,
+            fetch_optional,
+            ChunkRow,
+            "SELECT document_id, chunk_index, text FROM document_chunks \
+             WHERE document_id = $1 AND chunk_index = $2 AND owner_id = $3",
+            *id,
+            *index,
+            owner
+        )?;
+        out.extend(row);
+    }
+    Ok(out)
+}
+
+/// [`lexical`] for several of `owner`'s documents in one query: each document's best `limit`
+/// matches, best first, in the order of `ids`.
+pub async fn lexical_many(
+    db: &ReadDb,
+    owner: Uuid,
+    ids: &[Uuid],
+    query: &str,
+    limit: u32,
+) -> Result<Vec<Vec<ChunkRow>>, sqlx::Error> {
+    let folded = search::fold(query);
+    let mut words = search::words(&folded);
+    words.sort_unstable();
+    words.dedup();
+    if words.is_empty() || ids.is_empty() {
+        return Ok(vec![Vec::new(); ids.len()]);
+    }
+    let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 4)).collect();
+    let marks = marks.join(", ");
+    let rows: Vec<ChunkRow> = match db {
+        ReadDb::Sqlite(p) => {
+            let key = search::owner_key(owner);
+            let q = words
+                .iter()
+                .map(|w| format!("\"{key}{}\"", w.replace('"', "\"\"")))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let sql = format!(
+                "SELECT document_id, chunk_index, text FROM (SELECT c.document_id, \
+                 c.chunk_index, c.text, ROW_NUMBER() OVER (PARTITION BY c.document_id \
+                 ORDER BY f.rank, c.chunk_index) AS r FROM (SELECT rowid, rank FROM \
+                 document_chunks_fts WHERE document_chunks_fts MATCH $1) f \
+                 JOIN document_chunks c ON c.rowid = f.rowid \
+                 WHERE c.owner_id = $2 AND c.document_id IN ({marks})) \
+                 WHERE r <= $3 ORDER BY r"
+            );
+            let mut q = sqlx::query_as::<_, ChunkRow>(sqlx::AssertSqlSafe(sql))
+                .bind(q)
+                .bind(owner)
+                .bind(i64::from(limit));
+            for id in ids {
+                q = q.bind(*id);
+            }
+            q.fetch_all(p).await?
+        }
+        ReadDb::Postgres(p) => {
+            // Words are runs of letters and digits, so none is tsquery syntax.
+            let q = words.join(" | ");
+            let sql = format!(
+                "SELECT document_id, chunk_index, text FROM (SELECT c.document_id, \
+                 c.chunk_index, c.text, ROW_NUMBER() OVER (PARTITION BY c.document_id \
+                 ORDER BY ts_rank(c.search, q) DESC, c.chunk_index) AS r \
+                 FROM document_chunks c, to_tsquery('simple', $1) q \
+                 WHERE c.search @@ q AND c.owner_id = $2 AND c.document_id IN ({marks})) t \
+                 WHERE r <= $3 ORDER BY r"
+            );
+            let mut q = sqlx::query_as::<_, ChunkRow>(sqlx::AssertSqlSafe(sql))
+                .bind(q)
+                .bind(owner)
+                .bind(i64::from(limit));
+            for id in ids {
+                q = q.bind(*id);
+            }
+            q.fetch_all(p).await?
+        }
+    };
+    let mut out = vec![Vec::new(); ids.len()];
+    for row in rows {
+        if let Some(i) = ids.iter().position(|id| *id == row.document_id) {
+            out[i].push(row);
+        }
+    }
+    Ok(out)
+}

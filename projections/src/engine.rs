@@ -59,6 +59,80 @@ pub enum ProjectionError {
     /// No projection has this name.
     #[error("unknown projection {0:?}")]
     Unknown(String),
+    /// The projection stopped on an event it cannot apply (CONFAB_PROJECTION_ON_ERROR=halt):
+    /// every event up to `after` is applied; `position` waits for an operator.
+    #[error("projection {name} halted at position {position}: an event it cannot apply")]
+    Halted {
+        /// The projection.
+        name: String,
+        /// Its checkpoint.
+        after: u64,
+        /// The poison event.
+        position: u64,
+    },
+}
+
+impl ProjectionError {
+    /// Whether the failure comes from the event or what the projection does with it (a payload
+    /// it cannot read, a statement the database refuses), so that retrying cannot help for
+    /// ever, rather than from the database being out of reach.
+    pub fn is_poison(&self) -> bool {
+        match self {
+            ProjectionError::Upcast(_) => true,
+            ProjectionError::Database(sqlx::Error::Database(e)) => statement_refused(&**e),
+            ProjectionError::Database(e) => matches!(
+                e,
+                sqlx::Error::ColumnDecode { .. }
+                    | sqlx::Error::ColumnNotFound(_)
+                    | sqlx::Error::Decode(_)
+                    | sqlx::Error::Encode(_)
+                    | sqlx::Error::TypeNotFound { .. }
+                    | sqlx::Error::RowNotFound
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Whether the database refused a statement for what it says or writes (bad data, a broken
+/// constraint, a missing table or column), as opposed to being busy, shutting down, out of
+/// connections or out of disk: only the former can make an event poison.
+fn statement_refused(e: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        // SQLSTATE classes: 22 data exception, 23 integrity constraint violation, 42 syntax
+        // error or access rule violation (an undefined table or column among them).
+        let code = pg.code();
+        return ["22", "23", "42"]
+            .iter()
+            .any(|class| code.starts_with(class));
+    }
+    // SQLite: the primary result code (the low byte of the extended one): ERROR (a missing
+    // table or column, a bad statement), TOOBIG, CONSTRAINT, MISMATCH, RANGE.
+    e.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 1 | 18 | 19 | 20 | 25))
+}
+
+/// What a projection does with an event it cannot apply after its retries
+/// (`CONFAB_PROJECTION_ON_ERROR`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// Stop there: `/readyz` names it until an operator retries or skips the event.
+    #[default]
+    Halt,
+    /// Park the event in `projection_parked` and go on.
+    Park,
+}
+
+impl std::str::FromStr for OnError {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "halt" => Ok(OnError::Halt),
+            "park" => Ok(OnError::Park),
+            other => Err(format!("{other:?} is neither halt nor park")),
+        }
+    }
 }
 
 /// A read model built from the event log.
@@ -66,6 +140,12 @@ pub enum ProjectionError {
 pub trait Projection: Send + Sync + 'static {
     /// Stable name, the key of its checkpoint.
     fn name(&self) -> &'static str;
+    /// The version of what it writes. Raise it when the read model changes shape or meaning
+    /// for events already in the log: a read model built by another version is rebuilt from
+    /// the log at start-up.
+    fn version(&self) -> u32 {
+        1
+    }
     /// Whether it reads events of this type; the others only move its checkpoint.
     fn handles(&self, event_type: &str) -> bool;
     /// Applies one event inside the batch's transaction.
@@ -86,6 +166,17 @@ pub trait Projection: Send + Sync + 'static {
     async fn reset(&self, tx: &mut Tx) -> Result<(), ProjectionError>;
 }
 
+/// What retrying one parked event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retried {
+    /// Applied now, and out of the dead letters.
+    Applied,
+    /// A halt lifted: the runner tries the event again itself.
+    Resumed,
+    /// It failed again, for this reason; it stays parked.
+    Failed(String),
+}
+
 /// A projection's place against the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
@@ -95,6 +186,8 @@ pub struct Status {
     pub position: u64,
     /// The head of the log.
     pub head: u64,
+    /// The position of the event it halted on, if it did.
+    pub halted: Option<u64>,
 }
 
 impl Status {
@@ -231,6 +324,25 @@ async fn read_checkpoint(db: &ReadDb, name: &str) -> Result<u64, sqlx::Error> {
     Ok(pos.unwrap_or(0) as u64)
 }
 
+/// The version of projection `name` that built its read model, if it ever ran.
+async fn read_version(db: &ReadDb, name: &str) -> Result<Option<u32>, sqlx::Error> {
+    let v: Option<i64> = match db {
+        ReadDb::Sqlite(p) => {
+            sqlx::query_scalar("SELECT version FROM projection_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(p)
+                .await?
+        }
+        ReadDb::Postgres(p) => {
+            sqlx::query_scalar("SELECT version::BIGINT FROM projection_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(p)
+                .await?
+        }
+    };
+    Ok(v.map(|v| v as u32))
+}
+
 /// Runs projections against a store and a read-model database.
 #[derive(Clone)]
 pub struct Engine {
@@ -240,7 +352,15 @@ pub struct Engine {
     positions: Positions,
     batch: usize,
     persist_every: Duration,
+    on_error: OnError,
+    attempts: u32,
+    retry_backoff: Duration,
+    /// Positions operators told each projection to pass over (from the log).
+    skips: Arc<std::sync::RwLock<HashMap<&'static str, std::collections::HashSet<u64>>>>,
 }
+
+/// How often a halted runner looks whether an operator retried or skipped its event.
+const HALT_POLL: Duration = Duration::from_millis(250);
 
 impl Engine {
     /// An engine for `projections`.
@@ -270,7 +390,51 @@ impl Engine {
             positions,
             batch: DEFAULT_BATCH,
             persist_every: SKIPPED_PERSIST_EVERY,
+            on_error: OnError::Halt,
+            attempts: 3,
+            retry_backoff: Duration::from_millis(200),
+            skips: Arc::default(),
         }
+    }
+
+    /// Sets what a projection does with an event it cannot apply.
+    pub fn with_on_error(mut self, on_error: OnError) -> Self {
+        self.on_error = on_error;
+        self
+    }
+
+    /// Sets how many times a failing batch is tried before its poison event is looked for,
+    /// and the first pause between tries (doubled each time).
+    pub fn with_retries(mut self, attempts: u32, backoff: Duration) -> Self {
+        self.attempts = attempts.max(1);
+        self.retry_backoff = backoff;
+        self
+    }
+
+    /// Reads the positions operators told `name` to skip from the log.
+    async fn refresh_skips(&self, name: &'static str) -> Result<(), ProjectionError> {
+        use confab_domain::EventSchema;
+        let stream = format!("projection-{name}");
+        let mut skipped = std::collections::HashSet::new();
+        for e in confab_eventstore::read_whole_stream(&*self.store, &stream).await? {
+            let skip = confab_domain::operations::EventSkipped::from_stored(
+                &e.event_type,
+                e.schema_version,
+                e.payload,
+            )?;
+            skipped.insert(skip.position);
+        }
+        if let Ok(mut all) = self.skips.write() {
+            all.insert(name, skipped);
+        }
+        Ok(())
+    }
+
+    fn skipped(&self, name: &str, position: u64) -> bool {
+        self.skips
+            .read()
+            .map(|all| all.get(name).is_some_and(|s| s.contains(&position)))
+            .unwrap_or(false)
     }
 
     /// Sets how long a following runner may go without writing the checkpoint of positions
@@ -308,6 +472,7 @@ impl Engine {
     /// Every projection's checkpoint against the head of the log.
     pub async fn status(&self) -> Result<Vec<Status>, ProjectionError> {
         let head = self.store.head_position().await?;
+        let halted = crate::parked::halted(&self.db).await?;
         let mut out = Vec::new();
         for p in &self.projections {
             // A runner here may be ahead of its stored checkpoint by positions it skipped.
@@ -317,6 +482,10 @@ impl Engine {
                 name: p.name(),
                 position: stored.max(local),
                 head,
+                halted: halted
+                    .iter()
+                    .find(|(n, _)| n == p.name())
+                    .map(|(_, pos)| *pos),
             });
         }
         Ok(out)
@@ -348,9 +517,15 @@ impl Engine {
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(0);
         };
+        if events
+            .iter()
+            .any(|e| e.event_type == confab_domain::operations::EVENT_SKIPPED)
+        {
+            self.refresh_skips(projection.name()).await?;
+        }
         let relevant = events.iter().any(|e| projection.handles(&e.event_type));
         if relevant || persist || cursor.due(last, self.persist_every) {
-            self.apply_batch(projection, cursor.persisted, &events)
+            self.apply_guarded(projection, cursor.persisted, &events)
                 .await?;
             cursor.persisted(last);
         }
@@ -386,9 +561,122 @@ impl Engine {
         let handled: Vec<&RecordedEvent> = events
             .iter()
             .filter(|e| projection.handles(&e.event_type))
+            .filter(|e| !self.skipped(projection.name(), e.position))
             .collect();
         self.write_checkpoint(projection, from, last, &handled)
             .await
+    }
+
+    /// Applies `events` after checkpoint `from`, retrying a failing batch with backoff; if it
+    /// still fails on the event's account (see [`ProjectionError::is_poison`]), applies the
+    /// events one by one to find the poison one, and parks it or halts on it. A halt is
+    /// [`ProjectionError::Halted`], with every event before the poison one applied.
+    async fn apply_guarded(
+        &self,
+        projection: &dyn Projection,
+        from: u64,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let name = projection.name();
+        let mut pause = self.retry_backoff;
+        let mut attempt = 1;
+        let error = loop {
+            match self.apply_batch(projection, from, events).await {
+                Ok(()) => return Ok(()),
+                Err(e) if !e.is_poison() => return Err(e),
+                Err(e) if attempt >= self.attempts => break e,
+                Err(e) => {
+                    tracing::warn!(projection = name, attempt, error = %e,
+                        "a batch failed to apply; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+            }
+        };
+        tracing::warn!(projection = name, error = %error,
+            "a batch keeps failing; applying its events one by one to find the poison one");
+        let mut at = from;
+        for e in events {
+            match self
+                .apply_batch(projection, at, std::slice::from_ref(e))
+                .await
+            {
+                Ok(()) => at = e.position,
+                Err(err) if err.is_poison() => match self.on_error {
+                    OnError::Park => {
+                        tracing::error!(projection = name, position = e.position,
+                            event_type = %e.event_type, error = %err,
+                            "parked an event the projection cannot apply; going on");
+                        self.park(projection, at, e, &err).await?;
+                        at = e.position;
+                    }
+                    OnError::Halt => {
+                        tracing::error!(projection = name, position = e.position,
+                            event_type = %e.event_type, error = %err,
+                            "projection halted on an event it cannot apply; \
+                             `confab projections retry` or `skip` it");
+                        crate::parked::record(
+                            &self.db,
+                            name,
+                            e,
+                            crate::parked::HALTED,
+                            at,
+                            &err.to_string(),
+                            self.attempts,
+                        )
+                        .await?;
+                        return Err(ProjectionError::Halted {
+                            name: name.to_owned(),
+                            after: at,
+                            position: e.position,
+                        });
+                    }
+                },
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// In one transaction: records `event` as parked for `projection` and moves the
+    /// checkpoint from `from` past it.
+    async fn park(
+        &self,
+        projection: &dyn Projection,
+        from: u64,
+        event: &RecordedEvent,
+        error: &ProjectionError,
+    ) -> Result<(), ProjectionError> {
+        let name = projection.name();
+        let mut tx = self.db.begin().await?;
+        let stored = lock_checkpoint(&mut tx, name).await?.unwrap_or(0);
+        if stored != from {
+            return Err(ProjectionError::CheckpointMoved {
+                name: name.to_owned(),
+                expected: from,
+                actual: stored,
+            });
+        }
+        crate::parked::insert(
+            &mut tx,
+            name,
+            event,
+            crate::parked::PARKED,
+            from,
+            &error.to_string(),
+            self.attempts,
+        )
+        .await?;
+        execute!(
+            &mut tx,
+            "UPDATE projection_checkpoints SET position = $2, updated_at = $3 WHERE name = $1",
+            name,
+            event.position as i64,
+            chrono::Utc::now()
+        )?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// In one transaction: checks that the stored checkpoint is still `from` (fencing), applies
@@ -409,10 +697,11 @@ impl Engine {
                 // blocks ours until it commits, and we then see its checkpoint, not an empty one.
                 execute!(
                     &mut tx,
-                    "INSERT INTO projection_checkpoints (name, position, updated_at) \
-                     VALUES ($1, 0, $2) ON CONFLICT (name) DO NOTHING",
+                    "INSERT INTO projection_checkpoints (name, position, updated_at, version) \
+                     VALUES ($1, 0, $2, $3) ON CONFLICT (name) DO NOTHING",
                     name,
-                    chrono::Utc::now()
+                    chrono::Utc::now(),
+                    i64::from(projection.version())
                 )?;
                 lock_checkpoint(&mut tx, name).await?.unwrap_or(0)
             }
@@ -441,13 +730,16 @@ impl Engine {
 
     /// Brings `name` up to the head of the log as it is now; returns the checkpoint reached.
     /// `progress(position, head)` is called after every batch. The next batch is read from the
-    /// store while the current one is applied.
+    /// store while the current one is applied. An event it halts on (see
+    /// [`Engine::with_on_error`]) ends it with [`ProjectionError::Halted`].
     pub async fn catch_up(
         &self,
         name: &str,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<u64, ProjectionError> {
         let projection = self.find(name)?;
+        let name = projection.name();
+        self.refresh_skips(name).await?;
         let head = self.store.head_position().await?;
         let mut at = read_checkpoint(&self.db, name).await?;
         let mut events = self.store.read_all(at, self.batch).await?;
@@ -456,7 +748,7 @@ impl Engine {
                 break;
             };
             let (applied, next) = tokio::join!(
-                self.apply_batch(&*projection, at, &events),
+                self.apply_guarded(&*projection, at, &events),
                 self.store.read_all(last, self.batch)
             );
             match applied {
@@ -468,6 +760,10 @@ impl Engine {
                 Err(ProjectionError::CheckpointMoved { actual, .. }) => {
                     at = actual;
                     events = self.store.read_all(at, self.batch).await?;
+                }
+                Err(e @ ProjectionError::Halted { after, .. }) => {
+                    self.positions.publish(name, after);
+                    return Err(e);
                 }
                 Err(e) => return Err(e),
             }
@@ -488,10 +784,12 @@ impl Engine {
         projection.reset(&mut tx).await?;
         execute!(
             &mut tx,
-            "INSERT INTO projection_checkpoints (name, position, updated_at) VALUES ($1, 0, $2) \
-             ON CONFLICT (name) DO UPDATE SET position = 0, updated_at = EXCLUDED.updated_at",
+            "INSERT INTO projection_checkpoints (name, position, updated_at, version) \
+             VALUES ($1, 0, $2, $3) ON CONFLICT (name) DO UPDATE SET position = 0, \
+             updated_at = EXCLUDED.updated_at, version = EXCLUDED.version",
             name,
-            chrono::Utc::now()
+            chrono::Utc::now(),
+            i64::from(projection.version())
         )?;
         tx.commit().await?;
         self.positions.publish(name, 0);
@@ -500,6 +798,105 @@ impl Engine {
             "read model dropped; rebuilding from position 0"
         );
         self.catch_up(name, progress).await
+    }
+
+    /// Tries again the events `name` parked (all of them, or the one at `position`): each is
+    /// applied in a transaction of its own and leaves the dead letters once applied. An event
+    /// the projection halted on is handed back to its runner, which tries it again.
+    pub async fn retry(
+        &self,
+        name: &str,
+        position: Option<u64>,
+    ) -> Result<Vec<(u64, Retried)>, ProjectionError> {
+        let projection = self.find(name)?;
+        let name = projection.name();
+        self.refresh_skips(name).await?;
+        let rows = crate::parked::list(&self.db, Some(name)).await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let pos = row.position as u64;
+            if position.is_some_and(|p| p != pos) {
+                continue;
+            }
+            if row.status == crate::parked::HALTED {
+                let mut tx = self.db.begin().await?;
+                crate::parked::remove(&mut tx, name, pos).await?;
+                tx.commit().await?;
+                out.push((pos, Retried::Resumed));
+                continue;
+            }
+            let event = self
+                .store
+                .read_all(pos.saturating_sub(1), 1)
+                .await?
+                .into_iter()
+                .find(|e| e.position == pos && e.event_id == row.event_id);
+            let Some(event) = event else {
+                out.push((pos, Retried::Failed("the event is not in the log".into())));
+                continue;
+            };
+            let mut tx = self.db.begin().await?;
+            let applied = if projection.handles(&event.event_type) && !self.skipped(name, pos) {
+                projection.apply_batch(&mut tx, &[&event]).await
+            } else {
+                Ok(())
+            };
+            match applied {
+                Ok(()) => {
+                    crate::parked::remove(&mut tx, name, pos).await?;
+                    tx.commit().await?;
+                    out.push((pos, Retried::Applied));
+                }
+                Err(e) => {
+                    drop(tx);
+                    crate::parked::failed_again(&self.db, name, pos, &e.to_string()).await?;
+                    out.push((pos, Retried::Failed(e.to_string())));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The projections whose read model was built by another version than this code's:
+    /// `(name, stored version, version in code)`. A projection that never ran is not listed.
+    pub async fn outdated(&self) -> Result<Vec<(&'static str, u32, u32)>, ProjectionError> {
+        let mut out = Vec::new();
+        for p in &self.projections {
+            if let Some(stored) = read_version(&self.db, p.name()).await?
+                && stored != p.version()
+            {
+                out.push((p.name(), stored, p.version()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rebuilds every projection whose stored version differs from the code's (see
+    /// [`Engine::outdated`]); returns their names. `progress(name, position, head)` is called
+    /// after every batch.
+    pub async fn upgrade(
+        &self,
+        mut progress: impl FnMut(&str, u64, u64),
+    ) -> Result<Vec<&'static str>, ProjectionError> {
+        let mut rebuilt = Vec::new();
+        for (name, stored, code) in self.outdated().await? {
+            tracing::info!(
+                projection = name,
+                stored,
+                code,
+                "read model built by another version; rebuilding it from the log"
+            );
+            match self
+                .rebuild(name, |at, head| progress(name, at, head))
+                .await
+            {
+                // Logged where it halted; its runner waits there for an operator.
+                Ok(_) | Err(ProjectionError::Halted { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            rebuilt.push(name);
+        }
+        Ok(rebuilt)
     }
 
     /// Runs every projection until `shutdown` resolves: catch up, then follow the log.
@@ -588,6 +985,7 @@ impl Engine {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ProjectionError> {
         let name = projection.name();
+        self.refresh_skips(name).await?;
         let mut cursor = Cursor::at(read_checkpoint(&self.db, name).await?);
         self.positions.publish(name, cursor.at);
         // Marks the runner here as following until this returns, however it returns.
@@ -614,6 +1012,31 @@ impl Engine {
                         "checkpoint moved by another runner; following it"
                     );
                     cursor = Cursor::at(actual);
+                    self.positions.publish(name, cursor.at);
+                    continue;
+                }
+                Err(ProjectionError::Halted {
+                    after, position, ..
+                }) => {
+                    self.positions.publish(name, after);
+                    // Wait for an operator: `retry` or `skip` removes the halt.
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.changed() => return Ok(()),
+                            _ = tokio::time::sleep(HALT_POLL) => {}
+                        }
+                        lease.check().await?;
+                        if !crate::parked::is_halted(&self.db, name, position).await? {
+                            break;
+                        }
+                    }
+                    tracing::info!(
+                        projection = name,
+                        position,
+                        "halt lifted by an operator; going on"
+                    );
+                    self.refresh_skips(name).await?;
+                    cursor = Cursor::at(read_checkpoint(&self.db, name).await?);
                     self.positions.publish(name, cursor.at);
                     continue;
                 }

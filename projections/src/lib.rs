@@ -6,16 +6,21 @@
 pub mod accounts;
 pub mod billing;
 pub mod chats;
+pub mod credit_holds;
 pub mod credits;
 pub mod db;
 pub mod documents;
 pub mod engine;
+pub mod parked;
+pub mod pgvector;
 pub mod providers;
 pub mod search;
 pub mod settings;
 
 pub use db::{ReadDb, Tx};
-pub use engine::{Engine, Positions, Projection, ProjectionError, Status, WaitTimeout};
+pub use engine::{
+    Engine, OnError, Positions, Projection, ProjectionError, Retried, Status, WaitTimeout,
+};
 
 use std::sync::Arc;
 
@@ -27,6 +32,7 @@ pub fn all() -> Vec<Arc<dyn Projection>> {
         Arc::new(settings::SettingsProjection),
         Arc::new(providers::ProvidersProjection),
         Arc::new(credits::CreditsProjection),
+        Arc::new(credit_holds::CreditHoldsProjection),
         Arc::new(billing::BillingProjection),
         Arc::new(documents::DocumentsProjection),
     ]

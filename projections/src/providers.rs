@@ -127,21 +127,32 @@ pub async fn get_user_config(
 }
 
 /// `user`'s own key for the provider named `provider_name` (case-insensitive), with that
-/// provider's endpoint: the newest if several providers share the name.
+/// provider's id and endpoint: the newest if several providers share the name.
 pub async fn user_key_by_provider_name(
     db: &ReadDb,
     user: Uuid,
     provider_name: &str,
-) -> Result<Option<(String, String)>, sqlx::Error> {
+) -> Result<Option<UserProviderKey>, sqlx::Error> {
     query_as!(
         db,
         fetch_optional,
-        (String, String),
-        "SELECT p.api_endpoint, c.encrypted_key FROM user_llm_configs c \
+        UserProviderKey,
+        "SELECT c.provider_id, p.api_endpoint, c.encrypted_key FROM user_llm_configs c \
          JOIN llm_providers p ON p.id = c.provider_id \
          WHERE c.user_id = $1 AND lower(p.name) = lower($2) \
          ORDER BY c.updated_at DESC LIMIT 1",
         user,
         provider_name
     )
+}
+
+/// A user's sealed key for a provider, with where that provider is.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct UserProviderKey {
+    /// The provider's id (what the key is bound to).
+    pub provider_id: Uuid,
+    /// The provider's API base URL.
+    pub api_endpoint: String,
+    /// The sealed key.
+    pub encrypted_key: String,
 }

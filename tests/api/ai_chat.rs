@@ -21,6 +21,8 @@ on_both!(
     concurrent_requests_never_overdraw,
     an_account_that_cannot_be_reset_does_not_stop_the_others,
     a_keyed_chat_request_streams_and_its_replay_never_asks_the_model_again,
+    a_reply_retried_after_its_first_tokens_finishes_from_them_without_calling_again,
+    a_reply_whose_stream_completed_is_stored_whole_by_the_retry,
 );
 
 fn hello() -> Act {
@@ -192,6 +194,7 @@ async fn concurrent_requests_never_overdraw(db: Db) {
                 max_output_tokens: 10,
             }],
             default_model: "tiny".into(),
+            embedding_models: vec![],
         };
     })
     .await;
@@ -296,6 +299,31 @@ async fn a_stream_broken_midway_keeps_the_partial_reply_marked() {
         stored.starts_with("Partial\n\n[reply interrupted"),
         "{stored}"
     );
+    assert!(
+        balance(&app, &token).await < 1000,
+        "what was produced is charged"
+    );
+    app.shutdown().await;
+}
+
+/// A provider that goes silent mid-stream: the reply ends after the idle limit with the text
+/// so far and a marker that says what happened, charged for what was produced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_goes_silent_ends_at_the_idle_limit_and_says_so() {
+    let up = OpenAiStandIn::start().await;
+    up.then(Act::Stall(vec!["Half".into(), " way".into()]));
+    let app = app_with(Db::Sqlite, &up, |c| c.llm_idle_timeout_ms = 500).await;
+    let (token, _) = app.sign_up("silent@example.com").await;
+    let (status, headers, text) = chat(&app, &token, &ask("hi")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        text, "Half way\n\n[reply interrupted: the provider sent nothing for 500 ms]",
+        "{text:?}"
+    );
+    assert_eq!(up.requests().len(), 1, "no retry after the first token");
+    app.drained(Queue::Replies).await;
+    let ms = messages(&app, &token, headers["x-chat-id"].to_str().unwrap()).await;
+    assert_eq!(ms[1]["content"], text.as_str());
     assert!(
         balance(&app, &token).await < 1000,
         "what was produced is charged"
@@ -487,8 +515,9 @@ async fn a_month_is_reset_once_by_the_schedule_or_the_route() {
     .await;
     let (a, _) = app.sign_up("a@example.com").await;
     let (b, _) = app.sign_up("b@example.com").await;
-    // Wait for the schedule to reset both accounts (opening them as this month's reset).
-    let resets = |token| app.credit_history(token, "?type=reset");
+    // Wait for the schedule to reset both accounts: it opens them (their starting grant) as
+    // this month's reset.
+    let resets = |token| app.credit_history(token, "?type=grant");
     let both = || async {
         resets(&a).await["total"].as_i64().unwrap() + resets(&b).await["total"].as_i64().unwrap()
     };
@@ -518,7 +547,8 @@ async fn a_month_is_reset_once_by_the_schedule_or_the_route() {
     assert_eq!(s, 401);
     assert_error(&body, "unauthorized");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(app.credit_history(&a, "?type=reset").await["total"], 1);
+    assert_eq!(app.credit_history(&a, "?type=grant").await["total"], 1);
+    assert_eq!(app.credit_history(&a, "?type=reset").await["total"], 0);
     app.shutdown().await;
 }
 
@@ -537,7 +567,8 @@ async fn the_route_resets_accounts_the_schedule_has_not() {
     assert_eq!(v["resetCount"], 2);
     let v: Value = get().await.unwrap().json().await.unwrap();
     assert_eq!(v["resetCount"], 0, "never twice in one month");
-    assert_eq!(app.credit_history(&a, "?type=reset").await["total"], 1);
+    // The reset opened the account: its starting grant is this month's reset.
+    assert_eq!(app.credit_history(&a, "?type=grant").await["total"], 1);
     app.shutdown().await;
 }
 
@@ -634,7 +665,7 @@ async fn an_account_that_cannot_be_reset_does_not_stop_the_others(db: Db) {
     assert_eq!(body["error"]["details"]["resetCount"], 2);
     assert_eq!(body["error"]["details"]["failedCount"], 1);
     for token in [&a, &c] {
-        assert_eq!(app.credit_history(token, "?type=reset").await["total"], 1);
+        assert_eq!(app.credit_history(token, "?type=grant").await["total"], 1);
     }
     let (status, body) = call().await;
     assert_eq!(status, 503);
@@ -764,7 +795,8 @@ fn work_process(database_url: &str, up: &OpenAiStandIn, dir: &std::path::Path) -
 async fn a_reply_whose_worker_dies_is_taken_up_by_another_and_stored_once() {
     let up = OpenAiStandIn::start().await;
     // The first worker gets a slow reply and is killed in the middle of it; the job's second
-    // run (on the other worker) gets a quick one.
+    // run (on the other worker) finishes it from what had been streamed, and would get
+    // another reply if it called the provider again.
     up.then(Act::reply(
         &["slow "; 40],
         (10, 40),
@@ -799,12 +831,19 @@ async fn a_reply_whose_worker_dies_is_taken_up_by_another_and_stored_once() {
     let every = Duration::from_millis(250);
     let stored = poll(patience, every, reply_stored, |ms| ms.len() == 2).await;
     assert_eq!(stored.len(), 2, "the reply was stored: {stored:?}");
-    assert_eq!(stored[1]["content"], "second run");
+    let content = stored[1]["content"].as_str().expect("content");
+    let (text, marker) = content.split_once("\n\n").expect("marked cut short");
+    assert!(
+        text.starts_with("slow ") && text.len() >= first.len(),
+        "the text streamed before the crash: {content:?}"
+    );
+    assert!(text.split("slow ").all(str::is_empty), "{content:?}");
+    assert!(marker.starts_with("[reply interrupted: "), "{content:?}");
     api.drained(Queue::Replies).await;
-    assert_eq!(up.requests().len(), 2);
+    assert_eq!(up.requests().len(), 1, "the provider was called once");
     let usage = api.credit_history(&token, "?type=usage").await;
     assert_eq!(usage["total"], 1, "charged once: {usage}");
-    // The resumed stream serves the reply of the run that finished.
+    // The resumed stream serves the reply as stored.
     let resumed = api
         .request(
             Method::GET,
@@ -815,9 +854,177 @@ async fn a_reply_whose_worker_dies_is_taken_up_by_another_and_stored_once() {
         .await
         .expect("resume");
     assert_eq!(resumed.status(), 200);
-    assert_eq!(resumed.text().await.expect("text"), "second run");
+    assert_eq!(resumed.text().await.expect("text"), content);
 
     survivor.0.kill().expect("stop");
     survivor.0.wait().expect("reaped");
     api.shutdown().await;
+}
+
+/// A reply job as `POST /api/chat` queues it, for `user` in `chat`, with its credits held:
+/// tests run its attempts by hand.
+async fn held_reply_job(
+    app: &TestApp,
+    user: &Value,
+    chat: &str,
+) -> confab_application::jobs::GenerateReply {
+    use confab_application::ai::llm::Turn;
+    let user: uuid::Uuid = user["id"].as_str().unwrap().parse().unwrap();
+    let chat_id: uuid::Uuid = chat.parse().unwrap();
+    let reply_id = uuid::Uuid::now_v7();
+    confab_application::credits::run(
+        &app.svc,
+        user,
+        confab_domain::credits::CreditAction::Reserve {
+            reservation_id: reply_id,
+            amount: 100,
+            chat_id,
+            model: "gpt-4o-mini".into(),
+            expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+        },
+        confab_application::metadata(Some(user), None),
+    )
+    .await
+    .expect("reserved");
+    confab_application::jobs::GenerateReply {
+        reply_id,
+        chat_id,
+        user,
+        model: "gpt-4o-mini".into(),
+        turns: vec![Turn {
+            role: "user".into(),
+            content: "What is two and two?".into(),
+        }],
+        correlation_id: None,
+        sources: Vec::new(),
+        embedding_model: None,
+    }
+}
+
+/// What the relay of `app` kept of reply `id`, once `done` holds of it.
+async fn kept(
+    app: &TestApp,
+    id: uuid::Uuid,
+    done: impl Fn(&confab_application::ai::relay::Draft) -> bool,
+) -> confab_application::ai::relay::Draft {
+    let draft = || async {
+        app.svc
+            .relay
+            .draft(id)
+            .await
+            .expect("draft")
+            .unwrap_or_default()
+    };
+    poll(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        draft,
+        done,
+    )
+    .await
+}
+
+/// A job attempt that got past its first token and then stopped (the worker died: here its
+/// task is dropped mid-stream, then the whole app restarted on the same data) is finished by
+/// the next attempt from the text the user saw, marked as cut short: the provider is called
+/// once, the user charged once, and the stored text is what was streamed.
+async fn a_reply_retried_after_its_first_tokens_finishes_from_them_without_calling_again(db: Db) {
+    let up = OpenAiStandIn::start().await;
+    up.then(Act::Stall(vec!["Two and two ".into(), "make four".into()]));
+    let app = app_with(db, &up, |c| c.llm_idle_timeout_ms = 60_000).await;
+    let (token, user) = app.sign_up("retried@example.com").await;
+    let chat = app.new_chat(&token, "Sums").await;
+    let job = held_reply_job(&app, &user, &chat).await;
+
+    let first = tokio::spawn({
+        let (svc, job) = (app.svc.clone(), job.clone());
+        async move { confab_application::ai::generate_reply(&svc, &job).await }
+    });
+    let streamed = "Two and two make four";
+    let seen = kept(&app, job.reply_id, |d| d.text == streamed).await;
+    assert_eq!(seen.text, streamed, "the first attempt streamed");
+    first.abort();
+    assert!(first.await.is_err(), "the first attempt never finished");
+
+    // Its process is gone: the next attempt runs elsewhere, from the durable record only.
+    let data_dir = app.data_dir.clone();
+    let database_url = app.database_url.clone();
+    let _kept_dir = app.stop().await;
+    let again = spawn_app_on(database_url, |c| {
+        openai_at(c, &up);
+        c.data_dir = data_dir.clone();
+    })
+    .await;
+    kept(&again, job.reply_id, |d| d.text == streamed).await;
+    confab_application::ai::generate_reply(&again.svc, &job)
+        .await
+        .expect("the second attempt");
+    assert_eq!(up.requests().len(), 1, "one call to the provider in all");
+    let stored = messages(&again, &token, &chat).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let content = stored[0]["content"].as_str().expect("content");
+    assert!(
+        content.starts_with(&format!("{streamed}\n\n[reply interrupted: ")),
+        "the stored reply is what was streamed, marked cut short: {content:?}"
+    );
+    let usage = again.credit_history(&token, "?type=usage").await;
+    assert_eq!(usage["total"], 1, "{usage}");
+    let charge = &usage["transactions"][0];
+    assert_eq!(
+        charge["reference"]["outputTokens"],
+        (streamed.len() as u64).div_ceil(4),
+        "charged for what was generated: {charge}"
+    );
+    let after = balance(&again, &token).await;
+    assert!(after < 1000, "charged: {after}");
+
+    // A third run (the queue lost track of the second's end) changes nothing.
+    confab_application::ai::generate_reply(&again.svc, &job)
+        .await
+        .expect("a third attempt");
+    assert_eq!(up.requests().len(), 1);
+    assert_eq!(messages(&again, &token, &chat).await.len(), 1);
+    assert_eq!(
+        again.credit_history(&token, "?type=usage").await["total"],
+        1
+    );
+    assert_eq!(balance(&again, &token).await, after);
+    again.shutdown().await;
+}
+
+/// An attempt whose provider stream completed but that failed before the reply was stored is
+/// finished by the next attempt exactly as it streamed: whole, charged by the provider's
+/// counts, without another call.
+async fn a_reply_whose_stream_completed_is_stored_whole_by_the_retry(db: Db) {
+    use confab_application::ai::llm::Usage;
+    use confab_application::ai::relay::StreamOutcome;
+    let up = OpenAiStandIn::start().await;
+    let app = app_with(db, &up, |_| {}).await;
+    let (token, user) = app.sign_up("completed@example.com").await;
+    let chat = app.new_chat(&token, "Sums").await;
+    let job = held_reply_job(&app, &user, &chat).await;
+    // The first attempt, up to the point where it stores the reply.
+    let mut writer = app.svc.relay.writer(job.reply_id, job.chat_id, job.user);
+    writer.restart();
+    writer.push("Four, ");
+    writer.push("of course.");
+    writer.streamed(&StreamOutcome::Complete(Some(Usage {
+        input: 1000,
+        output: 2000,
+    })));
+    drop(writer);
+    kept(&app, job.reply_id, |d| d.outcome.is_some()).await;
+
+    confab_application::ai::generate_reply(&app.svc, &job)
+        .await
+        .expect("the retry");
+    assert!(up.requests().is_empty(), "the provider is not called again");
+    let stored = messages(&app, &token, &chat).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["content"], "Four, of course.");
+    let usage = app.credit_history(&token, "?type=usage").await;
+    assert_eq!(usage["total"], 1, "{usage}");
+    assert_eq!(usage["transactions"][0]["reference"]["inputTokens"], 1000);
+    assert_eq!(usage["transactions"][0]["reference"]["outputTokens"], 2000);
+    app.shutdown().await;
 }

@@ -35,7 +35,7 @@ on_both!(
 );
 
 const PRO: &str = "price_pro_monthly";
-const TOPUP: &str = "price_topup_5000";
+pub(crate) const TOPUP: &str = "price_topup_5000";
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -44,8 +44,8 @@ fn now() -> i64 {
 // ---------------------------------------------------------------------------------------------
 // The app, its read models, the webhook.
 
-struct Billing {
-    app: TestApp,
+pub(crate) struct Billing {
+    pub(crate) app: TestApp,
     db: ReadDb,
     stripe: StripeStandIn,
 }
@@ -54,7 +54,7 @@ async fn billing_app(db: Db) -> Billing {
     billing_app_with(db, |_| {}).await
 }
 
-async fn billing_app_with(db: Db, tweak: impl FnOnce(&mut confab::Config)) -> Billing {
+pub(crate) async fn billing_app_with(db: Db, tweak: impl FnOnce(&mut confab::Config)) -> Billing {
     let stripe = StripeStandIn::start().await;
     let app = spawn_app_with(db, |c| {
         tweak(c);
@@ -101,7 +101,7 @@ impl Billing {
     }
 
     /// Delivers `event` and waits until its effects are readable.
-    async fn apply(&self, event: &Value) {
+    pub(crate) async fn apply(&self, event: &Value) {
         self.deliver(event).await;
         self.processed(event["id"].as_str().unwrap()).await;
     }
@@ -121,19 +121,19 @@ impl Billing {
     }
 
     /// Waits until no Stripe job is left in the queue.
-    async fn drained(&self) {
+    pub(crate) async fn drained(&self) {
         self.app.drained(Queue::Stripe).await;
     }
 
     /// Waits for the Stripe queue to drain, then stops the app.
-    async fn finish(self) {
+    pub(crate) async fn finish(self) {
         self.drained().await;
         self.app.shutdown().await;
     }
 
     /// Signs `email` up and starts a checkout for the subscription so that their Stripe
     /// customer exists.
-    async fn customer(&self, email: &str) -> Buyer {
+    pub(crate) async fn customer(&self, email: &str) -> Buyer {
         let (token, user) = self.app.sign_up(email).await;
         let (s, b) = post_checkout(&self.app, Some(&token), &pro_monthly()).await;
         assert_eq!(s, 200, "{b}");
@@ -244,16 +244,16 @@ fn invoice_event(
 }
 
 /// A signed-up user with a Stripe customer, and the events Stripe sends about them.
-struct Buyer {
-    token: String,
-    user: String,
+pub(crate) struct Buyer {
+    pub(crate) token: String,
+    pub(crate) user: String,
     customer: String,
 }
 
 impl Buyer {
     /// `checkout.session.completed`, paid: a subscription if `subscription` is given, else a
     /// one-time payment.
-    fn checkout_completed(
+    pub(crate) fn checkout_completed(
         &self,
         id: &str,
         created: i64,
@@ -416,7 +416,7 @@ async fn a_redelivered_event_changes_nothing_even_twenty_at_once(db: Db) {
     assert_eq!(
         b.history(token).await,
         vec![
-            ("reset".to_owned(), 1_000, 1_000),
+            ("grant".to_owned(), 1_000, 1_000),
             ("topup".to_owned(), 5_000, 6_000),
             ("subscription".to_owned(), 20_000, 26_000),
         ]
@@ -540,7 +540,7 @@ async fn a_cancelled_subscription_drops_the_tier_and_the_premium_models(db: Db) 
     assert_eq!(
         b.history(token).await,
         vec![
-            ("reset".to_owned(), 1_000, 1_000),
+            ("grant".to_owned(), 1_000, 1_000),
             ("subscription".to_owned(), 20_000, 21_000),
             ("subscription".to_owned(), 20_000, 41_000),
         ]

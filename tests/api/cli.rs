@@ -131,6 +131,181 @@ async fn operator_commands(db: Option<String>) {
     assert!(!out.status.success());
 }
 
+/// An auditor's view of the log: filtered listings, and `events verify` on a sound log and on
+/// one edited behind Confab's back (an unreadable payload, missing positions, a version gap).
+async fn auditors_filter_and_verify_the_log(db: Option<String>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let db = db.as_deref();
+    let config = confab::Config {
+        data_dir: data.clone(),
+        database_url: db.map(|s| s.to_owned().into()),
+        ..confab::Config::default()
+    };
+    let chat = seed(&config).await;
+    // One more chat, created by a known user (the seed's events name no actor).
+    let backend = confab::backend::Backend::open(&config, confab::backend::Migrations::Apply)
+        .await
+        .expect("open");
+    let (user, other_chat) = (Uuid::now_v7(), Uuid::now_v7());
+    execute::<Chat>(
+        &*backend.store,
+        &other_chat,
+        ChatCommand::Create {
+            chat_id: other_chat,
+            owner: user,
+            title: ChatTitle::parse("Audited").expect("title"),
+            at: Utc::now(),
+        },
+        EventMetadata {
+            actor: Some(user),
+            ..EventMetadata::default()
+        },
+    )
+    .await
+    .expect("create");
+    let json_lines = |o: &Output| -> Vec<serde_json::Value> {
+        assert!(o.status.success(), "{o:?}");
+        stdout(o)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    let positions = |lines: &[serde_json::Value]| -> Vec<u64> {
+        lines
+            .iter()
+            .map(|l| l["position"].as_u64().expect("position"))
+            .collect()
+    };
+
+    let created = json_lines(&confab(&data, db, &["events", "--type", "chat.created"]));
+    assert_eq!(positions(&created), vec![1, 27]);
+    let window = json_lines(&confab(
+        &data,
+        db,
+        &[
+            "events", "--stream", "chat-*", "--after", "20", "--before", "24",
+        ],
+    ));
+    assert_eq!(positions(&window), vec![21, 22, 23]);
+    let one_stream = json_lines(&confab(
+        &data,
+        db,
+        &[
+            "events",
+            "--stream",
+            &format!("chat-{chat}"),
+            "--type",
+            "chat.message_sent",
+        ],
+    ));
+    assert_eq!(one_stream.len(), 25);
+    let theirs = json_lines(&confab(&data, db, &["events", "--user", &user.to_string()]));
+    assert_eq!(positions(&theirs), vec![27]);
+    let out = confab(
+        &data,
+        db,
+        &["events", "--type", "chat.*", "--format", "table"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let table = stdout(&out);
+    assert_eq!(table.lines().count(), 1 + 27, "{table}");
+    assert!(table.lines().next().unwrap().contains("position"));
+    assert!(table.contains(&format!("chat-{other_chat}")) && table.contains(&user.to_string()));
+    let out = confab(&data, db, &["events", "--since", "2999-01-01"]);
+    assert!(out.status.success() && stdout(&out).is_empty(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no event matches"));
+    let out = confab(&data, db, &["events", "--since", "last tuesday"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("RFC 3339"),
+        "{out:?}"
+    );
+
+    let out = confab(&data, db, &["events", "verify"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout(&out).contains("the log is sound: 27 events in 2 streams"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Edited behind Confab's back: an unreadable payload at 28, nothing at 29 and 30, and a
+    // stream that skips a version at 31.
+    let stray = format!("chat-{}", Uuid::now_v7());
+    let rows = [
+        (28_i64, 1_i64, serde_json::json!({ "no": "such field" })),
+        (31, 3, serde_json::json!({ "no": "such field either" })),
+    ];
+    let insert = "INSERT INTO events (position, event_id, stream, version, event_type, \
+                  schema_version, payload, metadata, recorded_at) \
+                  VALUES ($1, $2, $3, $4, 'chat.created', 1, $5, $6, $7)";
+    let meta = serde_json::json!({});
+    match &backend.db {
+        confab_projections::ReadDb::Sqlite(p) => {
+            for (pos, version, payload) in &rows {
+                sqlx::query(insert)
+                    .bind(pos)
+                    .bind(Uuid::now_v7())
+                    .bind(&stray)
+                    .bind(version)
+                    .bind(payload.to_string())
+                    .bind(meta.to_string())
+                    .bind(Utc::now())
+                    .execute(p)
+                    .await
+                    .expect("insert");
+            }
+        }
+        confab_projections::ReadDb::Postgres(p) => {
+            for (pos, version, payload) in &rows {
+                sqlx::query(insert)
+                    .bind(pos)
+                    .bind(Uuid::now_v7())
+                    .bind(&stray)
+                    .bind(version)
+                    .bind(sqlx::types::Json(payload))
+                    .bind(sqlx::types::Json(&meta))
+                    .bind(Utc::now())
+                    .execute(p)
+                    .await
+                    .expect("insert");
+            }
+            sqlx::query("UPDATE event_log_head SET position = 31")
+                .execute(p)
+                .await
+                .expect("head");
+        }
+    }
+    let out = confab(&data, db, &["events", "verify"]);
+    assert!(!out.status.success(), "{out:?}");
+    let report = stdout(&out);
+    assert!(report.contains("position 28: chat.created"), "{report}");
+    assert!(report.contains("cannot be read"), "{report}");
+    assert!(
+        report.contains("position 31: positions 29 to 30 are missing"),
+        "{report}"
+    );
+    assert!(report.contains("jumps from version 1 to 3"), "{report}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing was changed"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn auditors_filter_and_verify_the_log_on_the_embedded_default() {
+    auditors_filter_and_verify_the_log(None).await;
+}
+
+#[tokio::test]
+async fn auditors_filter_and_verify_the_log_on_postgres() {
+    auditors_filter_and_verify_the_log(Some(
+        confab_eventstore::testing::fresh_postgres_database().await,
+    ))
+    .await;
+}
+
 #[tokio::test]
 async fn operator_commands_work_on_the_embedded_default() {
     operator_commands(None).await;

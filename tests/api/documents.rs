@@ -5,7 +5,7 @@
 //! removing the chunks from retrieval, and re-processing.
 
 use crate::helpers::{
-    Db, Killed, TestApp, assert_error, confab_command, database_for, eventually, free_port,
+    Db, Killed, Queue, TestApp, assert_error, confab_command, database_for, eventually, free_port,
     listening, on_both, parts, png, poll, spawn_app_on, spawn_app_with, spawn_quiet,
 };
 use confab::Config;
@@ -31,6 +31,10 @@ on_both!(
     changing_the_embedding_model_builds_the_new_index_while_the_old_one_answers,
     a_grounded_answer_lists_its_sources_even_after_its_document_is_deleted,
     a_process_killed_mid_embedding_resumes_without_duplicates,
+    embedding_usage_is_charged_to_the_uploader_once_per_batch,
+    an_embedding_model_priced_at_zero_is_charged_nothing,
+    document_jobs_are_queued_where_the_database_says,
+    projections_status_shows_the_rebuild_of_a_new_embedding_model,
 );
 
 /// The app with the stand-in as the `openai` provider (chat and embeddings) and small chunks.
@@ -964,4 +968,478 @@ async fn a_process_killed_mid_embedding_resumes_without_duplicates(db: Db) {
     };
     assert_eq!(count("SELECT COUNT(*) FROM document_chunks").await, n);
     assert_eq!(count("SELECT COUNT(*) FROM chunk_embeddings").await, n);
+    // One embedding charge per batch (one chunk each), none twice.
+    let history: Value = http
+        .get(format!(
+            "{base}/api/billing/credit-history?type=usage&limit=100"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let usage = history["transactions"].as_array().expect("transactions");
+    assert_eq!(usage.len() as i64, n, "{history:#}");
+    assert!(
+        usage
+            .iter()
+            .all(|t| t["reference"]["documentId"] == id.as_str())
+    );
+}
+
+/// The usage transactions of the embedding model in `token`'s credit history, oldest first.
+async fn embedding_usage(app: &TestApp, token: &str, model: &str) -> Vec<Value> {
+    let history = app.credit_history(token, "?type=usage&limit=100").await;
+    let mut usage: Vec<Value> = history["transactions"]
+        .as_array()
+        .expect("transactions")
+        .iter()
+        .filter(|t| t["reference"]["model"] == model)
+        .cloned()
+        .collect();
+    usage.reverse();
+    usage
+}
+
+async fn embedding_usage_is_charged_to_the_uploader_once_per_batch(db: Db) {
+    let up = OpenAiStandIn::start().await;
+    // One credit per token, one chunk per batch: each batch's charge is its chunk's tokens as
+    // the stand-in counts them (its words).
+    let app = app(db, &up, |c| {
+        c.embedding_batch = 1;
+        c.catalogue.embedding_models = vec![confab_domain::catalogue::EmbeddingPrice {
+            id: "text-embedding-3-small".into(),
+            price_per_1m: 1_000_000,
+        }];
+    })
+    .await;
+    let (token, _) = app.sign_up("charged@example.com").await;
+    let before = app.me(&token).await["credits"].as_i64().expect("credits");
+    let id = uploaded(&app, &token, "topics.md", two_topics()).await;
+    assert_eq!(settled(&app, &token, &id).await["status"], "ready");
+    let texts = chunk_texts(&app, &id).await;
+    assert!(texts.len() >= 2, "{texts:?}");
+    let tokens: Vec<i64> = texts
+        .iter()
+        .map(|t| t.split_whitespace().count() as i64)
+        .collect();
+
+    let usage = embedding_usage(&app, &token, "text-embedding-3-small").await;
+    assert_eq!(usage.len(), texts.len(), "one charge per batch: {usage:#?}");
+    let mut charged: Vec<i64> = usage
+        .iter()
+        .map(|t| t["reference"]["inputTokens"].as_i64().expect("inputTokens"))
+        .collect();
+    let mut expected = tokens.clone();
+    charged.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(charged, expected);
+    for t in &usage {
+        assert_eq!(t["type"], "usage");
+        assert_eq!(t["reference"]["documentId"], id.as_str(), "{t}");
+        assert_eq!(t["reference"]["chatId"], Value::Null, "{t}");
+        assert_eq!(
+            t["amount"],
+            -t["reference"]["inputTokens"].as_i64().unwrap(),
+            "{t}"
+        );
+    }
+    let total: i64 = tokens.iter().sum();
+    let after = app.me(&token).await["credits"].as_i64().expect("credits");
+    assert_eq!(after, before - total);
+
+    // A job that dies after charging and before storing its vectors sends the same batches
+    // again: simulate it by dropping the derived vectors and processing the document again.
+    let sent = up.embedding_requests().len();
+    let db = app.read_db().await;
+    let dropped = match &db {
+        ReadDb::Sqlite(p) => sqlx::query("DELETE FROM chunk_embeddings")
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()),
+        ReadDb::Postgres(p) => sqlx::query("DELETE FROM chunk_embeddings")
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()),
+    };
+    assert_eq!(dropped.expect("drop vectors"), texts.len() as u64);
+    let (status, body) = app
+        .post("/api/rag", Some(&token), &json!({ "documentId": id }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(settled(&app, &token, &id).await["status"], "ready");
+    assert!(
+        up.embedding_requests().len() >= sent + texts.len(),
+        "the batches were embedded again"
+    );
+    let again = embedding_usage(&app, &token, "text-embedding-3-small").await;
+    assert_eq!(again.len(), usage.len(), "charged twice: {again:#?}");
+    assert_eq!(app.me(&token).await["credits"].as_i64(), Some(after));
+}
+
+async fn an_embedding_model_priced_at_zero_is_charged_nothing(db: Db) {
+    let up = OpenAiStandIn::start().await;
+    let app = app(db, &up, |c| {
+        c.embedding_model = "local-embed".into();
+        c.catalogue.embedding_models = vec![confab_domain::catalogue::EmbeddingPrice {
+            id: "local-embed".into(),
+            price_per_1m: 0,
+        }];
+    })
+    .await;
+    let (token, _) = app.sign_up("free-embed@example.com").await;
+    let before = app.me(&token).await["credits"].as_i64().expect("credits");
+    let id = uploaded(&app, &token, "topics.md", two_topics()).await;
+    assert_eq!(settled(&app, &token, &id).await["status"], "ready");
+    let usage = embedding_usage(&app, &token, "local-embed").await;
+    assert!(!usage.is_empty(), "the usage is recorded");
+    for t in &usage {
+        assert_eq!(t["amount"], 0, "{t}");
+        assert!(t["reference"]["inputTokens"].as_i64().unwrap() > 0, "{t}");
+        assert_eq!(t["reference"]["documentId"], id.as_str(), "{t}");
+    }
+    assert_eq!(app.me(&token).await["credits"].as_i64(), Some(before));
+}
+
+/// Document jobs recorded in `app`'s queue, finished or not: in `document-jobs.db` on the
+/// embedded default, in the shared `apalis` schema on PostgreSQL.
+async fn document_jobs(app: &TestApp) -> i64 {
+    const SQL: &str = "SELECT COUNT(*) FROM {} WHERE job_type = 'process_document'";
+    match app.read_db().await {
+        ReadDb::Postgres(p) => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.replace("{}", "apalis.jobs")))
+                .fetch_one(&p)
+                .await
+        }
+        ReadDb::Sqlite(_) => {
+            let file = app.data_dir.join("document-jobs.db");
+            let p = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
+                .await
+                .expect("document-jobs.db");
+            sqlx::query_scalar(sqlx::AssertSqlSafe(SQL.replace("{}", "Jobs")))
+                .fetch_one(&p)
+                .await
+        }
+    }
+    .expect("count document jobs")
+}
+
+async fn document_jobs_are_queued_where_the_database_says(db: Db) {
+    let up = OpenAiStandIn::start().await;
+    let app = app(db, &up, |_| {}).await;
+    let (token, _) = app.sign_up("queues@example.com").await;
+    let id = uploaded(&app, &token, "topics.md", two_topics()).await;
+    assert_eq!(settled(&app, &token, &id).await["status"], "ready");
+    app.drained(Queue::Documents).await;
+    // Parse, then embed.
+    assert!(document_jobs(&app).await >= 2);
+    let file = app.data_dir.join("document-jobs.db");
+    match db {
+        Db::Sqlite => assert!(file.exists()),
+        Db::Postgres => assert!(!file.exists(), "PostgreSQL needs no queue file"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_uploaded_to_serve_without_jobs_is_processed_by_confab_work() {
+    let up = OpenAiStandIn::start().await;
+    let url = confab_eventstore::testing::fresh_postgres_database().await;
+    // Both processes read and write the same object store, as a deployment must have them.
+    let objects = tempfile::tempdir().expect("tempdir");
+    let objects_url = format!("file://{}", objects.path().display());
+    let api = spawn_app_on(Some(url.clone()), |c| {
+        c.object_store_url = Some(objects_url.clone());
+        c.openai_base_url = Some(up.base_url().to_owned());
+        c.openai_api_key = Some("server-key".to_owned().into());
+        c.chunk_tokens = 60;
+        c.chunk_overlap = 0;
+        c.run_jobs = false;
+    })
+    .await;
+    let (token, _) = api.sign_up("worked@example.com").await;
+    let id = uploaded(&api, &token, "topics.md", two_topics()).await;
+    // Nobody works the queue yet: the document waits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, doc) = api.get(&format!("/api/documents/{id}"), Some(&token)).await;
+    assert_eq!(doc["status"], "processing", "{doc}");
+    assert!(up.embedding_requests().is_empty());
+    assert!(api.unfinished_jobs(Queue::Documents).await >= 1);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut work = spawn_quiet(
+        confab_command()
+            .arg("work")
+            .env("CONFAB_DATABASE_URL", &url)
+            .env("CONFAB_DATA_DIR", dir.path())
+            .env("CONFAB_OBJECT_STORE_URL", &objects_url)
+            .env("OPENAI_BASE_URL", up.base_url())
+            .env("OPENAI_API_KEY", "server-key")
+            .env("CONFAB_CHUNK_TOKENS", "60")
+            .env("CONFAB_CHUNK_OVERLAP", "0")
+            .env("RUST_LOG", "warn"),
+    );
+    let doc = settled(&api, &token, &id).await;
+    assert_eq!(doc["status"], "ready", "{doc}");
+    assert!(doc["chunks"].as_i64().unwrap() >= 2, "{doc}");
+    assert!(!up.embedding_requests().is_empty());
+    api.drained(Queue::Documents).await;
+    // Grounding works on the serve instance with what `work` indexed.
+    assert_eq!(
+        chunk_texts(&api, &id).await.len() as i64,
+        doc["chunks"].as_i64().unwrap()
+    );
+    work.kill();
+    api.shutdown().await;
+}
+
+/// `confab projections status`'s line about the vectors of `model`, for the app on
+/// `data_dir` / `url`.
+fn vector_status(data_dir: &std::path::Path, url: Option<&str>, model: &str) -> String {
+    let mut cmd = confab_command();
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .args(["projections", "status"])
+        .env("CONFAB_EMBEDDING_MODEL", model);
+    if let Some(url) = url {
+        cmd.env("CONFAB_DATABASE_URL", url);
+    }
+    let out = cmd.output().expect("confab projections status");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("documents vectors"))
+        .unwrap_or_else(|| panic!("no vectors line: {out:?}"))
+        .to_owned()
+}
+
+async fn projections_status_shows_the_rebuild_of_a_new_embedding_model(db: Db) {
+    let up = OpenAiStandIn::start().await;
+    let first = app(db, &up, |c| {
+        c.embedding_model = "model-a".into();
+        c.embedding_batch = 1;
+    })
+    .await;
+    let (token, _) = first.sign_up("status@example.com").await;
+    let id = uploaded(&first, &token, "topics.md", two_topics()).await;
+    assert_eq!(settled(&first, &token, &id).await["status"], "ready");
+    let n = chunk_texts(&first, &id).await.len();
+    assert!(n >= 2);
+    let (data_dir, url) = (first.data_dir.clone(), first.database_url.clone());
+    assert_eq!(
+        vector_status(&data_dir, url.as_deref(), "model-a"),
+        format!(
+            "documents vectors model-a: {n}/{n} chunks, complete; serving model-a (1 document)"
+        )
+    );
+    let dir = first.stop().await;
+    // Before the restart with the new model, nothing of its index exists.
+    assert_eq!(
+        vector_status(&data_dir, url.as_deref(), "model-b"),
+        format!("documents vectors model-b: 0/{n} chunks, building; serving model-a (1 document)")
+    );
+    // The new model's first chunk is embedded, the second call hangs (for the first-token
+    // limit, then it is retried): the rebuild stands half-way meanwhile.
+    up.embeddings_then(200).embeddings_then(0);
+    let app = spawn_app_on(url.clone(), |c| {
+        c.data_dir = data_dir.clone();
+        c.openai_base_url = Some(up.base_url().to_owned());
+        c.openai_api_key = Some("server-key".to_owned().into());
+        c.chunk_tokens = 60;
+        c.chunk_overlap = 0;
+        c.embedding_batch = 1;
+        c.llm_first_token_timeout_ms = 8_000;
+        c.llm_backoff_ms = 20;
+        c.embedding_model = "model-b".into();
+    })
+    .await;
+    let halfway =
+        format!("documents vectors model-b: 1/{n} chunks, building; serving model-a (1 document)");
+    let (data, u) = (data_dir.clone(), url.clone());
+    let seen = poll(
+        Duration::from_secs(8),
+        Duration::from_millis(100),
+        || {
+            let (data, u) = (data.clone(), u.clone());
+            async move {
+                tokio::task::spawn_blocking(move || vector_status(&data, u.as_deref(), "model-b"))
+                    .await
+                    .expect("status")
+            }
+        },
+        |line| *line == halfway,
+    )
+    .await;
+    assert_eq!(seen, halfway);
+    // Then it completes and retrieval switches.
+    let path = format!("/api/documents/{id}");
+    let (_, doc) = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || app.get(&path, Some(&token)),
+        |(_, doc)| doc["embeddingModel"] == "model-b",
+    )
+    .await;
+    assert_eq!(doc["embeddingModel"], "model-b", "{doc}");
+    assert_eq!(
+        vector_status(&data_dir, url.as_deref(), "model-b"),
+        format!(
+            "documents vectors model-b: {n}/{n} chunks, complete; serving model-b (1 document)"
+        )
+    );
+    app.shutdown().await;
+    drop(dir);
+}
+
+/// Whether the PostgreSQL at `url` offers the `vector` extension.
+async fn pgvector_available(url: &str) -> bool {
+    let pool = sqlx::PgPool::connect(url).await.expect("postgres");
+    sqlx::query_scalar::<_, String>(
+        "SELECT name::text FROM pg_available_extensions WHERE name = 'vector'",
+    )
+    .fetch_optional(&pool)
+    .await
+    .expect("extensions")
+    .is_some()
+}
+
+async fn pg_count(url: &str, sql: &'static str) -> Option<i64> {
+    let pool = sqlx::PgPool::connect(url).await.expect("postgres");
+    sqlx::query_scalar::<_, Option<i64>>(sql)
+        .fetch_one(&pool)
+        .await
+        .expect("count")
+}
+
+/// Asks a grounded question and returns the context the model got.
+async fn grounded(app: &TestApp, up: &OpenAiStandIn, token: &str, id: &str, q: &str) -> String {
+    let r = app
+        .request(Method::POST, "/api/chat", Some(token))
+        .json(&json!({ "messages": [{ "role": "user", "content": q }], "documentIds": [id] }))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(r.status(), 200);
+    r.text().await.expect("reply");
+    grounding(up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgvector_ranks_vectors_when_installed_and_off_keeps_the_exact_path() {
+    let up = OpenAiStandIn::start().await;
+    up.always(Act::reply(&["See [1]."], (10, 10), Duration::ZERO));
+    let url = confab_eventstore::testing::fresh_postgres_database().await;
+    let tweak = |c: &mut Config, mode: &str| {
+        c.openai_base_url = Some(up.base_url().to_owned());
+        c.openai_api_key = Some("server-key".to_owned().into());
+        c.chunk_tokens = 60;
+        c.chunk_overlap = 0;
+        c.rag_top_k = 1;
+        c.pgvector = mode.into();
+    };
+    // Off: the exact path, no pgvector table at all.
+    let first = spawn_app_on(Some(url.clone()), |c| tweak(c, "off")).await;
+    let (token, _) = first.sign_up("pgv@example.com").await;
+    let id = uploaded(&first, &token, "topics.md", two_topics()).await;
+    assert_eq!(settled(&first, &token, &id).await["status"], "ready");
+    let n = chunk_texts(&first, &id).await.len() as i64;
+    let context = grounded(&first, &up, &token, &id, "volcano magma").await;
+    assert!(
+        context.contains("volcano") && !context.contains("orchid"),
+        "{context}"
+    );
+    assert_eq!(
+        pg_count(
+            &url,
+            "SELECT COUNT(*) FROM pg_class WHERE relname = 'chunk_vectors'"
+        )
+        .await,
+        Some(0)
+    );
+    let data_dir = first.data_dir.clone();
+    let dir = first.stop().await;
+
+    if !pgvector_available(&url).await {
+        println!(
+            "pgvector is not installed in this PostgreSQL: only the exact-scan path was tested"
+        );
+        return;
+    }
+    // Auto, with the extension: the stored vectors are copied into its index at start-up and
+    // retrieval ranks with `<=>`, owner-scoped.
+    let second = spawn_app_on(Some(url.clone()), |c| {
+        tweak(c, "auto");
+        c.data_dir = data_dir;
+    })
+    .await;
+    assert_eq!(
+        pg_count(&url, "SELECT COUNT(*) FROM chunk_vectors").await,
+        Some(n),
+        "backfilled"
+    );
+    let context = grounded(&second, &up, &token, &id, "orchid petals").await;
+    assert!(
+        context.contains("orchid") && !context.contains("volcano"),
+        "{context}"
+    );
+    // A new document's vectors go to the index as they are embedded, under an HNSW index of
+    // the stand-in's dimension.
+    let other = uploaded(&second, &token, "more.md", two_topics_more()).await;
+    assert_eq!(settled(&second, &token, &other).await["status"], "ready");
+    assert!(pg_count(&url, "SELECT COUNT(*) FROM chunk_vectors").await > Some(n));
+    assert_eq!(
+        pg_count(
+            &url,
+            "SELECT COUNT(*) FROM pg_indexes WHERE indexname = 'chunk_vectors_hnsw_256'"
+        )
+        .await,
+        Some(1)
+    );
+    // Ownership is inside the query: another owner finds nothing in these documents.
+    let pool = sqlx::PgPool::connect(&url).await.expect("postgres");
+    let doc: uuid::Uuid = id.parse().unwrap();
+    let q = confab_testkit::openai::embedding_of("volcano");
+    let stranger = confab_projections::pgvector::nearest(
+        &pool,
+        uuid::Uuid::now_v7(),
+        &[doc],
+        "text-embedding-3-small",
+        &q,
+        10,
+    )
+    .await
+    .expect("nearest");
+    assert!(stranger.is_empty());
+    let owner: uuid::Uuid = second.me(&token).await["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let near = confab_projections::pgvector::nearest(
+        &pool,
+        owner,
+        &[doc],
+        "text-embedding-3-small",
+        &q,
+        10,
+    )
+    .await
+    .expect("nearest");
+    assert_eq!(near.len() as i64, n, "{near:?}");
+    let texts = chunk_texts(&second, &id).await;
+    assert!(texts[near[0].1 as usize].contains("volcano"), "{near:?}");
+    assert!(near[0].2 > near[near.len() - 1].2);
+    second.shutdown().await;
+    drop(dir);
+}
+
+/// Two more sections, unlike [`two_topics`]'s.
+fn two_topics_more() -> Vec<u8> {
+    format!(
+        "# Glaciers\n\n{} ice carves the valley.\n\n# Deserts\n\n{} dunes shift in the wind.\n",
+        words("glacier", 30),
+        words("desert", 30)
+    )
+    .into_bytes()
 }

@@ -53,6 +53,8 @@ pub struct TestApp {
     pub data_dir: PathBuf,
     /// The PostgreSQL database it runs on, if not the embedded default.
     pub database_url: Option<String>,
+    /// The application layer of this instance, to run a use case or a job body directly.
+    pub svc: confab_application::Services,
 }
 
 /// The provider-key encryption key of every test instance and process (base64 of 32 bytes):
@@ -107,6 +109,7 @@ pub async fn spawn_app_on(
         .map(|u| secrecy::ExposeSecret::expose_secret(u).to_owned());
     let app = Application::build(config).await.expect("build");
     let base = format!("http://127.0.0.1:{}", app.port());
+    let svc = app.services();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
@@ -119,6 +122,7 @@ pub async fn spawn_app_on(
         dir,
         data_dir,
         database_url,
+        svc,
     }
 }
 
@@ -373,10 +377,18 @@ impl TestApp {
                      {UNFINISHED}"
                 ),
             ),
+            Queue::Documents => (
+                "document-jobs.db",
+                format!(
+                    "SELECT COUNT(*) FROM {{}} WHERE job_type = 'process_document' AND \
+                     {UNFINISHED}"
+                ),
+            ),
         };
-        // The reply queue moves to PostgreSQL with the app; the Stripe queue is always a file.
+        // The reply and document queues move to PostgreSQL with the app; the Stripe queue is
+        // always a file.
         let count = match (&self.database_url, queue) {
-            (Some(url), Queue::Replies) => {
+            (Some(url), Queue::Replies | Queue::Documents) => {
                 let pool = sqlx::PgPool::connect(url).await.expect("postgres");
                 let sql = sqlx::AssertSqlSafe(sql.replace("{}", "apalis.jobs"));
                 sqlx::query_scalar(sql).fetch_one(&pool).await
@@ -434,6 +446,9 @@ pub enum Queue {
     Replies,
     /// Stripe events: `stripe-jobs.db` in the data directory.
     Stripe,
+    /// Document processing: `document-jobs.db` on the embedded default, the `apalis` schema
+    /// on PostgreSQL.
+    Documents,
 }
 
 async fn sqlite(path: &std::path::Path) -> sqlx::SqlitePool {

@@ -11,6 +11,7 @@ on_both!(
     answers_older_than_a_day_are_purged,
     a_write_the_read_model_has_not_shown_is_a_202_a_retry_replays,
     a_caller_is_authenticated_before_the_body_is_buffered,
+    a_run_that_never_answered_is_taken_over_and_writes_nothing_twice,
 );
 
 async fn post_with_key(
@@ -73,6 +74,9 @@ async fn a_caller_is_authenticated_before_the_body_is_buffered(db: Db) {
             .bearer_auth(bearer)
             .header("Idempotency-Key", "big")
             .header("content-type", "application/json")
+            // The server answers before reading the body and then closes the connection;
+            // the client must not put it back in its pool for the next request.
+            .header("connection", "close")
             .body(vec![b' '; bytes])
             .send()
     };
@@ -191,5 +195,69 @@ async fn concurrent_retries_with_one_key_create_one_chat(db: Db) {
     );
     let (_, list) = app.get("/api/chats", Some(&token)).await;
     assert_eq!(list["total"], 1);
+    app.shutdown().await;
+}
+
+/// Makes every kept answer look like a claim whose run never answered (its process died after
+/// it wrote, before it kept its answer), `age` ago.
+async fn unanswered(app: &TestApp, age: chrono::Duration) {
+    let sql = "UPDATE idempotency_keys SET status = NULL, content_type = NULL, body = NULL, \
+               created_at = $1";
+    let at = chrono::Utc::now() - age;
+    match &app.read_db().await {
+        confab_projections::ReadDb::Sqlite(p) => {
+            sqlx::query(sql).bind(at).execute(p).await.unwrap();
+        }
+        confab_projections::ReadDb::Postgres(p) => {
+            sqlx::query(sql).bind(at).execute(p).await.unwrap();
+        }
+    }
+}
+
+/// A request whose process died after it wrote and before it answered leaves its claim: a
+/// retry meanwhile is a 409 (it may still be running), and after 15 seconds the retry runs
+/// again and answers with what the first run wrote, the same message and the same chat,
+/// never a second one.
+async fn a_run_that_never_answered_is_taken_over_and_writes_nothing_twice(db: Db) {
+    let app = spawn_app(db).await;
+    let (token, chat) = {
+        let (token, _) = app.sign_up("crash@example.com").await;
+        let chat = app.new_chat(&token, "Crash").await;
+        (token, chat)
+    };
+    let path = format!("/api/chats/{chat}/messages");
+    let body = json!({ "content": "written once", "type": "text" });
+    let (s1, first, _) = post_with_key(&app, &path, &token, "crash", &body).await;
+    assert_eq!(s1, 201, "{first}");
+    unanswered(&app, chrono::Duration::seconds(5)).await;
+    let (s2, busy, _) = post_with_key(&app, &path, &token, "crash", &body).await;
+    assert_eq!(s2, 409, "a run that may still be going: {busy}");
+    assert_error(&busy, "conflict");
+    unanswered(&app, chrono::Duration::seconds(31)).await;
+    let (s3, again, replayed) = post_with_key(&app, &path, &token, "crash", &body).await;
+    assert_eq!((s3, replayed), (201, false), "run again: {again}");
+    assert_eq!(
+        again["id"], first["id"],
+        "the same message, found, not sent twice"
+    );
+    assert_eq!(again["content"], "written once");
+    let (_, list) = app.get(&format!("{path}?limit=100"), Some(&token)).await;
+    assert_eq!(list["total"], 1, "{list}");
+    // And now its answer is kept: a further retry is a replay.
+    let (s4, kept, replayed) = post_with_key(&app, &path, &token, "crash", &body).await;
+    assert_eq!((s4, replayed), (201, true));
+    assert_eq!(kept["id"], first["id"]);
+
+    // A chat likewise.
+    let chat_body = json!({ "title": "Created once" });
+    let (c1, created, _) =
+        post_with_key(&app, "/api/chats", &token, "crash-chat", &chat_body).await;
+    assert_eq!(c1, 201, "{created}");
+    unanswered(&app, chrono::Duration::seconds(31)).await;
+    let (c2, again, _) = post_with_key(&app, "/api/chats", &token, "crash-chat", &chat_body).await;
+    assert_eq!(c2, 201, "{again}");
+    assert_eq!(again["id"], created["id"]);
+    let (_, chats) = app.get("/api/chats", Some(&token)).await;
+    assert_eq!(chats["total"], 2, "the first chat and this one: {chats}");
     app.shutdown().await;
 }

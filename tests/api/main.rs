@@ -6,14 +6,17 @@
 mod helpers;
 
 mod ai_chat;
+mod audit;
 mod auth;
 mod billing;
 mod chats;
 mod cli;
+mod credit_holds;
 mod documents;
 mod idempotency;
 mod images;
 mod objects;
+mod operators;
 mod profile;
 mod ratelimit;
 mod realtime;

@@ -9,6 +9,7 @@ on_both!(
     conversations_and_messages_share_the_chat_model,
     providers_are_admin_only_and_endpoints_are_checked,
     user_keys_are_stored_encrypted_and_only_hinted,
+    a_stored_key_names_its_key_id_and_opens_only_for_its_user_and_provider,
 );
 
 /// `POST /chat/messages` as `token` → (status, body).
@@ -221,5 +222,58 @@ async fn user_keys_are_stored_encrypted_and_only_hinted(db: Db) {
         );
     }
     let _: Value = cfg;
+    app.shutdown().await;
+}
+
+/// What is recorded is `v2:<key id>:...`, bound to (user, provider): the application opens it
+/// for its owner and provider and for nobody else.
+async fn a_stored_key_names_its_key_id_and_opens_only_for_its_user_and_provider(db: Db) {
+    use confab_application::providers::{KeyScope, key_id};
+    use uuid::Uuid;
+    let app = spawn_app_with(db, with_admin).await;
+    let admin = app.sign_in_admin().await;
+    let (token, user) = app.sign_up("bound@example.com").await;
+    let (_, other) = app.sign_up("other@example.com").await;
+    let (_, p) = app
+        .add_provider(&admin, "Public", "https://8.8.8.8/v1")
+        .await;
+    let (_, q) = app
+        .add_provider(&admin, "Public", "https://8.8.4.4/v1")
+        .await;
+    let id = |v: &Value| -> Uuid { v["id"].as_str().expect("id").parse().expect("uuid") };
+    let (uid, pid) = (id(&user), id(&p));
+    let secret = "sk-live-0123456789BOUNDa1b2";
+    let (status, cfg) = app.add_user_key(&token, &uid, &pid, secret).await;
+    assert_eq!(status, 201, "{cfg}");
+
+    let stored = confab_projections::providers::get_user_config(&app.svc.db, uid, pid)
+        .await
+        .expect("read")
+        .expect("stored")
+        .encrypted_key;
+    let key = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        crate::helpers::TEST_ENCRYPTION_KEY,
+    )
+    .expect("base64");
+    let kid = key_id(&key.try_into().expect("32 bytes"));
+    assert!(
+        stored.starts_with(&format!("v2:{kid}:")),
+        "sealed with the key id: {stored}"
+    );
+    let cipher = &app.svc.cipher;
+    let owner = KeyScope {
+        user: uid,
+        provider: pid,
+    };
+    assert_eq!(cipher.decrypt(&stored, owner).expect("opens"), secret);
+    for (user, provider) in [(id(&other), pid), (uid, id(&q))] {
+        assert!(
+            cipher
+                .decrypt(&stored, KeyScope { user, provider })
+                .is_err(),
+            "opened for another user or provider"
+        );
+    }
     app.shutdown().await;
 }

@@ -4,7 +4,9 @@
 //!
 //! Job bodies are the application layer's use cases ([`confab_application::ai::generate_reply`],
 //! [`confab_application::billing::process_stripe_event`],
-//! [`confab_application::credits::reset_all`]); this module only adapts them to apalis.
+//! [`confab_application::credits::reset_all`],
+//! [`confab_application::credits::sweep_expired_holds`]); this module only adapts them to
+//! apalis.
 
 use apalis::prelude::*;
 use confab_application::jobs::{GenerateReply, ProcessDocument, ProcessStripeEvent};
@@ -121,6 +123,23 @@ impl Job for ResetCredits {
             Some(e) => Err(JobError::Retry(e)),
             None => Ok(()),
         }
+    }
+}
+
+/// The release of expired credit holds, run by its schedule.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct SweepCreditHolds;
+
+impl Job for SweepCreditHolds {
+    const NAME: &'static str = "credit_hold_sweep";
+    const MAX_ATTEMPTS: usize = 1;
+    type Context = Services;
+
+    /// Holds that could not be released are left to the next tick: the sweep is idempotent
+    /// and runs often, so a retry now would only repeat it.
+    async fn run(self, svc: &Services) -> Result<(), JobError> {
+        confab_application::credits::sweep_expired_holds(svc).await?;
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod billing;
 pub mod documents;
 pub mod jobs;
+pub mod pg_queue;
 pub mod queue;
 pub mod sqlite_queue;
 
@@ -59,7 +60,8 @@ pub struct Queues {
     pub replies: queue::ReplyQueue,
     /// Stripe events: only in processes that serve the webhook (`serve`).
     pub stripe: Option<billing::StripeQueue>,
-    /// Document processing: only in processes that take uploads (`serve`).
+    /// Document processing: on SQLite only in `serve` (a file of its own); on PostgreSQL in
+    /// every process (the shared queue).
     pub documents: Option<documents::DocumentQueue>,
 }
 
@@ -79,7 +81,7 @@ impl JobQueue for Queues {
                 Some(q) => q.push(j).await,
                 None => Err(QueueError {
                     queue: documents::DOCUMENT_QUEUE,
-                    source: "this process has no document queue (only `serve` does)".into(),
+                    source: "this process has no document queue".into(),
                 }),
             },
         }

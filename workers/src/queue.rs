@@ -2,9 +2,10 @@
 //! process of the embedded default) or on PostgreSQL (the `apalis` schema of Confab's database,
 //! shared by every `serve` and `work` process), with the reply worker woken the moment a job is
 //! pushed (SQLite's update hook, PostgreSQL's notification) and polling once a second for
-//! retries; and the monthly credit reset on an apalis-cron schedule.
+//! retries; and, on apalis-cron schedules, the monthly credit reset and the sweep that releases
+//! expired credit holds.
 
-use crate::jobs::{Job, ResetCredits, handle};
+use crate::jobs::{Job, ResetCredits, SweepCreditHolds, handle};
 use apalis::prelude::*;
 use apalis_cron::{CronScheduler, Tick};
 use apalis_postgres::{PostgresStorage, Pubsub};
@@ -186,32 +187,48 @@ impl ReplyQueue {
     }
 }
 
-/// The job workers of one process: `concurrency` replies at a time, and the credit reset on
-/// `reset_schedule` (a cron expression with seconds, e.g. `0 0 0 1 * *`).
+/// A cron expression with seconds (`sec min hour day month weekday`), or why not.
+fn schedule(setting: &str, expression: &str) -> anyhow::Result<cron::Schedule> {
+    cron::Schedule::from_str(expression).map_err(|e| {
+        anyhow::anyhow!(
+            "{setting} {expression:?} is not a cron expression \
+             (sec min hour day month weekday): {e}"
+        )
+    })
+}
+
+/// The job workers of one process: `concurrency` replies at a time, the credit reset on
+/// `reset_schedule` and the sweep of expired credit holds on `sweep_schedule` (cron
+/// expressions with seconds, e.g. `0 0 0 1 * *`).
 pub fn monitor(
     opened: OpenedQueue,
     svc: Services,
     concurrency: usize,
     reset_schedule: &str,
+    sweep_schedule: &str,
 ) -> anyhow::Result<Monitor> {
-    let schedule = cron::Schedule::from_str(reset_schedule).map_err(|e| {
-        anyhow::anyhow!(
-            "credit_reset_schedule {reset_schedule:?} is not a cron expression \
-             (sec min hour day month weekday): {e}"
-        )
-    })?;
+    let reset_schedule = schedule("credit_reset_schedule", reset_schedule)?;
+    let sweep_schedule = schedule("credit_sweep_schedule", sweep_schedule)?;
     let OpenedQueue { queue, wakeups } = opened;
     // Unique per start: apalis refuses a worker name it saw recently.
     let suffix = uuid::Uuid::now_v7().simple().to_string();
-    let (reply_svc, reset_svc) = (svc.clone(), svc);
+    let (reply_svc, reset_svc, sweep_svc) = (svc.clone(), svc.clone(), svc);
     let reply_name = format!("replies-{suffix}");
     let reset_name = format!("credit-reset-{suffix}");
-    let monitor = Monitor::new().register(move |_| {
-        WorkerBuilder::new(reset_name.clone())
-            .backend(CronScheduler::new(schedule.clone()))
-            .data(reset_svc.clone())
-            .build(|_tick: Tick, svc: Data<Services>| handle(ResetCredits, svc))
-    });
+    let sweep_name = format!("credit-hold-sweep-{suffix}");
+    let monitor = Monitor::new()
+        .register(move |_| {
+            WorkerBuilder::new(reset_name.clone())
+                .backend(CronScheduler::new(reset_schedule.clone()))
+                .data(reset_svc.clone())
+                .build(|_tick: Tick, svc: Data<Services>| handle(ResetCredits, svc))
+        })
+        .register(move |_| {
+            WorkerBuilder::new(sweep_name.clone())
+                .backend(CronScheduler::new(sweep_schedule.clone()))
+                .data(sweep_svc.clone())
+                .build(|_tick: Tick, svc: Data<Services>| handle(SweepCreditHolds, svc))
+        });
     let monitor = match queue {
         ReplyQueue::Sqlite(s) => monitor.register(move |_| {
             WorkerBuilder::new(reply_name.clone())

@@ -100,17 +100,29 @@ pub enum TransactionKind {
     Topup,
     /// A subscription's monthly credits.
     Subscription,
+    /// The starting credits the account opened with.
+    Grant,
+    /// An operator's correction of the balance (`reference.reason` says why, `reference.by`
+    /// who).
+    Adjustment,
+    /// A reply's hold given back because it expired unsettled (amount 0: a hold never took
+    /// credits away, it kept them from use; `reference.released` says how many).
+    Release,
 }
 
 /// What a transaction refers to.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum CreditReference {
-    /// A reply's charge: its chat, model and tokens.
+    /// A reply's charge: its chat, model and tokens; or a document's embeddings: the
+    /// document, the embedding model and the tokens embedded (as input tokens).
     #[serde(rename_all = "camelCase")]
     Usage {
         /// The chat.
         chat_id: Option<Uuid>,
+        /// The document whose embeddings were charged (absent on a reply's charge).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        document_id: Option<Uuid>,
         /// The model.
         model: Option<String>,
         /// Input tokens.
@@ -118,10 +130,27 @@ pub enum CreditReference {
         /// Output tokens.
         output_tokens: Option<i64>,
     },
-    /// A reset: its month.
+    /// A reset or the starting grant: its month.
     Reset {
         /// The month, `YYYY-MM`.
         period: Option<String>,
+    },
+    /// An operator's adjustment: why and who.
+    Adjustment {
+        /// The reason the operator gave.
+        reason: Option<String>,
+        /// The operator.
+        by: Option<String>,
+    },
+    /// A release: the chat and model the expired hold was for, and what it gave back.
+    #[serde(rename_all = "camelCase")]
+    Release {
+        /// The chat.
+        chat_id: Option<Uuid>,
+        /// The model.
+        model: Option<String>,
+        /// Credits the hold gave back.
+        released: Option<i64>,
     },
     /// A grant: the payment (invoice or checkout session) it came from.
     Payment {
@@ -155,12 +184,22 @@ impl From<TransactionRow> for CreditTransaction {
         let reference = match r.kind.as_str() {
             "usage" => CreditReference::Usage {
                 chat_id: r.chat_id,
+                document_id: r.reference.as_deref().and_then(|d| d.parse().ok()),
                 model: r.model,
                 input_tokens: r.input_tokens,
                 output_tokens: r.output_tokens,
             },
-            "reset" => CreditReference::Reset {
+            "reset" | "grant" => CreditReference::Reset {
                 period: r.reference,
+            },
+            "adjustment" => CreditReference::Adjustment {
+                reason: r.reference,
+                by: r.actor,
+            },
+            "release" => CreditReference::Release {
+                chat_id: r.chat_id,
+                model: r.model,
+                released: r.released,
             },
             _ => CreditReference::Payment {
                 payment: r.reference,

@@ -116,6 +116,9 @@ fn classify(e: &OpenAIError) -> (bool, String) {
                 format!("the provider answered {status}: {}", r.api_error.message),
             )
         }
+        OpenAIError::Reqwest(e) if e.is_timeout() => {
+            (true, "the provider sent nothing in time".into())
+        }
         OpenAIError::Reqwest(e) => (true, format!("the provider could not be reached: {e}")),
         OpenAIError::StreamError(e) => (true, format!("the provider's stream failed: {e}")),
         OpenAIError::Boxed(e) => (true, format!("the provider call failed: {e}")),
@@ -132,7 +135,8 @@ fn client(endpoint: &Endpoint, policy: &CallPolicy) -> Result<Client<OpenAIConfi
     // key) to an internal address.
     let mut http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .read_timeout(policy.idle_timeout)
+        // A safety net: the idle limit between chunks is enforced (and explained) above it.
+        .read_timeout(policy.idle_timeout + Duration::from_secs(1))
         .redirect(reqwest::redirect::Policy::none());
     if let Some(guard) = &endpoint.guard {
         guard
@@ -214,7 +218,15 @@ pub async fn stream_reply(
                 if let Some(first) = first {
                     on_text(&first);
                 }
-                while let Some(chunk) = stream.next().await {
+                loop {
+                    let next = tokio::time::timeout(policy.idle_timeout, stream.next()).await;
+                    let Ok(next) = next else {
+                        return Err(CallError::AfterFirstToken(format!(
+                            "the provider sent nothing for {} ms",
+                            policy.idle_timeout.as_millis()
+                        )));
+                    };
+                    let Some(chunk) = next else { break };
                     let chunk = chunk.map_err(|e| {
                         CallError::AfterFirstToken(format!("the provider's stream broke: {e}"))
                     })?;

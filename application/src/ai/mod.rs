@@ -6,7 +6,9 @@
 //! Every effect of a reply is idempotent, so a job that is retried or re-run after a crash
 //! changes state once: the assistant message's id is the reply's id (the chat refuses a second
 //! message with it), and the credits are consumed or released by the reservation's id (the
-//! ledger ignores a second consumption or release).
+//! ledger ignores a second consumption or release). The provider is called once: an attempt
+//! after one that got past its first token finishes the reply from the text kept as it
+//! streamed ([`relay::Relay::draft`]).
 
 pub mod llm;
 pub mod relay;
@@ -78,23 +80,30 @@ pub async fn user_endpoint(
     user: Uuid,
     provider: &str,
 ) -> Result<Option<Endpoint>, AppError> {
-    let Some((base_url, sealed)) =
+    let Some(stored) =
         confab_projections::providers::user_key_by_provider_name(&svc.db, user, provider).await?
     else {
         return Ok(None);
     };
-    let key = svc.cipher.decrypt(&sealed).map_err(|_| {
-        tracing::error!(user = %user, provider = %provider,
-            "a stored provider key cannot be decrypted (was CONFAB_ENCRYPTION_KEY changed?)");
-        let mut details = Details::new();
-        details.insert("provider".into(), provider.into());
-        AppError::Unavailable {
-            message: format!("your key for {provider} cannot be used; set it again"),
-            details,
-        }
-    })?;
+    let scope = crate::providers::KeyScope {
+        user,
+        provider: stored.provider_id,
+    };
+    let key = svc
+        .cipher
+        .decrypt(&stored.encrypted_key, scope)
+        .map_err(|e| {
+            tracing::error!(user = %user, provider = %provider, error = %e,
+                "a stored provider key cannot be decrypted");
+            let mut details = Details::new();
+            details.insert("provider".into(), provider.into());
+            AppError::Unavailable {
+                message: format!("your key for {provider} cannot be used; set it again"),
+                details,
+            }
+        })?;
     Ok(Some(Endpoint {
-        base_url,
+        base_url: stored.api_endpoint,
         api_key: Some(key),
         guard: Some(crate::providers::GuardedResolver::new(
             svc.provider_hosts_allowlist.to_vec(),
@@ -275,6 +284,9 @@ pub async fn start_reply(
             amount: model.reservation(prompt).max(1),
             chat_id,
             model: model.id.clone(),
+            // A crash before the job is queued, or a job that runs out of attempts, leaves
+            // the hold to the sweeper.
+            expires_at: Utc::now() + svc.hold_ttl,
         },
         meta.clone(),
     )
@@ -403,31 +415,60 @@ pub async fn generate_reply(svc: &Services, job: &GenerateReply) -> Result<(), A
         let why = format!("model {:?} is no longer in the catalogue", job.model);
         return give_up(reply, why).await;
     };
-    let endpoint = match endpoint(svc, job.user, &model).await {
-        Ok(e) => e,
-        Err(e @ AppError::Unavailable { .. }) => return give_up(reply, e.to_string()).await,
-        Err(e) => return Err(e),
-    };
-    // A re-run job (after a crash) starts the reply over.
-    reply.restart();
-    let outcome = llm::stream_reply(
-        &endpoint,
-        &svc.llm.policy,
-        &model.upstream_model,
-        model.max_output_tokens,
-        &job.turns,
-        |t| reply.push(t),
-    )
-    .await;
-    let text = reply.text().to_owned();
-    let (ending, stored, usage) = match outcome {
-        Ok(usage) => (Ending::Done, text.clone(), usage),
-        Err(CallError::BeforeFirstToken(why)) => {
-            tracing::warn!(reply = %job.reply_id, %why, "reply failed before its first token");
-            return give_up(reply, why).await;
+    let (text, outcome) = match svc.relay.draft(job.reply_id).await? {
+        // An earlier attempt got past its first token (and then crashed, or failed to store
+        // the reply): the user has seen its text, and the provider was paid for it. Finish
+        // from it, as it ended or as cut short, and never call the provider again.
+        Some(draft) => {
+            tracing::info!(reply = %job.reply_id, chars = draft.text.len(),
+                "finishing a reply from the text an earlier attempt streamed");
+            reply.resume(&draft.text);
+            let outcome = draft.outcome.unwrap_or_else(|| {
+                relay::StreamOutcome::Cut(
+                    "the reply stopped when its worker did; this is what had arrived".into(),
+                )
+            });
+            (draft.text, outcome)
         }
-        Err(CallError::AfterFirstToken(why)) => {
-            tracing::warn!(reply = %job.reply_id, %why, "reply cut short");
+        None => {
+            let endpoint = match endpoint(svc, job.user, &model).await {
+                Ok(e) => e,
+                Err(e @ AppError::Unavailable { .. }) => {
+                    return give_up(reply, e.to_string()).await;
+                }
+                Err(e) => return Err(e),
+            };
+            // An earlier attempt may have announced the reply without text: start it over.
+            reply.restart();
+            let result = llm::stream_reply(
+                &endpoint,
+                &svc.llm.policy,
+                &model.upstream_model,
+                model.max_output_tokens,
+                &job.turns,
+                |t| reply.push(t),
+            )
+            .await;
+            let outcome = match result {
+                Ok(usage) => relay::StreamOutcome::Complete(usage),
+                Err(CallError::BeforeFirstToken(why)) => {
+                    tracing::warn!(reply = %job.reply_id, %why, "reply failed before its first token");
+                    return give_up(reply, why).await;
+                }
+                Err(CallError::AfterFirstToken(why)) => {
+                    tracing::warn!(reply = %job.reply_id, %why, "reply cut short");
+                    relay::StreamOutcome::Cut(why)
+                }
+            };
+            // Kept before the reply is stored, so an attempt after a failure from here on
+            // finishes it the same way.
+            reply.streamed(&outcome);
+            (reply.text().to_owned(), outcome)
+        }
+    };
+    let (ending, stored, usage) = match outcome {
+        relay::StreamOutcome::Complete(usage) => (Ending::Done, text.clone(), usage),
+        relay::StreamOutcome::Cut(why) => {
             let stored = format!("{text}\n\n{INTERRUPTED}: {why}]");
             (Ending::Failed(why), stored, None)
         }

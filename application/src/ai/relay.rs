@@ -12,8 +12,15 @@
 //!   another instance still gets the reply from its start.
 //!
 //! Either way, listeners use [`super::replies::listen`] on the hub's [`Reply`], from any offset.
+//!
+//! The text is also kept durably as it arrives, so that a job attempt that follows one which got
+//! past its first token (a crash, a retry) finishes the reply from it instead of calling the
+//! provider again ([`Relay::draft`]): on PostgreSQL `reply_chunks` is that record; on the
+//! embedded default the writer also keeps it in `reply_drafts`, in the database file.
 
+use super::llm::Usage;
 use super::replies::{Ending, LINGER, Reply, ReplyHub};
+use confab_projections::ReadDb;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::sync::Arc;
@@ -30,20 +37,72 @@ pub const STALL: Duration = Duration::from_secs(600);
 /// How a mirror looks for pieces when no notification came.
 const POLL: Duration = Duration::from_secs(1);
 
+/// How long the durable record of a finished reply is kept: a job re-run after its reply
+/// ended (a crash before the queue marked it done) still finds it rather than calling again.
+const DRAFT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
 /// Where replies travel.
 #[derive(Clone)]
 pub enum Relay {
-    /// Within this process.
-    Local(ReplyHub),
+    /// Within this process; the text is also kept in `reply_drafts` of the database (if
+    /// given), for a job re-run after this process died.
+    Local(ReplyHub, Option<ReadDb>),
     /// Through PostgreSQL.
     Postgres(PgRelay),
+}
+
+/// How the provider's stream of a reply ended, recorded before the reply is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamOutcome {
+    /// The provider finished, reporting these token counts if it did.
+    Complete(Option<Usage>),
+    /// The stream broke after some text; why.
+    Cut(String),
+}
+
+impl StreamOutcome {
+    fn encode(&self) -> String {
+        let v = match self {
+            StreamOutcome::Complete(usage) => serde_json::json!({
+                "complete": usage.map(|u| serde_json::json!({"input": u.input, "output": u.output})),
+            }),
+            StreamOutcome::Cut(why) => serde_json::json!({ "cut": why }),
+        };
+        v.to_string()
+    }
+
+    fn decode(text: &str) -> Option<StreamOutcome> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        if let Some(why) = v.get("cut").and_then(|w| w.as_str()) {
+            return Some(StreamOutcome::Cut(why.to_owned()));
+        }
+        let complete = v.get("complete")?;
+        let usage = match (
+            complete.get("input").and_then(|n| n.as_u64()),
+            complete.get("output").and_then(|n| n.as_u64()),
+        ) {
+            (Some(input), Some(output)) => Some(Usage { input, output }),
+            _ => None,
+        };
+        Some(StreamOutcome::Complete(usage))
+    }
+}
+
+/// What earlier attempts of a reply's job kept: the text streamed so far and, if the stream
+/// ended, how.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Draft {
+    /// The text, as listeners received it.
+    pub text: String,
+    /// How the stream ended, if it did before the attempt stopped.
+    pub outcome: Option<StreamOutcome>,
 }
 
 impl Relay {
     /// The hub this process's listeners read.
     pub fn hub(&self) -> &ReplyHub {
         match self {
-            Relay::Local(hub) => hub,
+            Relay::Local(hub, _) => hub,
             Relay::Postgres(pg) => &pg.hub,
         }
     }
@@ -56,7 +115,7 @@ impl Relay {
         owner: Uuid,
     ) -> Result<Arc<Reply>, sqlx::Error> {
         match self {
-            Relay::Local(hub) => Ok(hub.open(id, chat_id, owner)),
+            Relay::Local(hub, _) => Ok(hub.open(id, chat_id, owner)),
             Relay::Postgres(pg) => {
                 pg.append(id, chat_id, owner, &[Piece::Open]).await?;
                 Ok(pg.follow(id, chat_id, owner))
@@ -71,19 +130,48 @@ impl Relay {
         owner: Uuid,
     ) -> Result<Option<Arc<Reply>>, sqlx::Error> {
         match self {
-            Relay::Local(hub) => Ok(hub.latest_in_chat(chat_id, owner)),
+            Relay::Local(hub, _) => Ok(hub.latest_in_chat(chat_id, owner)),
             Relay::Postgres(pg) => pg.latest_in_chat(chat_id, owner).await,
+        }
+    }
+
+    /// What earlier attempts of reply `id`'s job kept of it (`None` if none began it here).
+    /// In this process's hub, the text listeners received; otherwise the durable record.
+    pub async fn draft(&self, id: Uuid) -> Result<Option<Draft>, sqlx::Error> {
+        match self {
+            Relay::Local(hub, db) => {
+                let stored = match db {
+                    Some(db) => sqlite_draft(db, id).await?,
+                    None => None,
+                };
+                let live = hub.get(id).map(|r| r.text()).filter(|t| !t.is_empty());
+                Ok(match (live, stored) {
+                    // This process streamed it: listeners have seen the hub's text, which is
+                    // ahead of the record by at most the write in flight.
+                    (Some(text), stored) => Some(Draft {
+                        text,
+                        outcome: stored.and_then(|d| d.outcome),
+                    }),
+                    (None, stored) => stored,
+                })
+            }
+            Relay::Postgres(pg) => pg.draft(id).await,
         }
     }
 
     /// Where the worker writes reply `id`.
     pub fn writer(&self, id: Uuid, chat_id: Uuid, owner: Uuid) -> ReplyWriter {
         match self {
-            Relay::Local(hub) => ReplyWriter {
+            Relay::Local(hub, db) => ReplyWriter {
                 text: String::new(),
                 sink: Sink::Local {
                     hub: hub.clone(),
                     reply: hub.open(id, chat_id, owner),
+                    record: db.as_ref().map(|db| {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        let flusher = tokio::spawn(record_sqlite(db.clone(), id, rx));
+                        (tx, flusher)
+                    }),
                 },
             },
             Relay::Postgres(pg) => {
@@ -104,6 +192,8 @@ enum Piece {
     Open,
     Text(String),
     Restart,
+    /// How the provider's stream ended (encoded [`StreamOutcome`]); listeners skip it.
+    Streamed(String),
     End(Ending),
 }
 
@@ -113,16 +203,20 @@ impl Piece {
             Piece::Open => ("open", ""),
             Piece::Text(t) => ("text", t),
             Piece::Restart => ("restart", ""),
+            Piece::Streamed(outcome) => ("streamed", outcome),
             Piece::End(Ending::Done) => ("done", ""),
             Piece::End(Ending::Failed(why)) => ("failed", why),
         }
     }
 }
 
+type Recorder = (mpsc::UnboundedSender<Piece>, tokio::task::JoinHandle<()>);
+
 enum Sink {
     Local {
         hub: ReplyHub,
         reply: Arc<Reply>,
+        record: Option<Recorder>,
     },
     Postgres {
         tx: mpsc::UnboundedSender<Piece>,
@@ -143,23 +237,50 @@ impl ReplyWriter {
             return;
         }
         self.text.push_str(delta);
-        match &self.sink {
-            Sink::Local { reply, .. } => reply.push(delta),
-            Sink::Postgres { tx, .. } => {
-                let _ = tx.send(Piece::Text(delta.to_owned()));
-            }
+        if let Sink::Local { reply, .. } = &self.sink {
+            reply.push(delta);
+        }
+        self.record(Piece::Text(delta.to_owned()));
+    }
+
+    /// Sends `piece` to the durable record (and, on PostgreSQL, to listeners).
+    fn record(&self, piece: Piece) {
+        let tx = match &self.sink {
+            Sink::Local {
+                record: Some((tx, _)),
+                ..
+            } => tx,
+            Sink::Local { record: None, .. } => return,
+            Sink::Postgres { tx, .. } => tx,
+        };
+        let _ = tx.send(piece);
+    }
+
+    /// Starts the reply over (an attempt that kept no text before).
+    pub fn restart(&mut self) {
+        self.text.clear();
+        if let Sink::Local { hub, reply, .. } = &self.sink {
+            hub.restart(reply.id);
+        }
+        self.record(Piece::Restart);
+    }
+
+    /// Continues from `draft`, the text an earlier attempt streamed: listeners that already
+    /// have it get nothing again; this process's hub, if it lost it (a restart), gets it back.
+    pub fn resume(&mut self, draft: &str) {
+        self.text = draft.to_owned();
+        if let Sink::Local { hub, reply, .. } = &self.sink
+            && reply.text() != draft
+        {
+            hub.restart(reply.id);
+            reply.push(draft);
         }
     }
 
-    /// Starts the reply over (a job re-run after a crash).
-    pub fn restart(&mut self) {
-        self.text.clear();
-        match &self.sink {
-            Sink::Local { hub, reply } => hub.restart(reply.id),
-            Sink::Postgres { tx, .. } => {
-                let _ = tx.send(Piece::Restart);
-            }
-        }
+    /// Records how the provider's stream ended, before the reply is stored: an attempt that
+    /// follows finishes the reply the same way.
+    pub fn streamed(&self, outcome: &StreamOutcome) {
+        self.record(Piece::Streamed(outcome.encode()));
     }
 
     /// The text written so far.
@@ -170,9 +291,14 @@ impl ReplyWriter {
     /// Ends the reply; returns once listeners can read the end.
     pub async fn finish(self, ending: Ending) {
         match self.sink {
-            Sink::Local { hub, reply } => {
-                reply.finish(ending);
+            Sink::Local { hub, reply, record } => {
+                reply.finish(ending.clone());
                 hub.retire(reply.id);
+                if let Some((tx, flusher)) = record {
+                    let _ = tx.send(Piece::End(ending));
+                    drop(tx);
+                    let _ = flusher.await;
+                }
             }
             Sink::Postgres { tx, flusher } => {
                 let _ = tx.send(Piece::End(ending));
@@ -279,6 +405,25 @@ impl PgRelay {
         }
     }
 
+    /// What `reply_chunks` holds of reply `id`, if any text.
+    async fn draft(&self, id: Uuid) -> Result<Option<Draft>, sqlx::Error> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT kind, data FROM reply_chunks WHERE reply_id = $1 ORDER BY seq")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut draft = Draft::default();
+        for (kind, data) in rows {
+            match kind.as_str() {
+                "text" => draft.text.push_str(&data),
+                "restart" => draft = Draft::default(),
+                "streamed" => draft.outcome = StreamOutcome::decode(&data),
+                _ => {}
+            }
+        }
+        Ok(Some(draft).filter(|d| !d.text.is_empty()))
+    }
+
     /// Reply `id` in this process's hub, mirrored from the table by a task started on first
     /// use.
     fn follow(&self, id: Uuid, chat_id: Uuid, owner: Uuid) -> Arc<Reply> {
@@ -375,6 +520,94 @@ impl PgRelay {
     }
 }
 
+/// What `reply_drafts` holds of reply `id` (embedded default).
+async fn sqlite_draft(db: &ReadDb, id: Uuid) -> Result<Option<Draft>, sqlx::Error> {
+    let row: Option<(String, Option<String>)> = confab_projections::query_as!(
+        db,
+        fetch_optional,
+        (String, Option<String>),
+        "SELECT text, outcome FROM reply_drafts WHERE reply_id = $1",
+        id
+    )?;
+    Ok(row
+        .map(|(text, outcome)| Draft {
+            text,
+            outcome: outcome.as_deref().and_then(StreamOutcome::decode),
+        })
+        .filter(|d| !d.text.is_empty()))
+}
+
+/// Keeps reply `id`'s text in `reply_drafts` as it comes (embedded default): whatever piled up
+/// while the last write was in flight goes in the next one.
+async fn record_sqlite(db: ReadDb, id: Uuid, mut rx: mpsc::UnboundedReceiver<Piece>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(p) = rx.try_recv() {
+            batch.push(p);
+        }
+        let batch = coalesce(batch);
+        let ended = batch.iter().any(|p| matches!(p, Piece::End(_)));
+        let mut attempt = 0;
+        while let Err(e) = write_draft(&db, id, &batch).await {
+            attempt += 1;
+            if attempt >= 5 {
+                tracing::error!(reply = %id, error = %e, "reply record: cannot keep a piece of the reply; a retried job may call the provider again");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        }
+        if ended {
+            return;
+        }
+    }
+}
+
+async fn write_draft(db: &ReadDb, id: Uuid, batch: &[Piece]) -> Result<(), sqlx::Error> {
+    use confab_projections::execute;
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut tx = db.begin().await?;
+    execute!(
+        &mut tx,
+        "INSERT INTO reply_drafts (reply_id, text, updated_at_ms) VALUES ($1, '', $2) \
+         ON CONFLICT (reply_id) DO NOTHING",
+        id,
+        now
+    )?;
+    for piece in batch {
+        match piece {
+            Piece::Text(t) => execute!(
+                &mut tx,
+                "UPDATE reply_drafts SET text = text || $2, updated_at_ms = $3 \
+                 WHERE reply_id = $1",
+                id,
+                t,
+                now
+            )?,
+            Piece::Restart => execute!(
+                &mut tx,
+                "UPDATE reply_drafts SET text = '', outcome = NULL, updated_at_ms = $2 \
+                 WHERE reply_id = $1",
+                id,
+                now
+            )?,
+            Piece::Streamed(outcome) => execute!(
+                &mut tx,
+                "UPDATE reply_drafts SET outcome = $2, updated_at_ms = $3 WHERE reply_id = $1",
+                id,
+                outcome,
+                now
+            )?,
+            Piece::End(_) => execute!(
+                &mut tx,
+                "DELETE FROM reply_drafts WHERE updated_at_ms < $1",
+                now - DRAFT_RETENTION.as_millis() as i64
+            )?,
+            Piece::Open => 0,
+        };
+    }
+    tx.commit().await
+}
+
 /// Joins neighbouring text pieces.
 fn coalesce(batch: Vec<Piece>) -> Vec<Piece> {
     let mut out: Vec<Piece> = Vec::with_capacity(batch.len());
@@ -390,6 +623,22 @@ fn coalesce(batch: Vec<Piece>) -> Vec<Piece> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_outcome_reads_back_as_it_was_recorded() {
+        for outcome in [
+            StreamOutcome::Complete(Some(Usage {
+                input: 12,
+                output: 34,
+            })),
+            StreamOutcome::Complete(None),
+            StreamOutcome::Cut("connection reset".into()),
+        ] {
+            assert_eq!(StreamOutcome::decode(&outcome.encode()), Some(outcome));
+        }
+        assert_eq!(StreamOutcome::decode("not json"), None);
+        assert_eq!(StreamOutcome::decode("{}"), None);
+    }
 
     #[test]
     fn neighbouring_text_is_written_as_one_piece() {

@@ -11,6 +11,7 @@
 
 pub mod chunk;
 pub mod embed;
+pub mod index;
 pub mod parse;
 
 use crate::ai::llm::{CallPolicy, Endpoint, Turn};
@@ -45,6 +46,9 @@ pub struct DocumentSettings {
     pub top_k: usize,
     /// Texts per embeddings request.
     pub batch: usize,
+    /// Whether vectors are also kept and searched with pgvector (PostgreSQL with the
+    /// extension, unless `CONFAB_PGVECTOR=off`).
+    pub pgvector: bool,
 }
 
 impl Default for DocumentSettings {
@@ -57,6 +61,7 @@ impl Default for DocumentSettings {
             sizing: ChunkSizing::default(),
             top_k: 5,
             batch: 64,
+            pgvector: false,
         }
     }
 }
@@ -446,6 +451,7 @@ async fn embed_chunks(
         return fail(svc, id, reason, meta).await;
     };
     let missing = documents::unembedded(&svc.db, id, &model).await?;
+    let mut charged = None;
     for batch in missing.chunks(settings.batch.max(1)) {
         let texts: Vec<String> = batch.iter().map(|(_, t)| t.clone()).collect();
         let embedded = match embed::embed(&endpoint, &svc.llm.policy, &model, &texts).await {
@@ -476,17 +482,33 @@ async fn embed_chunks(
                 return fail(svc, id, reason, meta).await;
             }
         };
+        // Charged before the vectors are stored: a job killed in between embeds the same
+        // batch again on its retry, whose charge (keyed by the batch's content) is already
+        // recorded, so the uploader never pays twice for one batch.
+        let position =
+            charge_embedding(svc, uploaded, &model, batch, embedded.tokens, meta.clone()).await?;
+        charged = charged.max(position);
         let rows: Vec<(String, Vec<f32>)> = batch
             .iter()
             .map(|(hash, _)| hash.clone())
             .zip(embedded.vectors)
             .collect();
         documents::store_embeddings(&svc.db, &model, &rows).await?;
+        if let (true, confab_projections::ReadDb::Postgres(pool)) = (settings.pgvector, &svc.db) {
+            confab_projections::pgvector::store(pool, &model, &rows).await?;
+        }
         tracing::debug!(
             texts = texts.len(),
             tokens = embedded.tokens,
             "embedded a batch"
         );
+    }
+    // Whoever sees the document ready sees what it cost.
+    if let Err(e) = svc
+        .visible(confab_projections::credits::NAME, charged)
+        .await
+    {
+        tracing::debug!(error = %e, "a document's charges were not yet readable when it became ready");
     }
     match svc
         .commands
@@ -508,6 +530,44 @@ async fn embed_chunks(
     }
 }
 
+/// The key of a batch's charge: the document, the model, and a digest of the batch's chunk
+/// hashes, so the same batch sent again (a retried job) has the same key.
+fn charge_key(document: Uuid, model: &str, batch: &[(String, String)]) -> String {
+    let hashes: Vec<&str> = batch.iter().map(|(h, _)| h.as_str()).collect();
+    let digest = chunk::hash(&hashes.join(","));
+    format!(
+        "embedding:{document}:{model}:{}",
+        &digest[..32.min(digest.len())]
+    )
+}
+
+/// Charges the uploader of `uploaded` for embedding `batch` with `model`: `tokens` as the
+/// provider reported them, at the catalogue's price (nothing when it prices the model at
+/// zero), once per batch. Returns the position of the charge (none when already charged).
+async fn charge_embedding(
+    svc: &Services,
+    uploaded: &DocumentUploaded,
+    model: &str,
+    batch: &[(String, String)],
+    tokens: u64,
+    meta: EventMetadata,
+) -> Result<Option<u64>, AppError> {
+    let amount = svc.catalogue.embedding_cost(model, tokens);
+    crate::credits::run(
+        svc,
+        uploaded.owner,
+        confab_domain::credits::CreditAction::Charge {
+            charge_id: charge_key(uploaded.document_id, model, batch),
+            amount,
+            model: model.to_owned(),
+            input_tokens: tokens,
+            document_id: Some(uploaded.document_id),
+        },
+        meta,
+    )
+    .await
+}
+
 /// A chunk chosen for a reply's context.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Source {
@@ -527,8 +587,8 @@ pub struct Source {
 const RRF_K: f64 = 60.0;
 
 /// The `top_k` chunks of `owner`'s `docs` most relevant to `query`: the lexical ranking
-/// (FTS5 / tsvector, owner-scoped) and the vector ranking (exact cosine over the owner's
-/// chunk vectors of the configured model) fused by reciprocal rank. Without an embeddings
+/// (FTS5 / tsvector, owner-scoped) and the vector ranking (cosine over the owner's chunk
+/// vectors, through the in-memory [`index`]) fused by reciprocal rank. Without an embeddings
 /// endpoint, or if it fails, the lexical ranking alone.
 pub async fn retrieve(
     svc: &Services,
@@ -541,10 +601,8 @@ pub async fn retrieve(
     let mut rankings: Vec<Vec<ChunkRow>> = Vec::new();
 
     // Lexical: each document's ranking, interleaved so that every document's best come first.
-    let mut per_doc = Vec::new();
-    for d in docs {
-        per_doc.push(documents::lexical(&svc.db, owner, d.id, query, depth).await?);
-    }
+    let ids: Vec<Uuid> = docs.iter().map(|d| d.id).collect();
+    let per_doc = documents::lexical_many(&svc.db, owner, &ids, query, depth).await?;
     let mut lexical = Vec::new();
     let longest = per_doc.iter().map(Vec::len).max().unwrap_or(0);
     for i in 0..longest {
@@ -556,8 +614,8 @@ pub async fn retrieve(
     }
     rankings.push(lexical);
 
-    // Vectors: exact cosine over each document's chunks in the index of the model it was made
-    // ready with, so that while a new model's index is being built the old one still answers.
+    // Vectors: each document's chunks in the index of the model it was made ready with, so
+    // that while a new model's index is being built the old one still answers.
     let mut models: Vec<&str> = docs
         .iter()
         .filter_map(|d| d.embedding_model.as_deref())
@@ -574,37 +632,88 @@ pub async fn retrieve(
             retries: 1,
             ..svc.llm.policy.clone()
         };
-        let mut scored = Vec::new();
+        let mut hits = Vec::new();
         for model in models {
             match embed::embed(&endpoint, &fast, model, &[query.to_owned()]).await {
                 Ok(q) => {
                     let qv = q.vectors.into_iter().next().unwrap_or_default();
+                    if let (true, confab_projections::ReadDb::Postgres(pool)) =
+                        (svc.documents.pgvector, &svc.db)
+                    {
+                        let ids: Vec<Uuid> = docs
+                            .iter()
+                            .filter(|d| d.embedding_model.as_deref() == Some(model))
+                            .map(|d| d.id)
+                            .collect();
+                        let near = confab_projections::pgvector::nearest(
+                            pool, owner, &ids, model, &qv, depth,
+                        )
+                        .await?;
+                        hits.extend(near.into_iter().map(|(document_id, chunk_index, score)| {
+                            index::VectorHit {
+                                document_id,
+                                chunk_index,
+                                score,
+                            }
+                        }));
+                        continue;
+                    }
+                    let mut set = Vec::new();
                     for d in docs
                         .iter()
                         .filter(|d| d.embedding_model.as_deref() == Some(model))
                     {
-                        for (c, v) in documents::vectors(&svc.db, owner, d.id, model).await? {
-                            scored.push((embed::cosine(&qv, &embed::from_bytes(&v)), c));
-                        }
+                        set.push((
+                            d.id,
+                            svc.vectors
+                                .document(&svc.db, owner, d.id, model, d.chunks.max(0) as usize)
+                                .await?,
+                        ));
                     }
+                    let candidates = (depth as usize * 8).max(index::MIN_CANDIDATES);
+                    hits.extend(
+                        index::nearest(&svc.db, model, &set, &qv, depth as usize, candidates)
+                            .await?,
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, model, "query embedding failed; retrieving by words alone");
                 }
             }
         }
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hits.truncate(depth as usize);
+        // The vector side names chunks by place; their texts are read for those that win.
         rankings.push(
-            scored
-                .into_iter()
-                .take(depth as usize)
-                .map(|(_, c)| c)
+            hits.into_iter()
+                .map(|h| ChunkRow {
+                    document_id: h.document_id,
+                    chunk_index: h.chunk_index,
+                    text: String::new(),
+                })
                 .collect(),
         );
     }
 
+    let mut fused = fuse(rankings, top_k);
+    let missing: Vec<(Uuid, i32)> = fused
+        .iter()
+        .filter(|(_, c)| c.text.is_empty())
+        .map(|(_, c)| (c.document_id, c.chunk_index))
+        .collect();
+    if !missing.is_empty() {
+        let texts = documents::chunk_texts(&svc.db, owner, &missing).await?;
+        for (_, c) in fused.iter_mut().filter(|(_, c)| c.text.is_empty()) {
+            if let Some(t) = texts
+                .iter()
+                .find(|t| t.document_id == c.document_id && t.chunk_index == c.chunk_index)
+            {
+                c.text = t.text.clone();
+            }
+        }
+    }
     let names: HashMap<Uuid, &str> = docs.iter().map(|d| (d.id, d.filename.as_str())).collect();
-    Ok(fuse(rankings, top_k)
+    Ok(fused
         .into_iter()
         .map(|(score, c)| Source {
             document_id: c.document_id,
@@ -624,7 +733,10 @@ fn fuse(rankings: Vec<Vec<ChunkRow>>, top_k: usize) -> Vec<(f64, ChunkRow)> {
         for (rank, c) in ranking.into_iter().enumerate() {
             let e = fused
                 .entry((c.document_id, c.chunk_index))
-                .or_insert_with(|| (0.0, c));
+                .or_insert_with(|| (0.0, c.clone()));
+            if e.1.text.is_empty() {
+                e.1.text = c.text;
+            }
             e.0 += 1.0 / (RRF_K + rank as f64 + 1.0);
         }
     }

@@ -38,6 +38,8 @@ pub enum Act {
     Hang,
     /// Streams these pieces, then breaks the connection.
     Break(Vec<String>),
+    /// Streams these pieces, then keeps the connection open without sending anything more.
+    Stall(Vec<String>),
 }
 
 impl Act {
@@ -88,6 +90,8 @@ struct Script {
     /// Statuses the next embeddings requests answer with, before vectors.
     embedding_statuses: Mutex<VecDeque<u16>>,
     embedding_seen: Mutex<Vec<Request>>,
+    /// The length of embedding vectors (0: [`EMBEDDING_DIMENSIONS`]).
+    dimensions: std::sync::atomic::AtomicUsize,
 }
 
 /// The length of the stand-in's embedding vectors.
@@ -95,7 +99,13 @@ pub const EMBEDDING_DIMENSIONS: usize = 256;
 
 /// The stand-in's vector of `text`: word counts hashed into buckets (FNV-1a), normalised.
 pub fn embedding_of(text: &str) -> Vec<f32> {
-    let mut v = vec![0f32; EMBEDDING_DIMENSIONS];
+    embedding_of_size(text, EMBEDDING_DIMENSIONS)
+}
+
+/// [`embedding_of`] with `dimensions` buckets.
+pub fn embedding_of_size(text: &str, dimensions: usize) -> Vec<f32> {
+    let dimensions = dimensions.max(1);
+    let mut v = vec![0f32; dimensions];
     for word in text
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
@@ -105,7 +115,7 @@ pub fn embedding_of(text: &str) -> Vec<f32> {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
-        v[(h % EMBEDDING_DIMENSIONS as u64) as usize] += 1.0;
+        v[(h % dimensions as u64) as usize] += 1.0;
     }
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
@@ -156,6 +166,15 @@ impl OpenAiStandIn {
     /// Does `act` for every request once the queue is empty.
     pub fn always(&self, act: Act) {
         *lock(&self.script.fallback) = Some(act);
+    }
+
+    /// Makes embedding vectors `n` long from now on (the default is
+    /// [`EMBEDDING_DIMENSIONS`]).
+    pub fn embedding_dimensions(&self, n: usize) -> &Self {
+        self.script
+            .dimensions
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     /// Every chat-completions request so far, oldest first.
@@ -244,6 +263,12 @@ async fn completions(
             tokio::time::sleep(Duration::from_millis(50)).await;
             yield Err(std::io::Error::other("connection broken"));
         })),
+        Act::Stall(pieces) => sse(Box::pin(async_stream::stream! {
+            for p in pieces {
+                yield Ok(chunk(Some(&p), None));
+            }
+            std::future::pending::<()>().await;
+        })),
     }
 }
 
@@ -274,10 +299,14 @@ async fn embeddings(
         _ => return error(StatusCode::BAD_REQUEST, "input must be a string or strings"),
     };
     let tokens: usize = inputs.iter().map(|i| i.split_whitespace().count()).sum();
+    let dims = match script.dimensions.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => EMBEDDING_DIMENSIONS,
+        n => n,
+    };
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
-        .map(|(i, text)| json!({ "object": "embedding", "index": i, "embedding": embedding_of(text) }))
+        .map(|(i, text)| json!({ "object": "embedding", "index": i, "embedding": embedding_of_size(text, dims) }))
         .collect();
     axum::Json(json!({
         "object": "list",
