@@ -56,7 +56,10 @@ impl Upgrade {
                 code,
                 "read model built by another version; rebuilding it online while it serves"
             );
-            if let Some(p) = confab_projections::all().into_iter().find(|p| p.name() == name) {
+            if let Some(p) = confab_projections::all()
+                .into_iter()
+                .find(|p| p.name() == name)
+            {
                 online.push(p);
             }
         }
@@ -78,8 +81,7 @@ impl Upgrade {
         Some(tokio::spawn(async move {
             for p in self.online {
                 let name = p.name();
-                match crate::rebuild::online(store.clone(), &db, p, false, Some(stop.clone()))
-                    .await
+                match crate::rebuild::online(store.clone(), &db, p, false, Some(stop.clone())).await
                 {
                     Ok(done) => tracing::info!(
                         projection = name,

@@ -143,12 +143,17 @@ async fn swap(
     };
     let mut tx = shadow.db.begin().await?;
     let lock = match &tx {
-        Tx::Sqlite(_) => format!("SELECT position FROM {live}.projection_checkpoints WHERE name = $1"),
-        Tx::Postgres(_) => format!(
-            "SELECT position FROM {live}.projection_checkpoints WHERE name = $1 FOR UPDATE"
-        ),
+        Tx::Sqlite(_) => {
+            format!("SELECT position FROM {live}.projection_checkpoints WHERE name = $1")
+        }
+        Tx::Postgres(_) => {
+            format!("SELECT position FROM {live}.projection_checkpoints WHERE name = $1 FOR UPDATE")
+        }
     };
-    let at = optional_i64(&mut tx, &lock, name).await?.unwrap_or(0).max(0) as u64;
+    let at = optional_i64(&mut tx, &lock, name)
+        .await?
+        .unwrap_or(0)
+        .max(0) as u64;
     if at < replay.at {
         anyhow::bail!(
             "{name}'s live checkpoint moved back to {at} (an offline rebuild ran meanwhile?); \
@@ -178,7 +183,11 @@ async fn swap(
     let mut rows = 0;
     let tables = tables_of(&mut tx, name).await?;
     for t in tables.iter().rev() {
-        exec(&mut tx, &format!("DELETE FROM {live}.{}", audit::ident(&t.name))).await?;
+        exec(
+            &mut tx,
+            &format!("DELETE FROM {live}.{}", audit::ident(&t.name)),
+        )
+        .await?;
     }
     for t in &tables {
         let copied = copy_rows(&mut tx, &live, &copy, t).await?;
@@ -290,11 +299,12 @@ async fn copy_rows(tx: &mut Tx, live: &str, copy: &str, table: &Table) -> anyhow
             let sql = if table.internal {
                 format!("INSERT INTO {live}.{t} SELECT * FROM {copy}.{t}")
             } else {
-                let columns: Vec<String> =
-                    sqlx::query_scalar("SELECT name FROM pragma_table_info($1, 'main') ORDER BY cid")
-                        .bind(&table.name)
-                        .fetch_all(&mut **c)
-                        .await?;
+                let columns: Vec<String> = sqlx::query_scalar(
+                    "SELECT name FROM pragma_table_info($1, 'main') ORDER BY cid",
+                )
+                .bind(&table.name)
+                .fetch_all(&mut **c)
+                .await?;
                 let list = columns
                     .iter()
                     .map(|c| audit::ident(c))

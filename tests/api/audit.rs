@@ -281,7 +281,8 @@ fn rebuild_online(app: &TestApp, name: &str) -> Output {
     if let Some(url) = &app.database_url {
         cmd.env("CONFAB_DATABASE_URL", url);
     }
-    cmd.output().expect("run confab projections rebuild --online")
+    cmd.output()
+        .expect("run confab projections rebuild --online")
 }
 
 /// `confab projections rebuild chats --online` while the server serves reads and takes writes:
