@@ -11,12 +11,21 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = confab::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // CONFAB_LOG_FORMAT: `text` (default, for people) or `json` (one object per line, with the
+    // span's fields such as request_id, for log pipelines).
+    match std::env::var("CONFAB_LOG_FORMAT").as_deref() {
+        Err(_) | Ok("") | Ok("text") => logs.init(),
+        Ok("json") => logs.json().with_current_span(true).init(),
+        Ok(other) => {
+            eprintln!("error: CONFAB_LOG_FORMAT={other:?} is not a log format: use text or json");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     match confab::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -92,7 +92,19 @@ pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
         std::sync::OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        // Latencies are histograms with fixed buckets (aggregatable across instances), not
+        // the exporter's default per-process summaries.
+        const SECONDS: &[f64] = &[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0,
+        ];
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                SECONDS,
+            )
+            .expect("the latency buckets are not empty")
+            .build_recorder();
         let handle = recorder.handle();
         // Another recorder may be installed already (an embedding program's); ours then only
         // renders what it records through `handle`, which stays valid.
@@ -101,27 +113,56 @@ pub fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     })
 }
 
-/// `GET /metrics`: Prometheus text: the rate limiter's counters, and each projection's position
-/// and lag.
+/// `GET /metrics`: Prometheus text: what the process recorded (rate limiter, request latency
+/// per route group, projection apply latency, job latency per queue), and, read now, each
+/// projection's position, lag in events and seconds and parked events, and each job queue's
+/// depth.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> axum::response::Response {
     use axum::response::IntoResponse;
+    use std::fmt::Write;
     let mut text = prometheus().render();
-    if let Ok(statuses) = state.engine.status().await {
-        text.push_str("# TYPE confab_projection_position gauge\n");
-        for s in &statuses {
-            text.push_str(&format!(
-                "confab_projection_position{{projection=\"{}\"}} {}\n",
-                s.name, s.position
-            ));
+    match state.engine.status().await {
+        Ok(statuses) => {
+            let now = chrono::Utc::now();
+            let gauges = [
+                (
+                    "confab_projection_position",
+                    "The projection's checkpoint in the log.",
+                ),
+                (
+                    "confab_projection_lag",
+                    "Events the projection has not applied yet.",
+                ),
+                (
+                    "confab_projection_lag_seconds",
+                    "Age of the oldest event the projection has not applied yet.",
+                ),
+                ("confab_projection_parked", "Events the projection parked."),
+            ];
+            for (i, (name, help)) in gauges.into_iter().enumerate() {
+                let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for s in &statuses {
+                    let value = match i {
+                        0 => s.position.to_string(),
+                        1 => s.lag().to_string(),
+                        2 => s.lag_seconds(now).to_string(),
+                        _ => s.parked.to_string(),
+                    };
+                    let _ = writeln!(text, "{name}{{projection=\"{}\"}} {value}", s.name);
+                }
+            }
         }
-        text.push_str("# TYPE confab_projection_lag gauge\n");
-        for s in &statuses {
-            text.push_str(&format!(
-                "confab_projection_lag{{projection=\"{}\"}} {}\n",
-                s.name,
-                s.lag()
-            ));
+        Err(e) => tracing::warn!(error = %e, "cannot read the projections' status for /metrics"),
+    }
+    let depths = state.app.jobs.depths().await;
+    if !depths.is_empty() {
+        text.push_str(
+            "# HELP confab_job_queue_depth Jobs waiting, running, or failed with attempts left.\n\
+             # TYPE confab_job_queue_depth gauge\n",
+        );
+        for (queue, n) in depths {
+            let _ = writeln!(text, "confab_job_queue_depth{{queue=\"{queue}\"}} {n}");
         }
     }
     (

@@ -18,6 +18,7 @@ pub mod extract;
 mod health;
 pub mod idempotency;
 pub mod images;
+mod observe;
 pub mod openapi;
 pub mod profile;
 pub mod providers;
@@ -161,6 +162,7 @@ pub fn router(state: AppState) -> Router {
             ratelimit::layer,
         ))
         .with_state(state)
+        .layer(axum::middleware::from_fn(observe::layer))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
                 let id = req

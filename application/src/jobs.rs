@@ -107,6 +107,12 @@ pub struct QueueError {
 pub trait JobQueue: Send + Sync + 'static {
     /// Queues `job` durably.
     async fn push(&self, job: Job) -> Result<(), QueueError>;
+
+    /// Each queue's unfinished jobs (waiting, running, or failed with attempts left), for
+    /// `/metrics`; a queue that cannot be counted right now is left out.
+    async fn depths(&self) -> Vec<(&'static str, i64)> {
+        Vec::new()
+    }
 }
 
 impl From<QueueError> for crate::AppError {

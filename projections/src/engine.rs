@@ -188,12 +188,23 @@ pub struct Status {
     pub head: u64,
     /// The position of the event it halted on, if it did.
     pub halted: Option<u64>,
+    /// How many events it has parked (`CONFAB_PROJECTION_ON_ERROR=park`).
+    pub parked: u64,
+    /// When the oldest event it has not applied yet was recorded (none: caught up).
+    pub behind_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Status {
     /// How many positions it is behind.
     pub fn lag(&self) -> u64 {
         self.head.saturating_sub(self.position)
+    }
+
+    /// How far behind it is in time at `now`: the age of the oldest event it has not applied.
+    pub fn lag_seconds(&self, now: chrono::DateTime<chrono::Utc>) -> f64 {
+        self.behind_since
+            .map(|t| ((now - t).num_milliseconds().max(0) as f64) / 1000.0)
+            .unwrap_or(0.0)
     }
 }
 
@@ -473,19 +484,45 @@ impl Engine {
     pub async fn status(&self) -> Result<Vec<Status>, ProjectionError> {
         let head = self.store.head_position().await?;
         let halted = crate::parked::halted(&self.db).await?;
+        let parked = crate::parked::parked_counts(&self.db).await?;
+        // The recorded time of the first event after each distinct checkpoint, read once each.
+        let mut first_after: HashMap<u64, Option<chrono::DateTime<chrono::Utc>>> = HashMap::new();
         let mut out = Vec::new();
         for p in &self.projections {
             // A runner here may be ahead of its stored checkpoint by positions it skipped.
             let stored = read_checkpoint(&self.db, p.name()).await?;
             let local = self.positions.local(p.name()).unwrap_or(0);
+            let position = stored.max(local);
+            let behind_since = if position < head {
+                match first_after.get(&position) {
+                    Some(t) => *t,
+                    None => {
+                        let t = self
+                            .store
+                            .read_all(position, 1)
+                            .await?
+                            .first()
+                            .map(|e| e.recorded_at);
+                        first_after.insert(position, t);
+                        t
+                    }
+                }
+            } else {
+                None
+            };
             out.push(Status {
                 name: p.name(),
-                position: stored.max(local),
+                position,
                 head,
                 halted: halted
                     .iter()
                     .find(|(n, _)| n == p.name())
                     .map(|(_, pos)| *pos),
+                parked: parked
+                    .iter()
+                    .find(|(n, _)| n == p.name())
+                    .map_or(0, |(_, c)| *c),
+                behind_since,
             });
         }
         Ok(out)
@@ -563,8 +600,18 @@ impl Engine {
             .filter(|e| projection.handles(&e.event_type))
             .filter(|e| !self.skipped(projection.name(), e.position))
             .collect();
-        self.write_checkpoint(projection, from, last, &handled)
-            .await
+        let started = std::time::Instant::now();
+        let applied = self
+            .write_checkpoint(projection, from, last, &handled)
+            .await;
+        if applied.is_ok() && !handled.is_empty() {
+            let name = projection.name();
+            metrics::histogram!("confab_projection_apply_seconds", "projection" => name)
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("confab_projection_events_applied_total", "projection" => name)
+                .increment(handled.len() as u64);
+        }
+        applied
     }
 
     /// Applies `events` after checkpoint `from`, retrying a failing batch with backoff; if it

@@ -98,6 +98,19 @@ pub async fn halted(db: &ReadDb) -> Result<Vec<(String, u64)>, sqlx::Error> {
     Ok(rows.into_iter().map(|(n, p)| (n, p as u64)).collect())
 }
 
+/// How many events each projection has parked (set aside to go on), by projection.
+pub async fn parked_counts(db: &ReadDb) -> Result<Vec<(String, u64)>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = query_as!(
+        db,
+        fetch_all,
+        (String, i64),
+        "SELECT projection, COUNT(*) FROM projection_parked WHERE status = $1 \
+         GROUP BY projection ORDER BY projection",
+        PARKED
+    )?;
+    Ok(rows.into_iter().map(|(n, c)| (n, c as u64)).collect())
+}
+
 /// Whether `projection` is still halted on `position`.
 pub async fn is_halted(db: &ReadDb, projection: &str, position: u64) -> Result<bool, sqlx::Error> {
     let row: Option<(i64,)> = query_as!(

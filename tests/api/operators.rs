@@ -21,6 +21,7 @@ on_both!(
     a_read_model_built_by_another_version_is_rebuilt_at_start_up,
     a_poison_event_halts_its_projection_until_an_operator_skips_it,
     a_poison_event_is_parked_and_retried_or_skipped,
+    metrics_show_request_projection_and_job_latency_and_queue_depth,
 );
 
 /// Runs `sql` on the read-model database.
@@ -449,6 +450,12 @@ async fn a_poison_event_halts_its_projection_until_an_operator_skips_it(db: Db) 
         dead_letters(&read).await,
         vec![(poison, "halted".to_owned())]
     );
+    // It falls behind in time too, from the event it stopped on.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let metrics = app.fetch("/metrics").await.text().await.unwrap();
+    let lag = gauge(&metrics, "confab_projection_lag_seconds", "settings");
+    assert!(lag >= 0.05, "lag {lag}: {metrics}");
+    assert!(gauge(&metrics, "confab_projection_lag", "settings") >= 1.0);
     // The other projections go on.
     app.new_chat(&b_token, "still served").await;
     // The settings projection does not: the write is recorded, its effect not yet readable.
@@ -568,6 +575,11 @@ async fn a_poison_event_is_parked_and_retried_or_skipped(db: Db) {
     )
     .await;
     assert_eq!(ready.0, 200, "parking goes on: {}", ready.1);
+    let metrics = app.fetch("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("confab_projection_parked{projection=\"settings\"} 1\n"),
+        "{metrics}"
+    );
 
     // An event that fails because of the read model's database, not its payload: parked too,
     // and applied by a retry once the cause is gone.
@@ -642,5 +654,64 @@ async fn a_poison_event_is_parked_and_retried_or_skipped(db: Db) {
     let out = confab(&app, &["projections", "retry", "settings"], Some("ops"));
     assert!(!out.status.success(), "nothing left to retry");
     assert_eq!(readiness(&app).await.0, 200);
+    app.shutdown().await;
+}
+
+/// The value of the gauge `name` of `projection` in a Prometheus text.
+fn gauge(metrics: &str, name: &str, projection: &str) -> f64 {
+    let prefix = format!("{name}{{projection=\"{projection}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+        .parse()
+        .expect("a number")
+}
+
+/// `/metrics` shows request latency per route group, each projection's apply latency, lag and
+/// parked count, and each job queue's depth and job latency.
+async fn metrics_show_request_projection_and_job_latency_and_queue_depth(db: Db) {
+    let up = OpenAiStandIn::start().await;
+    up.always(Act::reply(
+        &["measured"],
+        (10, 20),
+        Duration::from_millis(1),
+    ));
+    let app = spawn_app_with(db, |c| {
+        c.openai_base_url = Some(up.base_url().to_owned());
+        c.openai_api_key = Some("server-key".to_owned().into());
+    })
+    .await;
+    let (token, _) = app.sign_up("metrics@example.com").await;
+    app.new_chat(&token, "measured").await;
+    assert_eq!(chat(&app, &token, "a question").await, 200);
+    let job = "confab_job_duration_seconds_bucket{queue=\"generate_reply\",outcome=\"ok\"";
+    let metrics = poll(
+        PATIENCE,
+        Duration::from_millis(50),
+        || async { app.fetch("/metrics").await.text().await.unwrap() },
+        |text| text.contains(job),
+    )
+    .await;
+    assert!(metrics.contains(job), "{metrics}");
+    for needle in [
+        "# TYPE confab_http_request_duration_seconds histogram",
+        "confab_http_request_duration_seconds_bucket{group=\"/api/chats\",method=\"POST\",status=\"2xx\",le=\"0.005\"}",
+        "confab_http_request_duration_seconds_bucket{group=\"/api/auth\",method=\"POST\",status=\"2xx\"",
+        "# TYPE confab_projection_apply_seconds histogram",
+        "confab_projection_apply_seconds_bucket{projection=\"chats\"",
+        "confab_projection_events_applied_total{projection=\"chats\"}",
+        "# TYPE confab_job_duration_seconds histogram",
+        "confab_job_queue_depth{queue=\"generate_reply\"} ",
+    ] {
+        assert!(metrics.contains(needle), "no {needle} in {metrics}");
+    }
+    // This app's projections are caught up: no lag, nothing parked.
+    for projection in ["chats", "credits", "settings"] {
+        assert_eq!(gauge(&metrics, "confab_projection_parked", projection), 0.0);
+        let lag = gauge(&metrics, "confab_projection_lag", projection);
+        let seconds = gauge(&metrics, "confab_projection_lag_seconds", projection);
+        assert!(lag > 0.0 || seconds == 0.0, "{projection}: {lag} {seconds}");
+    }
     app.shutdown().await;
 }

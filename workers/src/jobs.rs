@@ -52,7 +52,16 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
 /// The apalis handler of every [`Job`]: runs it, logs the failure once, and tells apalis
 /// whether to retry (a permanent failure aborts the job).
 pub(crate) async fn handle<J: Job>(job: J, ctx: Data<J::Context>) -> Result<(), BoxDynError> {
-    match job.run(&ctx).await {
+    let started = std::time::Instant::now();
+    let result = job.run(&ctx).await;
+    let outcome = match &result {
+        Ok(()) => "ok",
+        Err(JobError::Permanent(_)) => "failed",
+        Err(JobError::Retry(_)) => "retry",
+    };
+    metrics::histogram!("confab_job_duration_seconds", "queue" => J::NAME, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    match result {
         Ok(()) => Ok(()),
         Err(JobError::Permanent(e)) => {
             tracing::error!(queue = J::NAME, error = %e, "job failed and cannot succeed; giving up");

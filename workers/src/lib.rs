@@ -86,4 +86,30 @@ impl JobQueue for Queues {
             },
         }
     }
+
+    async fn depths(&self) -> Vec<(&'static str, i64)> {
+        fn counted(
+            queue: &'static str,
+            n: anyhow::Result<i64>,
+            out: &mut Vec<(&'static str, i64)>,
+        ) {
+            match n {
+                Ok(n) => out.push((queue, n)),
+                Err(e) => tracing::warn!(queue, error = %e, "cannot count the queue's jobs"),
+            }
+        }
+        let mut out = Vec::new();
+        counted(
+            queue::REPLY_QUEUE,
+            self.replies.unfinished().await,
+            &mut out,
+        );
+        if let Some(q) = &self.stripe {
+            counted(billing::STRIPE_QUEUE, q.unfinished().await, &mut out);
+        }
+        if let Some(q) = &self.documents {
+            counted(documents::DOCUMENT_QUEUE, q.unfinished().await, &mut out);
+        }
+        out
+    }
 }
