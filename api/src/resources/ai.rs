@@ -176,7 +176,27 @@ pub struct CreditTransaction {
     /// When.
     pub created_at: DateTime<Utc>,
     /// What it refers to.
+    #[schema(schema_with = credit_reference_any_of)]
     pub reference: CreditReference,
+}
+
+/// [`CreditReference`]'s schema as `anyOf`: its variants are objects of optional fields that
+/// overlap (a reply's charge and a release both have `chatId` and `model`), so one answer can
+/// match several of them, which `oneOf` forbids.
+fn credit_reference_any_of() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{AnyOfBuilder, Schema};
+    match <CreditReference as utoipa::PartialSchema>::schema() {
+        RefOr::T(Schema::OneOf(one)) => RefOr::T(Schema::AnyOf(
+            AnyOfBuilder::new()
+                .items(one.items)
+                .description(Some(
+                    "What the transaction refers to: the fields of its kind.",
+                ))
+                .build(),
+        )),
+        other => other,
+    }
 }
 
 impl From<TransactionRow> for CreditTransaction {
