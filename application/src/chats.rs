@@ -2,7 +2,8 @@
 //!
 //! Commands go to the chat aggregate; reads come from the `chats` read model, for the caller's
 //! own chats only (another user's chat reads as missing); every write returns once the same
-//! user's next read sees it.
+//! user's next read sees it. Time travel reads the chat's own stream instead: the chat as it was
+//! at a past time, a message's versions; a deletion is undone by a compensating event.
 
 use crate::{Actor, AppError, Page, PageRequest, Problems, Services, now};
 use chrono::{DateTime, Utc};
@@ -450,7 +451,7 @@ pub async fn list_attachments(
     Ok(chats::list_attachments(&svc.db, message_id).await?)
 }
 
-/// The chat's history from the log, each event with its time, in the order it was recorded.
+/// The chat's events from the log, in the order they were recorded.
 async fn chat_history(svc: &Services, chat_id: Uuid) -> Result<Vec<ChatEvent>, AppError> {
     let stream = Chat::stream_name(&chat_id);
     let recorded = confab_eventstore::read_whole_stream(svc.store.as_ref(), &stream).await?;
