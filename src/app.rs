@@ -436,6 +436,7 @@ impl Jobs {
             write_timeout: Duration::from_millis(config.write_timeout_ms),
             session_ttl: chrono::Duration::hours(i64::from(config.session_ttl_hours)),
             hold_ttl: config.credit_hold_ttl()?,
+            restore_window: chrono::Duration::days(i64::from(config.restore_window_days)),
             catalogue: Arc::new(config.catalogue.clone()),
             llm: Arc::new(confab_application::ai::LlmSettings {
                 providers: config.llm_providers(),

@@ -103,6 +103,9 @@ pub struct Config {
     /// default 3600): past it, a hold nothing settled (a crash before its job was queued, a
     /// job out of attempts) is released by the sweeper. Keep it above the longest reply.
     pub credit_hold_ttl_secs: u64,
+    /// How long after its deletion a chat or message may still be restored, in days
+    /// (`CONFAB_RESTORE_WINDOW_DAYS`, default 30; 0 allows no restoration).
+    pub restore_window_days: u32,
     /// When the workers release expired credit holds, as a cron expression with seconds
     /// (`CONFAB_CREDIT_SWEEP_SCHEDULE`, default `0 * * * * *`: every minute).
     pub credit_sweep_schedule: String,
@@ -274,6 +277,7 @@ impl Default for Config {
             cron_secret: None,
             credit_reset_schedule: "0 0 0 1 * *".into(),
             credit_hold_ttl_secs: 3600,
+            restore_window_days: 30,
             credit_sweep_schedule: "0 * * * * *".into(),
             llm_first_token_timeout_ms: 60_000,
             llm_idle_timeout_ms: 60_000,

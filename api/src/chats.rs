@@ -5,8 +5,8 @@ use crate::auth::AuthUser;
 use crate::error::ErrorBody;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::resources::chats::{
-    Chat, ChatPage, EditBody, Message, MessageEdit, MessagePage, MessagesQuery, NewChat, PageQuery,
-    SearchWords, SendBody, TitleBody, page_request,
+    AsOfQuery, Chat, ChatPage, EditBody, Message, MessageEdit, MessageHistory, MessagePage,
+    MessagesQuery, NewChat, PageQuery, SearchWords, SendBody, TitleBody, page_request,
 };
 use crate::{ApiError, AppState};
 use axum::Json;
@@ -31,6 +31,20 @@ fn parse_date(s: &str, end_of_day: bool) -> Option<DateTime<Utc>> {
         NaiveTime::MIN
     };
     Some(d.and_time(time).and_utc())
+}
+
+impl AsOfQuery {
+    /// The time asked for, if any; a value that is not an RFC 3339 date-time is a 400.
+    fn parse(&self) -> Result<Option<DateTime<Utc>>, ApiError> {
+        self.as_of
+            .as_deref()
+            .map(|s| {
+                DateTime::parse_from_rfc3339(s)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| Problems::one("asOf", "must be an RFC 3339 date-time").into())
+            })
+            .transpose()
+    }
 }
 
 impl MessagesQuery {
@@ -97,21 +111,85 @@ pub(crate) async fn list_chats(
     ))
 }
 
-/// `GET /api/chats/{chatId}`.
+/// `GET /api/chats/{chatId}?asOf`: the chat now, or as it was at `asOf` (from the log).
 #[utoipa::path(get, path = "/api/chats/{chatId}", tag = "chats", security(("bearer" = []), ("cookie" = [])),
-    params(("chatId" = Uuid, Path, description = "The chat")),
+    params(("chatId" = Uuid, Path, description = "The chat"), AsOfQuery),
     responses(
-        (status = 200, description = "The chat", body = Chat),
-        (status = 404, description = "No such chat, or not the caller's", body = ErrorBody),
+        (status = 200, description = "The chat (as it was at `asOf`, if given)", body = Chat),
+        (status = 400, description = "`asOf` is not an RFC 3339 date-time", body = ErrorBody),
+        (status = 404, description = "No such chat (at `asOf`: not yet created, or deleted then), or not the caller's", body = ErrorBody),
     ))]
 pub(crate) async fn get_chat(
     State(state): State<AppState>,
     auth: AuthUser,
     ApiPath(chat_id): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<AsOfQuery>,
+) -> Result<Json<Chat>, ApiError> {
+    let chat = match q.parse()? {
+        Some(as_of) => chats::get_chat_as_of(&state.app, &auth, chat_id, as_of).await?,
+        None => chats::get_chat(&state.app, &auth, chat_id).await?,
+    };
+    Ok(Json(chat.into()))
+}
+
+/// `POST /api/chats/{chatId}/restore`: undoes the chat's deletion, with the messages it had.
+#[utoipa::path(post, path = "/api/chats/{chatId}/restore", tag = "chats", security(("bearer" = []), ("cookie" = [])),
+    params(("chatId" = Uuid, Path, description = "The chat")),
+    responses(
+        (status = 200, description = "The restored chat", body = Chat),
+        (status = 404, description = "No such chat, not the caller's, or deleted longer ago than `CONFAB_RESTORE_WINDOW_DAYS`", body = ErrorBody),
+        (status = 409, description = "The chat is not deleted", body = ErrorBody),
+    ))]
+pub(crate) async fn restore_chat(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiPath(chat_id): ApiPath<Uuid>,
 ) -> Result<Json<Chat>, ApiError> {
     Ok(Json(
-        chats::get_chat(&state.app, &auth, chat_id).await?.into(),
+        chats::restore_chat(&state.app, &auth, chat_id)
+            .await?
+            .into(),
     ))
+}
+
+/// `POST /api/chats/{chatId}/messages/{messageId}/restore`: undoes the message's deletion.
+#[utoipa::path(post, path = "/api/chats/{chatId}/messages/{messageId}/restore", tag = "chats", security(("bearer" = []), ("cookie" = [])),
+    params(("chatId" = Uuid, Path, description = "The chat"), ("messageId" = Uuid, Path, description = "The message")),
+    responses(
+        (status = 200, description = "The restored message", body = Message),
+        (status = 403, description = "Not the message's author", body = ErrorBody),
+        (status = 404, description = "No such chat or message, not the caller's, or deleted longer ago than `CONFAB_RESTORE_WINDOW_DAYS`", body = ErrorBody),
+        (status = 409, description = "The message is not deleted", body = ErrorBody),
+    ))]
+pub(crate) async fn restore_message(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiPath((chat_id, message_id)): ApiPath<(Uuid, Uuid)>,
+) -> Result<Json<Message>, ApiError> {
+    Ok(Json(
+        chats::restore_message(&state.app, &auth, chat_id, message_id)
+            .await?
+            .into(),
+    ))
+}
+
+/// `GET /api/chats/{chatId}/messages/{messageId}/history`: every version, oldest first.
+#[utoipa::path(get, path = "/api/chats/{chatId}/messages/{messageId}/history", tag = "chats", security(("bearer" = []), ("cookie" = [])),
+    params(("chatId" = Uuid, Path, description = "The chat"), ("messageId" = Uuid, Path, description = "The message")),
+    responses(
+        (status = 200, description = "The message's versions, oldest first", body = MessageHistory),
+        (status = 404, description = "No such chat or message, or not the caller's", body = ErrorBody),
+    ))]
+pub(crate) async fn message_history(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiPath((chat_id, message_id)): ApiPath<(Uuid, Uuid)>,
+) -> Result<Json<MessageHistory>, ApiError> {
+    let versions = chats::message_history(&state.app, &auth, chat_id, message_id).await?;
+    Ok(Json(MessageHistory {
+        message_id,
+        versions: versions.into_iter().map(Into::into).collect(),
+    }))
 }
 
 /// `PUT /api/chats/{chatId}` `{title}`.
@@ -151,25 +229,30 @@ pub(crate) async fn delete_chat(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /api/chats/{chatId}/messages?page&limit&type&search&startDate&endDate`.
+/// `GET /api/chats/{chatId}/messages?page&limit&type&search&startDate&endDate&asOf`.
 #[utoipa::path(get, path = "/api/chats/{chatId}/messages", tag = "chats", security(("bearer" = []), ("cookie" = [])),
-    params(("chatId" = Uuid, Path, description = "The chat"), MessagesQuery),
+    params(("chatId" = Uuid, Path, description = "The chat"), MessagesQuery, AsOfQuery),
     responses(
-        (status = 200, description = "A page of the chat's messages", body = MessagePage),
-        (status = 404, description = "No such chat, or not the caller's", body = ErrorBody),
+        (status = 200, description = "A page of the chat's messages (as they were at `asOf`, if given: oldest first, a search included)", body = MessagePage),
+        (status = 400, description = "A filter, the page or `asOf` is invalid", body = ErrorBody),
+        (status = 404, description = "No such chat (at `asOf`: not yet created, or deleted then), or not the caller's", body = ErrorBody),
     ))]
 pub(crate) async fn list_messages(
     State(state): State<AppState>,
     auth: AuthUser,
     ApiPath(chat_id): ApiPath<Uuid>,
     ApiQuery(q): ApiQuery<MessagesQuery>,
+    ApiQuery(at): ApiQuery<AsOfQuery>,
 ) -> Result<Json<MessagePage>, ApiError> {
+    let as_of = at.parse()?;
     let query = q.parse(q.search.clone())?;
-    Ok(Json(
-        chats::list_messages(&state.app, &auth, chat_id, &query)
-            .await?
-            .into(),
-    ))
+    let page = match as_of {
+        Some(as_of) => {
+            chats::list_messages_as_of(&state.app, &auth, chat_id, as_of, &query).await?
+        }
+        None => chats::list_messages(&state.app, &auth, chat_id, &query).await?,
+    };
+    Ok(Json(page.into()))
 }
 
 /// `GET /api/messages/search?q&page&limit&type&startDate&endDate`: across all the caller's chats.

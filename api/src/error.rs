@@ -140,6 +140,7 @@ impl From<AppError> for ApiError {
             AppError::Unauthenticated(_) => ApiError::Unauthorized,
             AppError::Forbidden(m) => ApiError::Forbidden(m),
             e @ AppError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            AppError::Unrecoverable(m) => ApiError::NotFound(m),
             AppError::Conflict { message, details } => ApiError::Conflict {
                 message,
                 details: Value::Object(details),

@@ -95,6 +95,15 @@ pub fn router(state: AppState) -> Router {
             "/api/chats/{chat_id}/messages/{message_id}",
             put(chats::edit_message).delete(chats::delete_message),
         )
+        .route("/api/chats/{chat_id}/restore", post(chats::restore_chat))
+        .route(
+            "/api/chats/{chat_id}/messages/{message_id}/restore",
+            post(chats::restore_message),
+        )
+        .route(
+            "/api/chats/{chat_id}/messages/{message_id}/history",
+            get(chats::message_history),
+        )
         .route("/api/messages/search", get(chats::search_messages))
         .route(
             "/api/upload",

@@ -2,14 +2,16 @@
 //!
 //! Commands go to the chat aggregate; reads come from the `chats` read model, for the caller's
 //! own chats only (another user's chat reads as missing); every write returns once the same
-//! user's next read sees it.
+//! user's next read sees it. Time travel reads the chat's own stream instead: the chat as it was
+//! at a past time, a message's versions; a deletion is undone by a compensating event.
 
 use crate::{Actor, AppError, Page, PageRequest, Problems, Services, now};
 use chrono::{DateTime, Utc};
-use confab_domain::chat::{Chat, ChatCommand, ChatError, ChatEvent};
-use confab_domain::{ChatTitle, MessageContent, MessageKind, Role};
+use confab_domain::chat::{Chat, ChatCommand, ChatError, ChatEvent, ChatStatus};
+use confab_domain::{Aggregate, ChatTitle, EventSchema, MessageContent, MessageKind, Role};
 use confab_eventstore::aggregate::{ExecuteError, Executed};
 use confab_projections::chats::{self, AttachmentRow, ChatRow, MessageFilter, MessageRow};
+use confab_projections::search;
 use uuid::Uuid;
 
 /// Runs a chat command for `actor` and waits until its effect is readable.
@@ -447,6 +449,245 @@ pub async fn list_attachments(
         .await?
         .ok_or(AppError::NotFound("message"))?;
     Ok(chats::list_attachments(&svc.db, message_id).await?)
+}
+
+/// The chat's events from the log, in the order they were recorded.
+async fn chat_history(svc: &Services, chat_id: Uuid) -> Result<Vec<ChatEvent>, AppError> {
+    let stream = Chat::stream_name(&chat_id);
+    let recorded = confab_eventstore::read_whole_stream(svc.store.as_ref(), &stream).await?;
+    recorded
+        .into_iter()
+        .map(|e| {
+            Ok(ChatEvent::from_stored(
+                &e.event_type,
+                e.schema_version,
+                e.payload,
+            )?)
+        })
+        .collect()
+}
+
+/// `actor`'s chat `chat_id` as it stood at `as_of`: the fold of its events up to then (the
+/// times the API shows as `createdAt` and `updatedAt`), stopping at the first one after. A
+/// chat that did not exist then, was deleted then, or is someone else's is not found.
+async fn chat_as_of(
+    svc: &Services,
+    actor: &Actor,
+    chat_id: Uuid,
+    as_of: DateTime<Utc>,
+) -> Result<Chat, AppError> {
+    let chat = chat_history(svc, chat_id)
+        .await?
+        .iter()
+        .take_while(|e| e.at() <= as_of)
+        .fold(Chat::default(), |chat, e| chat.evolve(e));
+    if chat.status != ChatStatus::Active || chat.owner != Some(actor.id()) {
+        return Err(AppError::NotFound("chat"));
+    }
+    Ok(chat)
+}
+
+/// `actor`'s chat `chat_id` as it was at `as_of`, built from the log.
+pub async fn get_chat_as_of(
+    svc: &Services,
+    actor: &Actor,
+    chat_id: Uuid,
+    as_of: DateTime<Utc>,
+) -> Result<ChatRow, AppError> {
+    let chat = chat_as_of(svc, actor, chat_id, as_of).await?;
+    match (chat.id, chat.owner, chat.title, chat.created_at) {
+        (Some(id), Some(owner_id), Some(title), Some(created_at)) => Ok(ChatRow {
+            id,
+            owner_id,
+            title: title.as_str().to_owned(),
+            created_at,
+            updated_at: chat.updated_at.unwrap_or(created_at),
+            last_activity_at: chat.last_activity_at.unwrap_or(created_at),
+        }),
+        _ => Err(AppError::bug("a created chat folds without its details")),
+    }
+}
+
+/// A page of the messages of `actor`'s chat `chat_id` matching `query`, as they were at
+/// `as_of`, built from the log: the same filters and pages as the read model's, oldest first
+/// (a search keeps that order: the past has no ranking index).
+pub async fn list_messages_as_of(
+    svc: &Services,
+    actor: &Actor,
+    chat_id: Uuid,
+    as_of: DateTime<Utc>,
+    query: &MessageQuery,
+) -> Result<Page<MessageRow>, AppError> {
+    let chat = chat_as_of(svc, actor, chat_id, as_of).await?;
+    let filter = query.filter(Some(chat_id));
+    let wanted: Option<Vec<String>> = filter.search.as_deref().map(|q| {
+        let folded = search::fold(q);
+        search::words(&folded)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    });
+    let mut rows: Vec<MessageRow> = chat
+        .messages
+        .into_iter()
+        .filter(|(_, m)| !m.deleted)
+        .map(|(id, m)| MessageRow {
+            id,
+            chat_id,
+            user_id: m.author,
+            role: m.role.as_str().to_owned(),
+            content: m.content.as_str().to_owned(),
+            kind: m.kind.as_str().to_owned(),
+            created_at: m.sent_at,
+            updated_at: m.updated_at,
+        })
+        .filter(|m| filter.kind.as_deref().is_none_or(|k| m.kind == k))
+        .filter(|m| filter.start.is_none_or(|s| m.created_at >= s))
+        .filter(|m| filter.end.is_none_or(|e| m.created_at <= e))
+        .filter(|m| {
+            wanted.as_ref().is_none_or(|ws| {
+                let folded = search::fold(&m.content);
+                let have = search::words(&folded);
+                !ws.is_empty() && ws.iter().all(|w| have.contains(&w.as_str()))
+            })
+        })
+        .collect();
+    rows.sort_by_key(|m| (m.created_at, m.id));
+    let total = rows.len() as u64;
+    let items = rows
+        .into_iter()
+        .skip(usize::try_from(query.page.offset()).unwrap_or(usize::MAX))
+        .take(query.page.limit as usize)
+        .collect();
+    Ok(Page {
+        items,
+        total,
+        request: query.page,
+    })
+}
+
+/// What one version of a message records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionKind {
+    /// It was sent.
+    Created,
+    /// Its content or type changed.
+    Edited,
+    /// It was deleted (on its own, or with its chat).
+    Deleted,
+    /// Its deletion was undone (on its own, or with its chat's).
+    Restored,
+}
+
+impl VersionKind {
+    /// Its name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionKind::Created => "created",
+            VersionKind::Edited => "edited",
+            VersionKind::Deleted => "deleted",
+            VersionKind::Restored => "restored",
+        }
+    }
+}
+
+/// One version of a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageVersion {
+    /// From 1, oldest first.
+    pub version: u32,
+    /// What happened.
+    pub kind: VersionKind,
+    /// The content and type from then on; `None` for a deletion.
+    pub content: Option<(String, String)>,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Every version of `actor`'s message `message_id` in their chat `chat_id`, oldest first,
+/// read from the log (so a deleted message, or one of a deleted chat, has its history too).
+pub async fn message_history(
+    svc: &Services,
+    actor: &Actor,
+    chat_id: Uuid,
+    message_id: Uuid,
+) -> Result<Vec<MessageVersion>, AppError> {
+    let events = chat_history(svc, chat_id).await?;
+    let owner = events.first().and_then(|e| match e {
+        ChatEvent::Created(c) => Some(c.owner),
+        _ => None,
+    });
+    if owner != Some(actor.id()) {
+        return Err(AppError::NotFound("chat"));
+    }
+    let mut chat = Chat::default();
+    let mut versions: Vec<MessageVersion> = Vec::new();
+    for e in &events {
+        let was_live = chat.messages.get(&message_id).is_some_and(|m| !m.deleted)
+            && chat.status == ChatStatus::Active;
+        chat = chat.evolve(e);
+        let kind = match e {
+            ChatEvent::MessageSent(m) if m.message_id == message_id => VersionKind::Created,
+            ChatEvent::MessageEdited(m) if m.message_id == message_id => VersionKind::Edited,
+            ChatEvent::MessageDeleted(m) if m.message_id == message_id => VersionKind::Deleted,
+            ChatEvent::MessageRestored(m) if m.message_id == message_id => VersionKind::Restored,
+            // The chat's deletion takes the message with it.
+            ChatEvent::Deleted(_) if was_live => VersionKind::Deleted,
+            _ => continue,
+        };
+        let content = (kind != VersionKind::Deleted)
+            .then(|| chat.messages.get(&message_id))
+            .flatten()
+            .map(|m| (m.content.as_str().to_owned(), m.kind.as_str().to_owned()));
+        versions.push(MessageVersion {
+            version: u32::try_from(versions.len() + 1).unwrap_or(u32::MAX),
+            kind,
+            content,
+            at: e.at(),
+        });
+    }
+    if versions.is_empty() {
+        return Err(AppError::NotFound("message"));
+    }
+    Ok(versions)
+}
+
+/// Undoes the deletion of `actor`'s chat, within the restore window; its messages come back
+/// as they were when it was deleted.
+pub async fn restore_chat(
+    svc: &Services,
+    actor: &Actor,
+    chat_id: Uuid,
+) -> Result<ChatRow, AppError> {
+    let command = ChatCommand::Restore {
+        actor: actor.id(),
+        at: now(),
+        window: svc.restore_window,
+    };
+    run(svc, actor, chat_id, command).await?;
+    get_chat(svc, actor, chat_id).await
+}
+
+/// Undoes the deletion of `actor`'s message, within the restore window.
+pub async fn restore_message(
+    svc: &Services,
+    actor: &Actor,
+    chat_id: Uuid,
+    message_id: Uuid,
+) -> Result<MessageRow, AppError> {
+    let command = ChatCommand::RestoreMessage {
+        message_id,
+        actor: actor.id(),
+        at: now(),
+        window: svc.restore_window,
+    };
+    run(svc, actor, chat_id, command).await?;
+    chats::get_message(&svc.db, chat_id, message_id)
+        .await?
+        .filter(|m| m.user_id == actor.id())
+        .ok_or(AppError::bug(
+            "a restored message is missing from the read model",
+        ))
 }
 
 #[cfg(test)]

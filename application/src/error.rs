@@ -114,6 +114,9 @@ pub enum AppError {
     /// No such resource, or it is not the caller's (the two are never told apart).
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// It was deleted too long ago to be restored: not found, with the reason.
+    #[error("{0}")]
+    Unrecoverable(String),
     /// The resource's state does not allow it (an email taken, a document not ready, changes
     /// that kept racing).
     #[error("{message}")]
@@ -236,6 +239,7 @@ impl AppError {
             | AppError::Unauthenticated(_)
             | AppError::Forbidden(_)
             | AppError::NotFound(_)
+            | AppError::Unrecoverable(_)
             | AppError::InsufficientCredits { .. }
             | AppError::TooLarge(_)
             | AppError::UnsupportedMedia(_)
@@ -294,6 +298,11 @@ impl From<ChatError> for AppError {
                 AppError::conflict(e.to_string())
             }
             ChatError::NothingToChange => AppError::invalid("content", "nothing to change"),
+            ChatError::ChatNotDeleted | ChatError::MessageNotDeleted => {
+                AppError::conflict(e.to_string())
+            }
+            // API.md: past the restore window, what was deleted is not found, and says why.
+            ChatError::RestoreWindowPassed { .. } => AppError::Unrecoverable(e.to_string()),
         }
     }
 }

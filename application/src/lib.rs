@@ -55,6 +55,8 @@ pub struct Services {
     pub session_ttl: chrono::Duration,
     /// How long a reply's credit hold lasts before the sweeper may release it.
     pub hold_ttl: chrono::Duration,
+    /// How long after its deletion a chat or message may still be restored.
+    pub restore_window: chrono::Duration,
     /// Models and tiers.
     pub catalogue: Arc<Catalogue>,
     /// LLM providers and the rules of calling them.

@@ -2,10 +2,13 @@
 //!
 //! Rules: only the owner acts on a chat (anyone else is told it does not exist); only a message's
 //! author edits or deletes it; a deleted chat accepts nothing more, and its messages vanish with it.
+//! A deletion is undone, within a window the caller passes in, by a compensating event (a chat's
+//! restoration brings back the messages that were live when it was deleted); the log keeps every
+//! version, so the state at any past time is a fold of the events recorded until then.
 
 use crate::schema::parse;
 use crate::{Aggregate, ChatTitle, MessageContent, MessageKind, Role, UpcastError};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -92,6 +95,26 @@ pub enum ChatCommand {
         /// Now.
         at: DateTime<Utc>,
     },
+    /// Undo the chat's deletion, with the messages it had then.
+    Restore {
+        /// Who asks (must be the owner).
+        actor: Uuid,
+        /// Now.
+        at: DateTime<Utc>,
+        /// How long after its deletion a chat may still be restored.
+        window: Duration,
+    },
+    /// Undo a message's deletion.
+    RestoreMessage {
+        /// The message.
+        message_id: Uuid,
+        /// Who asks (must be the author).
+        actor: Uuid,
+        /// Now.
+        at: DateTime<Utc>,
+        /// How long after its deletion a message may still be restored.
+        window: Duration,
+    },
 }
 
 /// Why a chat command is refused.
@@ -115,6 +138,22 @@ pub enum ChatError {
     /// An edit that changes nothing.
     #[error("nothing to change")]
     NothingToChange,
+    /// Restoring a chat that is not deleted.
+    #[error("the chat is not deleted")]
+    ChatNotDeleted,
+    /// Restoring a message that is not deleted.
+    #[error("the message is not deleted")]
+    MessageNotDeleted,
+    /// The deletion is older than the restore window.
+    #[error(
+        "deleted at {deleted_at}, more than {window_days} days ago: it can no longer be restored"
+    )]
+    RestoreWindowPassed {
+        /// When it was deleted.
+        deleted_at: DateTime<Utc>,
+        /// The window, in whole days.
+        window_days: i64,
+    },
 }
 
 /// A chat was created.
@@ -234,6 +273,69 @@ pub struct MessageDeleted {
     pub at: DateTime<Utc>,
 }
 
+/// A chat's deletion was undone: the chat as it was when deleted (its messages follow, each
+/// as a [`MessageRestored`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatRestored {
+    /// The chat.
+    pub chat_id: Uuid,
+    /// Its owner.
+    pub owner: Uuid,
+    /// Its title.
+    pub title: ChatTitle,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed before its deletion.
+    pub updated_at: DateTime<Utc>,
+    /// Its last activity before its deletion (lists sort by it).
+    pub last_activity_at: DateTime<Utc>,
+    /// When it was restored.
+    pub at: DateTime<Utc>,
+}
+
+/// An attachment that comes back with its message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentState {
+    /// The attachment.
+    pub attachment_id: Uuid,
+    /// Media type.
+    pub file_type: String,
+    /// Where the file is.
+    pub file_path: String,
+    /// When it was attached.
+    pub at: DateTime<Utc>,
+}
+
+/// A message's deletion was undone (on its own, or with its chat's): the message as it was
+/// when deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageRestored {
+    /// The chat.
+    pub chat_id: Uuid,
+    /// The message.
+    pub message_id: Uuid,
+    /// The user it belongs to.
+    pub author: Uuid,
+    /// Who speaks.
+    pub role: Role,
+    /// Its content when deleted.
+    pub content: MessageContent,
+    /// Its kind when deleted.
+    pub kind: MessageKind,
+    /// When it was sent.
+    pub sent_at: DateTime<Utc>,
+    /// When it last changed before its deletion.
+    pub updated_at: DateTime<Utc>,
+    /// Its attachments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentState>,
+    /// When it was restored.
+    pub at: DateTime<Utc>,
+}
+
 crate::schema::event_schema! {
     /// Stable type names of chat events.
     pub mod event_types;
@@ -262,6 +364,29 @@ crate::schema::event_schema! {
         /// A file was attached to a message.
         #[event(ATTACHMENT_ADDED = "chat.attachment_added", version = 1)]
         AttachmentAdded(AttachmentAdded),
+        /// A chat's deletion was undone.
+        #[event(RESTORED = "chat.restored", version = 1)]
+        Restored(ChatRestored),
+        /// A message's deletion was undone.
+        #[event(MESSAGE_RESTORED = "chat.message_restored", version = 1)]
+        MessageRestored(MessageRestored),
+    }
+}
+
+impl ChatEvent {
+    /// When it happened, as the command that recorded it said.
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            ChatEvent::Created(e) => e.at,
+            ChatEvent::Renamed(e) => e.at,
+            ChatEvent::Deleted(e) => e.at,
+            ChatEvent::MessageSent(e) => e.at,
+            ChatEvent::MessageEdited(e) => e.at,
+            ChatEvent::MessageDeleted(e) => e.at,
+            ChatEvent::AttachmentAdded(e) => e.at,
+            ChatEvent::Restored(e) => e.at,
+            ChatEvent::MessageRestored(e) => e.at,
+        }
     }
 }
 
@@ -291,17 +416,27 @@ pub enum ChatStatus {
     Deleted,
 }
 
-/// What the chat needs to remember about one message to decide.
+/// What the chat remembers about one message: enough to decide, and to restore it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageState {
     /// The user it belongs to.
     pub author: Uuid,
+    /// Who speaks.
+    pub role: Role,
     /// Current content.
     pub content: MessageContent,
     /// Current kind.
     pub kind: MessageKind,
+    /// When it was sent.
+    pub sent_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Its attachments, oldest first.
+    pub attachments: Vec<AttachmentState>,
     /// Whether it was deleted.
     pub deleted: bool,
+    /// When it was deleted, while it is.
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 /// The chat aggregate's state.
@@ -315,6 +450,14 @@ pub struct Chat {
     pub owner: Option<Uuid>,
     /// Its title.
     pub title: Option<ChatTitle>,
+    /// When it was created.
+    pub created_at: Option<DateTime<Utc>>,
+    /// When its title last changed (or it was created).
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Its creation, last rename or newest message, whichever is latest.
+    pub last_activity_at: Option<DateTime<Utc>>,
+    /// When it was deleted, while it is.
+    pub deleted_at: Option<DateTime<Utc>>,
     /// Its messages by id, deleted ones included (ids are never reused).
     pub messages: HashMap<Uuid, MessageState>,
 }
@@ -326,6 +469,37 @@ impl Chat {
             (ChatStatus::Active, Some(id), Some(owner)) if owner == actor => Ok(id),
             _ => Err(ChatError::ChatNotFound),
         }
+    }
+
+    /// Refuses a restoration `at` of something deleted at `deleted_at` once `window` has passed.
+    fn within_window(
+        deleted_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+        window: Duration,
+    ) -> Result<(), ChatError> {
+        if at - deleted_at > window {
+            return Err(ChatError::RestoreWindowPassed {
+                deleted_at,
+                window_days: window.num_days(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The event restoring message `id`, as it was when deleted.
+    fn restored(&self, chat_id: Uuid, id: Uuid, m: &MessageState, at: DateTime<Utc>) -> ChatEvent {
+        ChatEvent::MessageRestored(MessageRestored {
+            chat_id,
+            message_id: id,
+            author: m.author,
+            role: m.role,
+            content: m.content.clone(),
+            kind: m.kind,
+            sent_at: m.sent_at,
+            updated_at: m.updated_at,
+            attachments: m.attachments.clone(),
+            at,
+        })
     }
 
     fn live_message(&self, id: Uuid, actor: Uuid) -> Result<&MessageState, ChatError> {
@@ -457,6 +631,60 @@ impl Aggregate for Chat {
                     at,
                 })])
             }
+            ChatCommand::Restore { actor, at, window } => {
+                let (Some(chat_id), Some(owner), Some(title), Some(created_at)) =
+                    (self.id, self.owner, self.title.clone(), self.created_at)
+                else {
+                    return Err(ChatError::ChatNotFound);
+                };
+                if owner != actor {
+                    return Err(ChatError::ChatNotFound);
+                }
+                let deleted_at = match (self.status, self.deleted_at) {
+                    (ChatStatus::Deleted, Some(d)) => d,
+                    _ => return Err(ChatError::ChatNotDeleted),
+                };
+                Self::within_window(deleted_at, at, window)?;
+                let mut events = vec![ChatEvent::Restored(ChatRestored {
+                    chat_id,
+                    owner,
+                    title,
+                    created_at,
+                    updated_at: self.updated_at.unwrap_or(created_at),
+                    last_activity_at: self.last_activity_at.unwrap_or(created_at),
+                    at,
+                })];
+                // The messages live when the chat was deleted, in the order they were sent;
+                // those deleted before stay deleted (each can be restored on its own).
+                let mut live: Vec<_> = self.messages.iter().filter(|(_, m)| !m.deleted).collect();
+                live.sort_by_key(|(id, m)| (m.sent_at, **id));
+                events.extend(
+                    live.into_iter()
+                        .map(|(id, m)| self.restored(chat_id, *id, m, at)),
+                );
+                Ok(events)
+            }
+            ChatCommand::RestoreMessage {
+                message_id,
+                actor,
+                at,
+                window,
+            } => {
+                let chat_id = self.owned_by(actor)?;
+                let m = self
+                    .messages
+                    .get(&message_id)
+                    .ok_or(ChatError::MessageNotFound)?;
+                if m.author != actor {
+                    return Err(ChatError::NotMessageAuthor);
+                }
+                let deleted_at = match (m.deleted, m.deleted_at) {
+                    (true, Some(d)) => d,
+                    _ => return Err(ChatError::MessageNotDeleted),
+                };
+                Self::within_window(deleted_at, at, window)?;
+                Ok(vec![self.restored(chat_id, message_id, m, at)])
+            }
         }
     }
 
@@ -467,19 +695,44 @@ impl Aggregate for Chat {
                 self.id = Some(e.chat_id);
                 self.owner = Some(e.owner);
                 self.title = Some(e.title.clone());
+                self.created_at = Some(e.at);
+                self.updated_at = Some(e.at);
+                self.last_activity_at = Some(e.at);
             }
-            ChatEvent::Renamed(e) => self.title = Some(e.title.clone()),
-            ChatEvent::Deleted(_) => self.status = ChatStatus::Deleted,
+            ChatEvent::Renamed(e) => {
+                self.title = Some(e.title.clone());
+                self.updated_at = Some(e.at);
+                self.last_activity_at = Some(e.at);
+            }
+            ChatEvent::Deleted(e) => {
+                self.status = ChatStatus::Deleted;
+                self.deleted_at = Some(e.at);
+            }
+            ChatEvent::Restored(e) => {
+                self.status = ChatStatus::Active;
+                self.deleted_at = None;
+                self.updated_at = Some(e.updated_at);
+                self.last_activity_at = Some(e.last_activity_at);
+            }
             ChatEvent::MessageSent(e) => {
                 self.messages.insert(
                     e.message_id,
                     MessageState {
                         author: e.author,
+                        role: e.role,
                         content: e.content.clone(),
                         kind: e.kind,
+                        sent_at: e.at,
+                        updated_at: e.at,
+                        attachments: Vec::new(),
                         deleted: false,
+                        deleted_at: None,
                     },
                 );
+                // As the read model orders chats: the newest message moves the activity.
+                if self.last_activity_at.is_none_or(|a| a < e.at) {
+                    self.last_activity_at = Some(e.at);
+                }
             }
             ChatEvent::MessageEdited(e) => {
                 if let Some(m) = self.messages.get_mut(&e.message_id) {
@@ -489,14 +742,31 @@ impl Aggregate for Chat {
                     if let Some(k) = e.kind {
                         m.kind = k;
                     }
+                    m.updated_at = e.at;
                 }
             }
             ChatEvent::MessageDeleted(e) => {
                 if let Some(m) = self.messages.get_mut(&e.message_id) {
                     m.deleted = true;
+                    m.deleted_at = Some(e.at);
                 }
             }
-            ChatEvent::AttachmentAdded(_) => {}
+            ChatEvent::MessageRestored(e) => {
+                if let Some(m) = self.messages.get_mut(&e.message_id) {
+                    m.deleted = false;
+                    m.deleted_at = None;
+                }
+            }
+            ChatEvent::AttachmentAdded(a) => {
+                if let Some(m) = self.messages.get_mut(&a.message_id) {
+                    m.attachments.push(AttachmentState {
+                        attachment_id: a.attachment_id,
+                        file_type: a.file_type.clone(),
+                        file_path: a.file_path.clone(),
+                        at: a.at,
+                    });
+                }
+            }
         }
         self
     }
@@ -698,6 +968,156 @@ mod tests {
             .then([]);
     }
 
+    fn days(n: i64) -> Duration {
+        Duration::days(n)
+    }
+    fn message_deleted(at_s: u32) -> ChatEvent {
+        ChatEvent::MessageDeleted(MessageDeleted {
+            chat_id: id(CHAT),
+            message_id: id(M1),
+            at: at(at_s),
+        })
+    }
+    fn chat_deleted(at_s: u32) -> ChatEvent {
+        ChatEvent::Deleted(ChatDeleted {
+            chat_id: id(CHAT),
+            at: at(at_s),
+        })
+    }
+    fn restore_message(by: u128, when: DateTime<Utc>, window: Duration) -> ChatCommand {
+        ChatCommand::RestoreMessage {
+            message_id: id(M1),
+            actor: id(by),
+            at: when,
+            window,
+        }
+    }
+    fn message_restored(when: DateTime<Utc>) -> ChatEvent {
+        ChatEvent::MessageRestored(MessageRestored {
+            chat_id: id(CHAT),
+            message_id: id(M1),
+            author: id(ALICE),
+            role: Role::User,
+            content: content("hello"),
+            kind: MessageKind::Text,
+            sent_at: at(1),
+            updated_at: at(1),
+            attachments: vec![],
+            at: when,
+        })
+    }
+
+    #[test]
+    fn a_deleted_message_is_restored_as_it_was_within_the_window() {
+        let state = given::<Chat>([created(), sent(ALICE), message_deleted(3)])
+            .when(restore_message(ALICE, at(9), days(30)))
+            .then([message_restored(at(9))]);
+        assert!(!state.messages[&id(M1)].deleted);
+    }
+
+    #[test]
+    fn restoring_a_message_that_is_not_deleted_is_a_conflict() {
+        given::<Chat>([created(), sent(ALICE)])
+            .when(restore_message(ALICE, at(9), days(30)))
+            .then_error(ChatError::MessageNotDeleted);
+        given::<Chat>([created()])
+            .when(restore_message(ALICE, at(9), days(30)))
+            .then_error(ChatError::MessageNotFound);
+    }
+
+    #[test]
+    fn a_deletion_older_than_the_window_stays() {
+        let late = at(3) + days(30) + Duration::microseconds(1);
+        given::<Chat>([created(), sent(ALICE), message_deleted(3)])
+            .when(restore_message(ALICE, late, days(30)))
+            .then_error(ChatError::RestoreWindowPassed {
+                deleted_at: at(3),
+                window_days: 30,
+            });
+        given::<Chat>([created(), sent(ALICE), message_deleted(3)])
+            .when(restore_message(ALICE, at(3) + days(30), days(30)))
+            .then([message_restored(at(3) + days(30))]);
+    }
+
+    #[test]
+    fn only_the_owner_restores_and_a_deleted_chat_first() {
+        given::<Chat>([created(), sent(ALICE), message_deleted(3)])
+            .when(restore_message(BOB, at(9), days(30)))
+            .then_error(ChatError::ChatNotFound);
+        given::<Chat>([created(), sent(ALICE), chat_deleted(3)])
+            .when(restore_message(ALICE, at(9), days(30)))
+            .then_error(ChatError::ChatNotFound);
+        given::<Chat>([created(), chat_deleted(3)])
+            .when(ChatCommand::Restore {
+                actor: id(BOB),
+                at: at(9),
+                window: days(30),
+            })
+            .then_error(ChatError::ChatNotFound);
+        given::<Chat>([created()])
+            .when(ChatCommand::Restore {
+                actor: id(ALICE),
+                at: at(9),
+                window: days(30),
+            })
+            .then_error(ChatError::ChatNotDeleted);
+    }
+
+    #[test]
+    fn a_restored_chat_brings_back_the_messages_it_had_when_deleted() {
+        const M2: u128 = 101;
+        let second = ChatEvent::MessageSent(MessageSent {
+            chat_id: id(CHAT),
+            message_id: id(M2),
+            author: id(ALICE),
+            role: Role::Assistant,
+            content: content("reply"),
+            kind: MessageKind::Text,
+            at: at(2),
+        });
+        let removed_first = ChatEvent::MessageDeleted(MessageDeleted {
+            chat_id: id(CHAT),
+            message_id: id(M2),
+            at: at(3),
+        });
+        let state = given::<Chat>([
+            created(),
+            sent(ALICE),
+            second,
+            removed_first,
+            chat_deleted(4),
+        ])
+        .when(ChatCommand::Restore {
+            actor: id(ALICE),
+            at: at(9),
+            window: days(30),
+        })
+        .then([
+            ChatEvent::Restored(ChatRestored {
+                chat_id: id(CHAT),
+                owner: id(ALICE),
+                title: title("Plans"),
+                created_at: at(0),
+                updated_at: at(0),
+                last_activity_at: at(2),
+                at: at(9),
+            }),
+            message_restored(at(9)),
+        ]);
+        assert_eq!(state.status, ChatStatus::Active);
+        assert!(state.messages[&id(M2)].deleted);
+        given::<Chat>([created(), chat_deleted(4)])
+            .when(ChatCommand::Restore {
+                actor: id(ALICE),
+                at: at(4) + days(1),
+                window: days(0),
+            })
+            .then_error(ChatError::RestoreWindowPassed {
+                deleted_at: at(4),
+                window_days: 0,
+            });
+    }
+
     #[test]
     fn every_event_round_trips_through_its_stored_form() {
         let events = vec![
@@ -723,6 +1143,28 @@ mod tests {
             ChatEvent::Deleted(ChatDeleted {
                 chat_id: id(CHAT),
                 at: at(4),
+            }),
+            ChatEvent::Restored(ChatRestored {
+                chat_id: id(CHAT),
+                owner: id(ALICE),
+                title: title("T"),
+                created_at: at(0),
+                updated_at: at(1),
+                last_activity_at: at(2),
+                at: at(5),
+            }),
+            message_restored(at(5)),
+            ChatEvent::MessageRestored(MessageRestored {
+                attachments: vec![AttachmentState {
+                    attachment_id: id(7),
+                    file_type: "pdf".into(),
+                    file_path: "a.pdf".into(),
+                    at: at(2),
+                }],
+                ..match message_restored(at(6)) {
+                    ChatEvent::MessageRestored(m) => m,
+                    _ => unreachable!(),
+                }
             }),
         ];
         for e in events {

@@ -291,6 +291,54 @@ async fn apply_one(tx: &mut Tx, e: ChatEvent) -> Result<(), ProjectionError> {
                     a.at
                 )?;
             }
+            // The row as it was when deleted; its messages follow as their own events.
+            ChatEvent::Restored(c) => {
+                execute!(
+                    tx,
+                    "INSERT INTO chats (id, owner_id, title, created_at, updated_at, \
+                     last_activity_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                    c.chat_id,
+                    c.owner,
+                    c.title.as_str().to_owned(),
+                    c.created_at,
+                    c.updated_at,
+                    c.last_activity_at
+                )?;
+            }
+            // The row as it was when deleted, back in the search index and with its
+            // attachments: inserted as when sent, then given its last change's time.
+            ChatEvent::MessageRestored(m) => {
+                let sent = MessageSent {
+                    chat_id: m.chat_id,
+                    message_id: m.message_id,
+                    author: m.author,
+                    role: m.role,
+                    content: m.content,
+                    kind: m.kind,
+                    at: m.sent_at,
+                };
+                insert_messages(tx, &[sent]).await?;
+                execute!(
+                    tx,
+                    "UPDATE messages SET updated_at = $2 WHERE id = $1",
+                    m.message_id,
+                    m.updated_at
+                )?;
+                for a in m.attachments {
+                    execute!(
+                        tx,
+                        "INSERT INTO attachments (id, message_id, chat_id, file_type, \
+                         file_path, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (id) DO NOTHING",
+                        a.attachment_id,
+                        m.message_id,
+                        m.chat_id,
+                        a.file_type,
+                        a.file_path,
+                        a.at
+                    )?;
+                }
+            }
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use crate::helpers::{Db, TestApp, confab_command, on_both, spawn_app};
 use confab_projections::ReadDb;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::process::Output;
 
 on_both!(
@@ -11,6 +11,7 @@ on_both!(
     audit_passes_on_a_healthy_store,
     audit_names_the_projection_table_key_and_column_of_a_tampered_row,
     audit_checks_the_ledger_balances_and_overdue_credit_holds,
+    restored_chats_and_messages_match_a_replay,
 );
 
 fn audit(app: &TestApp, args: &[&str]) -> Output {
@@ -381,4 +382,63 @@ async fn an_online_rebuild_never_shows_an_empty_or_short_read_model(db: Db) {
         text(&out.stderr)
     );
     Arc::into_inner(app).expect("one owner").shutdown().await;
+}
+
+/// Restorations (time travel) rebuild rows, search terms and attachments exactly as a replay of
+/// the log does.
+async fn restored_chats_and_messages_match_a_replay(db: Db) {
+    let app = spawn_app(db).await;
+    let (token, _, chat) = app.sign_up_with_chat("ann@example.com", "Restored").await;
+    let m = app.send_message(&token, &chat, "with a file", "text").await;
+    let id = m["id"].as_str().expect("id");
+    let (status, body) = app
+        .post(
+            "/chat/attachments",
+            Some(&token),
+            &json!({ "message_id": id, "file_type": "pdf", "file_path": "docs/a.pdf" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let gone = app
+        .send_message(&token, &chat, "deleted first", "text")
+        .await;
+    let gone_path = format!(
+        "/api/chats/{chat}/messages/{}",
+        gone["id"].as_str().expect("id")
+    );
+    let (status, _) = app
+        .put(
+            &format!("/api/chats/{chat}/messages/{id}"),
+            &token,
+            &json!({ "content": "with a file, edited" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(app.delete(&gone_path, &token).await, 204);
+    assert_eq!(app.delete(&format!("/api/chats/{chat}"), &token).await, 204);
+    let (status, body) = app
+        .post(
+            &format!("/api/chats/{chat}/restore"),
+            Some(&token),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .post(&format!("{gone_path}/restore"), Some(&token), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, files) = app
+        .get(&format!("/chat/messages/{id}/attachments"), Some(&token))
+        .await;
+    assert_eq!(status, 200, "{files}");
+    assert_eq!(files[0]["file_path"], "docs/a.pdf", "{files}");
+    caught_up(&app).await;
+
+    let out = audit(&app, &["chats"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("chats: messages equal"), "{stdout}");
+    assert!(stdout.contains("audit clean"), "{stdout}");
+    app.shutdown().await;
 }

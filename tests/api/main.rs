@@ -23,3 +23,4 @@ mod realtime;
 mod seed002;
 mod server;
 mod settings;
+mod time_travel;

@@ -198,27 +198,27 @@ impl Ws {
 
 /// One Server-Sent Event, or a comment.
 #[derive(Debug, Clone, Default)]
-struct SseFrame {
-    event: Option<String>,
-    id: Option<String>,
-    data: String,
-    comment: Option<String>,
+pub(crate) struct SseFrame {
+    pub(crate) event: Option<String>,
+    pub(crate) id: Option<String>,
+    pub(crate) data: String,
+    pub(crate) comment: Option<String>,
 }
 
 impl SseFrame {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.data).expect("JSON data")
     }
 }
 
-/// A Server-Sent Events client over reqwest.
-struct Sse {
+/// A Server-Sent Events client over reqwest (the time-travel tests use it too).
+pub(crate) struct Sse {
     response: reqwest::Response,
     buf: String,
 }
 
 impl Sse {
-    async fn open(app: &TestApp, token: &str, last_event_id: Option<&str>) -> Sse {
+    pub(crate) async fn open(app: &TestApp, token: &str, last_event_id: Option<&str>) -> Sse {
         let mut r = app.request(Method::GET, "/api/events", Some(token));
         if let Some(id) = last_event_id {
             r = r.header("last-event-id", id);
@@ -269,7 +269,7 @@ impl Sse {
     }
 
     /// The next event, skipping keep-alive comments.
-    async fn event(&mut self) -> SseFrame {
+    pub(crate) async fn event(&mut self) -> SseFrame {
         loop {
             let f = self
                 .next()
@@ -282,7 +282,7 @@ impl Sse {
     }
 
     /// Reads up to `realtime:connected`; returns the events before it and its id.
-    async fn until_connected(&mut self) -> (Vec<SseFrame>, String) {
+    pub(crate) async fn until_connected(&mut self) -> (Vec<SseFrame>, String) {
         let mut before = Vec::new();
         loop {
             let f = self.event().await;

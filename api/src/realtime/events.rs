@@ -1,6 +1,7 @@
 //! What realtime clients are told: seed 000's events (`message:sent`, `message:updated`,
 //! `message:deleted`, `chat:updated`, `chat:deleted`) with exactly its payload shapes, mapped
-//! from the chat events of the log; and `document:updated` `{id, status, chunks, error}`
+//! from the chat events of the log (a restored chat is `chat:updated`, a restored message
+//! `message:sent` again); and `document:updated` `{id, status, chunks, error}`
 //! (seed 003) when a document's status changes.
 
 use chrono::{DateTime, Utc};
@@ -128,6 +129,8 @@ pub fn chat_of(e: &ChatEvent) -> Uuid {
         ChatEvent::MessageEdited(m) => m.chat_id,
         ChatEvent::MessageDeleted(m) => m.chat_id,
         ChatEvent::AttachmentAdded(a) => a.chat_id,
+        ChatEvent::Restored(c) => c.chat_id,
+        ChatEvent::MessageRestored(m) => m.chat_id,
     }
 }
 
@@ -180,6 +183,27 @@ pub fn to_realtime(id: u64, e: &ChatEvent, info: &ChatInfo) -> Option<RealtimeEv
             }),
         ),
         ChatEvent::Deleted(d) => (names::CHAT_DELETED, json!(d.chat_id)),
+        // A restoration is told as the chat reappearing with its details, and each message as
+        // sent again, so that seed 000's clients show them back without knowing of restores.
+        ChatEvent::Restored(r) => (
+            names::CHAT_UPDATED,
+            json!({
+                "id": r.chat_id,
+                "title": r.title.as_str(),
+                "createdAt": r.created_at,
+                "updatedAt": r.updated_at,
+            }),
+        ),
+        ChatEvent::MessageRestored(m) => (
+            names::MESSAGE_SENT,
+            json!({
+                "id": m.message_id,
+                "content": m.content.as_str(),
+                "type": m.kind.as_str(),
+                "userId": m.author,
+                "createdAt": m.sent_at,
+            }),
+        ),
         ChatEvent::Created(_) | ChatEvent::AttachmentAdded(_) => return None,
     };
     Some(RealtimeEvent {

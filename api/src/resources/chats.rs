@@ -3,7 +3,7 @@
 
 use super::SnakeCase;
 use chrono::{DateTime, Utc};
-use confab_application::chats::EditedMessage;
+use confab_application::chats::{EditedMessage, MessageVersion, VersionKind};
 use confab_application::{Page, PageRequest};
 use confab_projections::chats::{AttachmentRow, ChatRow, MessageRow};
 use serde::{Deserialize, Serialize};
@@ -209,6 +209,87 @@ impl From<EditedMessage> for MessageEdit {
             updated_at: m.updated_at,
         }
     }
+}
+
+/// What one version of a message records.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionKindName {
+    /// It was sent.
+    Created,
+    /// Its content or type changed.
+    Edited,
+    /// It was deleted, on its own or with its chat.
+    Deleted,
+    /// Its deletion was undone.
+    Restored,
+}
+
+impl From<VersionKind> for VersionKindName {
+    fn from(k: VersionKind) -> Self {
+        match k {
+            VersionKind::Created => VersionKindName::Created,
+            VersionKind::Edited => VersionKindName::Edited,
+            VersionKind::Deleted => VersionKindName::Deleted,
+            VersionKind::Restored => VersionKindName::Restored,
+        }
+    }
+}
+
+/// One version of a message.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageVersionBody {
+    /// From 1, oldest first.
+    pub version: u32,
+    /// What happened.
+    pub kind: VersionKindName,
+    /// The text from then on; absent for a deletion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub content: Option<String>,
+    /// What it holds from then on; absent for a deletion.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, value_type = Option<KindName>)]
+    pub message_type: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Whether the message is deleted from then on.
+    pub deleted: bool,
+}
+
+impl From<MessageVersion> for MessageVersionBody {
+    fn from(v: MessageVersion) -> Self {
+        let (content, message_type) = v.content.unzip();
+        MessageVersionBody {
+            version: v.version,
+            kind: v.kind.into(),
+            content,
+            message_type,
+            at: v.at,
+            deleted: v.kind == VersionKind::Deleted,
+        }
+    }
+}
+
+/// Every version of a message, oldest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageHistory {
+    /// The message.
+    pub message_id: Uuid,
+    /// Its versions: creation, each edit, deletion and restoration.
+    pub versions: Vec<MessageVersionBody>,
+}
+
+/// `?asOf`: a past time to read the chat at.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct AsOfQuery {
+    /// An RFC 3339 date-time: answer as things were then, built from the event log.
+    #[param(value_type = Option<DateTime<Utc>>, format = DateTime)]
+    pub as_of: Option<String>,
 }
 
 /// A file reference on a message (seed 002).
