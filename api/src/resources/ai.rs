@@ -188,8 +188,9 @@ fn credit_reference_any_of() -> utoipa::openapi::RefOr<utoipa::openapi::schema::
     use utoipa::openapi::schema::{AnyOfBuilder, Schema};
     match <CreditReference as utoipa::PartialSchema>::schema() {
         RefOr::T(Schema::OneOf(one)) => RefOr::T(Schema::AnyOf(
-            AnyOfBuilder::new()
-                .items(one.items)
+            one.items
+                .into_iter()
+                .fold(AnyOfBuilder::new(), |b, item| b.item(item))
                 .description(Some(
                     "What the transaction refers to: the fields of its kind.",
                 ))
