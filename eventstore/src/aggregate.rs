@@ -365,6 +365,7 @@ impl CommandExecutor {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let from_cache = current.is_some();
             let (state, version) = match current.take() {
                 Some(c) => c,
                 None => match load::<A>(self.store.as_ref(), id).await {
@@ -381,6 +382,23 @@ impl CommandExecutor {
                 outcomes,
                 events,
             } = decided;
+            // An append from a stale cache is caught by its expected version; a refusal (or a
+            // no-op) appends nothing, so it is checked here: if another process wrote the
+            // stream since, the batch is decided again on the stream as it is.
+            let refused = events.is_empty() || outcomes.iter().any(Result::is_err);
+            if from_cache && refused && attempt < MAX_ATTEMPTS {
+                match self.store.read_stream(stream, version + 1, 1).await {
+                    Ok(newer) if !newer.is_empty() => {
+                        tracing::debug!(stream, "a refusal on a stale state; reloading");
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        answer_all(batch, || ExecuteError::Store(e.clone()));
+                        return (None, rest);
+                    }
+                }
+            }
             if outcomes.len() < batch.len() {
                 let mut later = batch.split_off(outcomes.len());
                 later.append(&mut rest);

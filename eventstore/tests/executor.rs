@@ -247,6 +247,59 @@ async fn more_events_than_one_append_takes_are_split(b: Backend) {
     assert_eq!((state.messages.len(), version), (200, 201));
 }
 
+/// A command refused on this process's cached state is decided again when another process
+/// wrote the stream since: the message the other process added can be edited here at once.
+async fn a_refusal_is_never_decided_on_a_stale_state(b: Backend) {
+    let one = CommandExecutor::new(b.first.clone());
+    let two = CommandExecutor::new(b.second.clone());
+    let (chat, owner) = new_chat(&one).await;
+    // `one` caches the chat; `two` adds a message `one` has not seen.
+    one.execute::<Chat>(&chat, send(owner, "cached"), EventMetadata::default())
+        .await
+        .expect("warm one");
+    let message = Uuid::now_v7();
+    two.execute::<Chat>(
+        &chat,
+        ChatCommand::SendMessage {
+            message_id: message,
+            actor: owner,
+            role: Role::User,
+            content: MessageContent::parse("from the other process").unwrap(),
+            kind: MessageKind::Text,
+            at: Utc::now(),
+        },
+        EventMetadata::default(),
+    )
+    .await
+    .expect("send on two");
+    let edit = |content: &str| ChatCommand::EditMessage {
+        message_id: message,
+        actor: owner,
+        content: Some(MessageContent::parse(content).unwrap()),
+        kind: None,
+        at: Utc::now(),
+    };
+    one.execute::<Chat>(&chat, edit("edited on one"), EventMetadata::default())
+        .await
+        .expect("the edit is decided on the stream as it is, not as `one` cached it");
+    // A refusal that stands on the fresh state still stands.
+    let unknown = ChatCommand::EditMessage {
+        message_id: Uuid::now_v7(),
+        actor: owner,
+        content: Some(MessageContent::parse("nobody").unwrap()),
+        kind: None,
+        at: Utc::now(),
+    };
+    assert!(matches!(
+        one.execute::<Chat>(&chat, unknown, EventMetadata::default())
+            .await,
+        Err(ExecuteError::Domain(ChatError::MessageNotFound))
+    ));
+    let (state, version) = load::<Chat>(b.first.as_ref(), &chat).await.expect("load");
+    assert_eq!((state.messages.len(), version), (2, 4));
+    assert_eq!(state.messages[&message].content.as_str(), "edited on one");
+}
+
 async fn two_processes_writing_one_stream_lose_nothing(b: Backend) {
     let one = CommandExecutor::new(b.first.clone());
     let two = CommandExecutor::new(b.second.clone());
@@ -578,6 +631,7 @@ on_both!(
     an_oversized_command_fails_alone(small_events()),
     more_events_than_one_append_takes_are_split(small_events()),
     two_processes_writing_one_stream_lose_nothing(Limits::default()),
+    a_refusal_is_never_decided_on_a_stale_state(Limits::default()),
     a_small_cache_evicts_and_reloads(Limits::default()),
     an_old_account_stream_feeds_the_aggregates_split_out_of_it(Limits::default()),
 );
