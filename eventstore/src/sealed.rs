@@ -109,8 +109,13 @@ pub enum KeyDb {
 /// A user's data key as cached.
 #[derive(Clone)]
 enum UserKey {
-    Live { kid: Uuid, cipher: Arc<Aes256Gcm> },
+    Live {
+        kid: Uuid,
+        cipher: Arc<Aes256Gcm>,
+    },
     Destroyed,
+    /// No key yet (seen by a read of a clear field; an append makes one).
+    Absent,
 }
 
 /// A data key by id as cached: its user, and the key unless destroyed.
@@ -277,11 +282,10 @@ impl KeyVault {
 
     /// The data key of `user` (made now if they have none), or `None` if it was destroyed.
     pub async fn for_user(&self, user: Uuid) -> StoreResult<Option<(Uuid, Arc<Aes256Gcm>)>> {
-        if let Some(k) = lock(&self.by_user).get(&user).cloned() {
-            return Ok(match k {
-                UserKey::Live { kid, cipher } => Some((kid, cipher)),
-                UserKey::Destroyed => None,
-            });
+        match lock(&self.by_user).get(&user).cloned() {
+            Some(UserKey::Live { kid, cipher }) => return Ok(Some((kid, cipher))),
+            Some(UserKey::Destroyed) => return Ok(None),
+            Some(UserKey::Absent) | None => {}
         }
         let row = match self.row_by_user(user).await? {
             Some(row) => row,
@@ -324,10 +328,19 @@ impl KeyVault {
         if let Some(k) = lock(&self.by_user).get(&user) {
             return Ok(matches!(k, UserKey::Destroyed));
         }
-        Ok(matches!(
-            self.row_by_user(user).await?,
-            Some((_, _, _, None))
-        ))
+        // Remembered either way: a replay of clear events asks once per user, not per event.
+        match self.row_by_user(user).await? {
+            Some(row) => {
+                let cipher = self.unwrap_key(&row)?;
+                let destroyed = cipher.is_none();
+                self.remember(&row, cipher);
+                Ok(destroyed)
+            }
+            None => {
+                insert_bounded(&mut lock(&self.by_user), user, UserKey::Absent);
+                Ok(false)
+            }
+        }
     }
 
     /// Destroys `user`'s data key (crypto-shredding): every field sealed with it reads as
