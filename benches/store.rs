@@ -8,6 +8,8 @@
 //! - `CONFAB_BENCH_SECONDS=5`                 length of each append run
 //! - `CONFAB_BENCH_EVENTS=1000000`            size of the log for read and rebuild
 //! - `CONFAB_BENCH_SMOKE=1`                   a seconds-long run that checks it all works
+//! - `CONFAB_BENCH_ENCRYPTION=1`              also payload encryption on against off, in the
+//!   same run: chat appends (16 writers) and a rebuild of `chats`, as ratios (target >= 0.9x)
 //!
 //! Either way it fails (exit 1) on a collapse: more writers appending under half as fast as
 //! fewer, or PostgreSQL rebuilding at under a fifth of SQLite's rate.
@@ -19,6 +21,7 @@ use confab_domain::EventSchema;
 use confab_domain::chat::{ChatCreated, ChatEvent, MessageSent};
 use confab_domain::{ChatTitle, MessageContent, MessageKind, Role};
 use confab_eventstore::postgres::PostgresStore;
+use confab_eventstore::sealed::{KeyDb, KeyVault, MasterKeys, SealedStore};
 use confab_eventstore::sqlite::{SqliteStore, connect_options, read_pool};
 use confab_eventstore::testing::fresh_postgres_database;
 use confab_eventstore::{EventMetadata, EventStore, ExpectedVersion, Limits, NewEvent};
@@ -211,6 +214,102 @@ async fn raw_inserts(kind: &str, url: &str, writers: usize, seconds: f64) -> f64
 }
 
 /// Fills the log with `n` realistic chat events (1,000 chats), in large appends.
+/// `store` with payload encryption, its data keys in `db`.
+fn sealed(store: Arc<dyn EventStore>, db: &ReadDb) -> Arc<dyn EventStore> {
+    let keys = match db {
+        ReadDb::Sqlite(p) => KeyDb::Sqlite(p.clone()),
+        ReadDb::Postgres(p) => KeyDb::Postgres(p.clone()),
+    };
+    let vault = Arc::new(KeyVault::new(MasterKeys::new(&[7; 32], &[]), keys));
+    Arc::new(SealedStore::new(store, vault))
+}
+
+/// Chat messages appended one at a time by `writers`, each to a chat of its own user: the hot
+/// path of payload encryption (one sealed field per event).
+async fn chat_appends(store: Arc<dyn EventStore>, writers: usize, seconds: f64) -> f64 {
+    let count = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let (chat, owner) = (Uuid::now_v7(), Uuid::now_v7());
+                let stream = format!("chat-{chat}");
+                let created = ChatEvent::Created(ChatCreated {
+                    chat_id: chat,
+                    owner,
+                    title: ChatTitle::parse("bench").expect("title"),
+                    at: Utc::now(),
+                });
+                let new = |e: &ChatEvent| {
+                    NewEvent::new(
+                        e.event_type(),
+                        e.schema_version(),
+                        e.to_payload(),
+                        EventMetadata::default(),
+                    )
+                };
+                let mut version = store
+                    .append(&stream, ExpectedVersion::NoStream, vec![new(&created)])
+                    .await
+                    .expect("create")
+                    .next_expected_version;
+                while Instant::now() < deadline {
+                    let sent = ChatEvent::MessageSent(MessageSent {
+                        chat_id: chat,
+                        message_id: Uuid::now_v7(),
+                        author: owner,
+                        role: Role::User,
+                        content: MessageContent::parse(&format!(
+                            "message {version} of the benchmark, long enough to look like a chat line"
+                        ))
+                        .expect("content"),
+                        kind: MessageKind::Text,
+                        at: Utc::now(),
+                    });
+                    version = store
+                        .append(&stream, ExpectedVersion::Exact(version), vec![new(&sent)])
+                        .await
+                        .expect("append")
+                        .next_expected_version;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Payload encryption on against off, on fresh databases of `backend`: (appends/s off, on,
+/// rebuild events/s off, on).
+async fn encryption_ratios(backend: &str, s: &Settings, dir: &tempfile::TempDir) -> [f64; 4] {
+    let mut out = [0.0; 4];
+    for (i, encrypted) in [false, true].into_iter().enumerate() {
+        let (store, db, _) = fresh(backend, dir).await;
+        let store = if encrypted { sealed(store, &db) } else { store };
+        out[i] = chat_appends(store, 16, s.seconds).await;
+    }
+    for (i, encrypted) in [false, true].into_iter().enumerate() {
+        let (store, db, _) = fresh(backend, dir).await;
+        let store = if encrypted { sealed(store, &db) } else { store };
+        fill_chats(&store, s.events).await;
+        let head = store.head_position().await.expect("head");
+        let engine = Engine::new(store, db, confab_projections::all());
+        let t = Instant::now();
+        engine
+            .rebuild(confab_projections::chats::NAME, |_, _| {})
+            .await
+            .expect("rebuild");
+        out[2 + i] = head as f64 / t.elapsed().as_secs_f64();
+    }
+    out
+}
+
 async fn fill_chats(store: &Arc<dyn EventStore>, n: u64) {
     let chats = 1_000.min(n.max(1));
     let per_chat = n / chats;
@@ -394,6 +493,18 @@ async fn main() {
         collapses.push(format!(
             "postgres rebuilds {postgres:.0} events/s, under a fifth of sqlite's {sqlite:.0}/s"
         ));
+    }
+    if std::env::var("CONFAB_BENCH_ENCRYPTION").is_ok() {
+        println!("\n| database | appends/s off | on | ratio | rebuild events/s off | on | ratio |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        for backend in &s.backends {
+            let [a_off, a_on, r_off, r_on] = encryption_ratios(backend, &s, &dir).await;
+            println!(
+                "| {backend} | {a_off:.0} | {a_on:.0} | {:.2}x | {r_off:.0} | {r_on:.0} | {:.2}x |",
+                a_on / a_off,
+                r_on / r_off
+            );
+        }
     }
     if !collapses.is_empty() {
         eprintln!("\nCOLLAPSE:\n- {}", collapses.join("\n- "));

@@ -430,6 +430,7 @@ impl Jobs {
         );
         Ok(Services {
             store: backend.store.clone(),
+            vault: backend.vault.clone(),
             commands: confab_eventstore::aggregate::CommandExecutor::new(backend.store.clone()),
             db: backend.db.clone(),
             positions: engine.positions(),
@@ -666,7 +667,7 @@ pub async fn shutdown_signal() {
 }
 
 /// The object store for uploads: a directory in the data directory.
-fn object_store_for(
+pub(crate) fn object_store_for(
     config: &Config,
 ) -> anyhow::Result<std::sync::Arc<dyn object_store::ObjectStore>> {
     use object_store::path::Path as ObjectPath;

@@ -4,6 +4,7 @@
 use crate::config::{Config, DatabaseKind};
 use anyhow::{Context, bail};
 use confab_eventstore::postgres::PostgresStore;
+use confab_eventstore::sealed::{KeyDb, KeyVault, SealedStore};
 use confab_eventstore::sqlite::{SqliteStore, connect_options, read_pool};
 use confab_eventstore::{EventStore, Limits};
 use confab_projections::{Engine, ReadDb};
@@ -26,6 +27,8 @@ pub struct Backend {
     pub store: Arc<dyn EventStore>,
     /// The read models.
     pub db: ReadDb,
+    /// The users' data keys, for erasure and key rotation.
+    pub vault: Arc<KeyVault>,
 }
 
 impl Backend {
@@ -84,7 +87,15 @@ impl Backend {
             None => sql_store,
             Some(url) => open_kurrentdb(url, limits)?,
         };
-        Ok(Backend { store, db })
+        // Personal payload fields are sealed with their user's data key, kept in the SQL
+        // database whichever store holds the log.
+        let keys = match &db {
+            ReadDb::Sqlite(p) => KeyDb::Sqlite(p.clone()),
+            ReadDb::Postgres(p) => KeyDb::Postgres(p.clone()),
+        };
+        let vault = Arc::new(KeyVault::new(config.master_keys()?, keys));
+        let store: Arc<dyn EventStore> = Arc::new(SealedStore::new(store, vault.clone()));
+        Ok(Backend { store, db, vault })
     }
 
     /// The projection engine over this backend, with every projection.

@@ -80,6 +80,18 @@ pub enum Command {
         #[arg(long, default_value_t = 120)]
         hold_grace: u64,
     },
+    /// Erase users (crypto-shredding).
+    Users {
+        /// What to do.
+        #[command(subcommand)]
+        action: UsersAction,
+    },
+    /// Manage the keys of payload encryption.
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Read and verify the event log. Without a subcommand: the events matching the filters,
     /// oldest first (`confab events --type 'chat.*' --since 2026-12-01 --format table`).
     #[command(args_conflicts_with_subcommands = true)]
@@ -156,6 +168,28 @@ pub enum CreditsAction {
         #[arg(long)]
         by: Option<String>,
     },
+}
+
+/// `confab users ...`
+#[derive(Debug, Subcommand)]
+pub enum UsersAction {
+    /// Erase a user (GDPR art. 17): destroy their data key, record `account.user_erased`,
+    /// purge every read model of their rows, delete their objects; prints the receipt.
+    Erase {
+        /// The user's id.
+        user_id: uuid::Uuid,
+        /// Why (recorded in the log).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// `confab keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Rewrap every user's data key under the current master key (`CONFAB_ENCRYPTION_KEY`);
+    /// keys wrapped under the previous one need it as `CONFAB_ENCRYPTION_KEY_PREVIOUS`.
+    Rotate,
 }
 
 /// `confab admin ...`
@@ -336,6 +370,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
             }
         }
+        Command::Users {
+            action: UsersAction::Erase { user_id, reason },
+        } => crate::privacy::erase_user(&config, user_id, &reason).await,
+        Command::Keys {
+            action: KeysAction::Rotate,
+        } => crate::privacy::rotate_keys(&config).await,
         Command::Events { filter, action } => match action {
             Some(action) => events(config, action).await,
             None => {

@@ -56,6 +56,11 @@ pub struct Config {
     /// instances must share one, so set it when scaling out.
     #[serde(serialize_with = "expose_opt")]
     pub encryption_key: Option<SecretString>,
+    /// The master key used before the current one, base64 (`CONFAB_ENCRYPTION_KEY_PREVIOUS`):
+    /// data keys wrapped under it still unwrap, until `confab keys rotate` has rewrapped them
+    /// under `CONFAB_ENCRYPTION_KEY`.
+    #[serde(serialize_with = "expose_opt")]
+    pub encryption_key_previous: Option<SecretString>,
     /// Hosts a provider endpoint may name although private, and over http, comma-separated
     /// (`CONFAB_PROVIDER_HOSTS_ALLOWLIST`, e.g. `127.0.0.1,ollama.lan`).
     pub provider_hosts_allowlist: String,
@@ -263,6 +268,7 @@ impl Default for Config {
             auto_migrate: false,
             admin_email: None,
             encryption_key: None,
+            encryption_key_previous: None,
             provider_hosts_allowlist: String::new(),
             admin_password: None,
             session_ttl_hours: 24 * 30,
@@ -417,6 +423,30 @@ impl Config {
         let text = base64::engine::general_purpose::STANDARD.encode(key);
         write_private(&path, &text)?;
         Ok(key)
+    }
+
+    /// The previous master key (`CONFAB_ENCRYPTION_KEY_PREVIOUS`), if set.
+    pub fn encryption_key_previous(&self) -> anyhow::Result<Option<[u8; 32]>> {
+        use base64::Engine as _;
+        let Some(k) = &self.encryption_key_previous else {
+            return Ok(None);
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(k.expose_secret().trim())
+            .map_err(|_| anyhow::anyhow!("CONFAB_ENCRYPTION_KEY_PREVIOUS is not base64"))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| {
+            anyhow::anyhow!("CONFAB_ENCRYPTION_KEY_PREVIOUS must hold exactly 32 bytes")
+        })?;
+        Ok(Some(key))
+    }
+
+    /// The master keys of payload encryption: the current one and the previous one, if set.
+    pub fn master_keys(&self) -> anyhow::Result<confab_eventstore::sealed::MasterKeys> {
+        let current = self.encryption_key()?;
+        let previous: Vec<[u8; 32]> = self.encryption_key_previous()?.into_iter().collect();
+        Ok(confab_eventstore::sealed::MasterKeys::new(
+            &current, &previous,
+        ))
     }
 
     /// The rate-limit policy these settings describe; errors name the setting to fix.

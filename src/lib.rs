@@ -7,6 +7,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod privacy;
 pub mod rebuild;
 
 pub use app::Application;

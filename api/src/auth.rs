@@ -5,7 +5,9 @@
 use crate::error::ErrorBody;
 use crate::extract::ApiJson;
 use crate::resources::users::User;
-use crate::resources::users::{Session, SignInBody, SignUpBody, UserEnvelope};
+use crate::resources::users::{
+    DeleteMeBody, ExportDocument, Session, SignInBody, SignUpBody, UserEnvelope,
+};
 use crate::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{FromRequestParts, State};
@@ -184,6 +186,112 @@ pub(crate) async fn me(
     Ok(Json(UserEnvelope {
         user: User::new(&user, credits),
     }))
+}
+
+/// `DELETE /api/me` `{password}` → 204: the account and its personal data are erased
+/// (crypto-shredding): the data key is destroyed, every read model purges the user, their
+/// sessions end and their email may sign up again.
+#[utoipa::path(delete, path = "/api/me", tag = "auth", request_body = DeleteMeBody,
+    security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 204, description = "Erased; the token no longer works"),
+        (status = 403, description = "The password is wrong", body = ErrorBody),
+    ))]
+pub(crate) async fn delete_me(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, SetCookie), ApiError> {
+    // A DELETE often comes without a body (and without a content type): that is a missing
+    // password, 400, not an unsupported media type.
+    let required = || ApiError::field("password", "required: send {\"password\": \"...\"}");
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(required());
+    }
+    let body: DeleteMeBody = serde_json::from_slice(&body).map_err(|_| required())?;
+    confab_application::privacy::erase_me(&state.app, &auth, body.password).await?;
+    let clear = HeaderValue::from_static(
+        "confab_session=; HttpOnly; Secure; SameSite=Lax; Path=/; Max-Age=0",
+    );
+    Ok((StatusCode::NO_CONTENT, [(SET_COOKIE, clear)]))
+}
+
+/// `GET /api/me/export` → every piece of data Confab holds about the caller, as one JSON
+/// document, streamed (the chats one at a time, last).
+#[utoipa::path(get, path = "/api/me/export", tag = "auth", security(("bearer" = []), ("cookie" = [])),
+    responses((status = 200, description = "The caller's data", body = ExportDocument,
+        headers(("content-disposition" = String, description = "attachment; filename=\"confab-export.json\"")))))]
+pub(crate) async fn export(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> Result<axum::response::Response, ApiError> {
+    use crate::resources::users::ExportedChat;
+    use axum::response::IntoResponse;
+    let data = confab_application::privacy::export(&state.app, &auth).await?;
+    let chats = data.chats;
+    let head = ExportDocument {
+        exported_at: chrono::Utc::now(),
+        user: User::new(&data.user, data.credits),
+        settings: data.settings.into(),
+        documents: data.documents.into_iter().map(Into::into).collect(),
+        credit_history: data.credit_history.into_iter().map(Into::into).collect(),
+        invoices: data.invoices.into_iter().map(Into::into).collect(),
+        chats: Vec::new(),
+    };
+    // The head, serialised with no chats, ends `"chats":[]}`: the chats stream in between.
+    let mut head =
+        serde_json::to_vec(&head).map_err(|e| ApiError::Internal(anyhow::Error::new(e)))?;
+    if !head.ends_with(b"[]}") {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "the export's head does not end with its chats"
+        )));
+    }
+    head.truncate(head.len() - 2);
+    let app = state.app.clone();
+    let actor = auth.0.clone();
+    let body = async_stream::stream! {
+        yield Ok::<_, std::io::Error>(bytes::Bytes::from(head));
+        for (i, chat) in chats.into_iter().enumerate() {
+            let messages = confab_application::privacy::export_messages(&app, &actor, chat.id)
+                .await;
+            let messages = match messages {
+                Ok(m) => m,
+                // Deleted since the export began: left out.
+                Err(confab_application::AppError::NotFound(_)) => continue,
+                Err(e) => {
+                    // The status is sent: cut the body short, so the client sees it broken.
+                    tracing::error!(error = %e, "export: cannot read a chat's messages");
+                    yield Err(std::io::Error::other("the export failed"));
+                    return;
+                }
+            };
+            let entry = ExportedChat {
+                chat: chat.into(),
+                messages: messages.into_iter().map(Into::into).collect(),
+            };
+            let mut piece = if i == 0 { Vec::new() } else { b",".to_vec() };
+            match serde_json::to_writer(&mut piece, &entry) {
+                Ok(()) => yield Ok(bytes::Bytes::from(piece)),
+                Err(e) => {
+                    tracing::error!(error = %e, "export: cannot serialise a chat");
+                    yield Err(std::io::Error::other("the export failed"));
+                    return;
+                }
+            }
+        }
+        yield Ok(bytes::Bytes::from_static(b"]}"));
+    };
+    let mut r = axum::body::Body::from_stream(body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        axum::http::header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"confab-export.json\""),
+    );
+    Ok(r)
 }
 
 #[cfg(test)]

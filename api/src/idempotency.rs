@@ -138,9 +138,11 @@ async fn claim(
     db: &ReadDb,
     scope: &str,
     request_hash: &str,
+    user: uuid::Uuid,
 ) -> Result<Option<uuid::Uuid>, sqlx::Error> {
-    let insert = "INSERT INTO idempotency_keys (scope, request_hash, created_at, resource_id) \
-                  VALUES ($1, $2, $3, $4) ON CONFLICT (scope) DO NOTHING";
+    // The user is kept so that erasing them (`DELETE /api/me`) deletes their answers too.
+    let insert = "INSERT INTO idempotency_keys (scope, request_hash, created_at, resource_id, \
+                  user_id) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (scope) DO NOTHING";
     let take_over = "UPDATE idempotency_keys SET created_at = $3 WHERE scope = $1 \
                      AND request_hash = $2 AND status IS NULL AND created_at < $4 \
                      RETURNING resource_id";
@@ -154,6 +156,7 @@ async fn claim(
                 .bind(request_hash)
                 .bind(now)
                 .bind(id.to_string())
+                .bind(user)
                 .execute(p)
                 .await?
                 .rows_affected();
@@ -174,6 +177,7 @@ async fn claim(
                 .bind(request_hash)
                 .bind(now)
                 .bind(id.to_string())
+                .bind(user)
                 .execute(p)
                 .await?
                 .rows_affected();
@@ -383,7 +387,15 @@ async fn handle(state: &AppState, req: Request, next: Next) -> Result<Response, 
             return Ok(replay(stored));
         }
     }
-    let Some(resource_id) = claim(db, &scope, &request_hash).await.map_err(internal)? else {
+    let caller = parts
+        .extensions
+        .get::<AuthUser>()
+        .map(|u| u.id())
+        .ok_or(ApiError::Unauthorized)?;
+    let Some(resource_id) = claim(db, &scope, &request_hash, caller)
+        .await
+        .map_err(internal)?
+    else {
         return Err(ApiError::conflict(
             "a request with this Idempotency-Key is still in progress; retry later",
         ));

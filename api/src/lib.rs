@@ -71,7 +71,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/auth/signup", post(auth::signup))
         .route("/api/auth/signin", post(auth::signin))
         .route("/api/auth/signout", post(auth::signout))
-        .route("/api/me", get(auth::me))
+        .route("/api/me", get(auth::me).delete(auth::delete_me))
+        .route("/api/me/export", get(auth::export))
         .route("/api/profile", put(profile::update_profile))
         .route(
             "/api/profile/image",

@@ -180,6 +180,8 @@ impl Modify for Conventions {
         crate::auth::signin,
         crate::auth::signout,
         crate::auth::me,
+        crate::auth::delete_me,
+        crate::auth::export,
         crate::profile::update_profile,
         crate::images::upload,
         crate::images::serve,

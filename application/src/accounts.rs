@@ -127,7 +127,7 @@ async fn hash_password(password: String) -> Result<String, AppError> {
 }
 
 /// Whether `password` matches the PHC string; [`AppError::Busy`] when too many are queued.
-async fn verify_password(password: String, phc: String) -> Result<bool, AppError> {
+pub(crate) async fn verify_password(password: String, phc: String) -> Result<bool, AppError> {
     HashLimiter::global()
         .run(move || {
             PasswordHash::new(&phc)

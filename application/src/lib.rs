@@ -22,6 +22,7 @@ pub mod documents;
 pub mod error;
 pub mod jobs;
 pub mod operations;
+pub mod privacy;
 pub mod providers;
 pub mod settings;
 
@@ -43,6 +44,8 @@ use uuid::Uuid;
 pub struct Services {
     /// The event log.
     pub store: Arc<dyn EventStore>,
+    /// The users' data keys: destroyed on erasure.
+    pub vault: Arc<confab_eventstore::sealed::KeyVault>,
     /// Runs commands against the log, one line per aggregate.
     pub commands: Arc<CommandExecutor>,
     /// The read models.

@@ -142,6 +142,18 @@ pub enum AccountCommand {
         /// Now.
         at: DateTime<Utc>,
     },
+    /// Erase the account (GDPR art. 17): its data key is destroyed by the caller, and every
+    /// read model purges the user's rows when it sees the event.
+    Erase {
+        /// Why (free text an operator gives, or "requested by the user").
+        reason: String,
+        /// Who asked: `self`, or `operator`.
+        by: String,
+        /// What the caller purged outside the read models, and what the read models held.
+        receipt: ErasureReceipt,
+        /// Now.
+        at: DateTime<Utc>,
+    },
 }
 
 /// Why an account command is refused.
@@ -201,6 +213,34 @@ pub struct ImageChanged {
     pub at: DateTime<Utc>,
 }
 
+/// What an erasure removed: rows per read model and the objects deleted from the object store.
+/// Holds counts and ids only, never personal data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErasureReceipt {
+    /// Rows held about the user, per read model (table), when the erasure began.
+    pub rows: std::collections::BTreeMap<String, u64>,
+    /// Keys of the objects deleted from the object store.
+    pub object_keys: Vec<String>,
+}
+
+/// The user was erased: their data key is destroyed, so every earlier payload field of theirs
+/// reads as [`crate::privacy::ERASED`]; the read models purge their rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserErased {
+    /// The user.
+    pub user_id: Uuid,
+    /// Why.
+    pub reason: String,
+    /// Who asked: `self` or `operator`.
+    pub by: String,
+    /// What was erased where.
+    pub receipt: ErasureReceipt,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
 crate::schema::event_schema! {
     /// Stable type names of account events, and (re-exported, so their paths stay) of the
     /// email claim, session and billing account events that share the `account` module's past.
@@ -224,6 +264,9 @@ crate::schema::event_schema! {
         /// The profile image changed.
         #[event(IMAGE_CHANGED = "account.image_changed", version = 1)]
         ImageChanged(ImageChanged),
+        /// The user was erased.
+        #[event(USER_ERASED = "account.user_erased", version = 1)]
+        Erased(UserErased),
     }
 }
 
@@ -236,6 +279,8 @@ pub struct Account {
     pub email: Option<Email>,
     /// Their name.
     pub name: Option<DisplayName>,
+    /// Whether the account was erased.
+    pub erased: bool,
 }
 
 impl Aggregate for Account {
@@ -283,7 +328,7 @@ impl Aggregate for Account {
                 })])
             }
             AccountCommand::UpdateProfile { name, email, at } => {
-                let user_id = self.user_id.ok_or(AccountError::NotFound)?;
+                let user_id = self.live()?;
                 let name = name.filter(|n| self.name.as_ref() != Some(n));
                 let email = email.filter(|e| self.email.as_ref() != Some(e));
                 if name.is_none() && email.is_none() {
@@ -297,10 +342,25 @@ impl Aggregate for Account {
                 })])
             }
             AccountCommand::ChangeImage { image_url, at } => {
-                let user_id = self.user_id.ok_or(AccountError::NotFound)?;
+                let user_id = self.live()?;
                 Ok(vec![AccountEvent::ImageChanged(ImageChanged {
                     user_id,
                     image_url,
+                    at,
+                })])
+            }
+            AccountCommand::Erase {
+                reason,
+                by,
+                receipt,
+                at,
+            } => {
+                let user_id = self.live()?;
+                Ok(vec![AccountEvent::Erased(UserErased {
+                    user_id,
+                    reason,
+                    by,
+                    receipt,
                     at,
                 })])
             }
@@ -315,6 +375,11 @@ impl Aggregate for Account {
                 self.name = Some(e.name.clone());
             }
             AccountEvent::ImageChanged(_) => {}
+            AccountEvent::Erased(_) => {
+                self.erased = true;
+                self.email = None;
+                self.name = None;
+            }
             AccountEvent::ProfileUpdated(e) => {
                 if let Some(n) = &e.name {
                     self.name = Some(n.clone());
@@ -325,6 +390,16 @@ impl Aggregate for Account {
             }
         }
         self
+    }
+}
+
+impl Account {
+    /// The user's id, if the account exists and is not erased.
+    fn live(&self) -> Result<Uuid, AccountError> {
+        match self.user_id {
+            Some(id) if !self.erased => Ok(id),
+            _ => Err(AccountError::NotFound),
+        }
     }
 }
 
@@ -654,6 +729,41 @@ mod tests {
         );
     }
 
+    fn erased() -> AccountEvent {
+        AccountEvent::Erased(UserErased {
+            user_id: id(1),
+            reason: "asked".into(),
+            by: "self".into(),
+            receipt: ErasureReceipt::default(),
+            at: at(),
+        })
+    }
+
+    #[test]
+    fn an_erased_account_takes_no_more_commands() {
+        let erase = || AccountCommand::Erase {
+            reason: "asked".into(),
+            by: "self".into(),
+            receipt: ErasureReceipt::default(),
+            at: at(),
+        };
+        given::<Account>([registered()])
+            .when(erase())
+            .then([erased()]);
+        given::<Account>([registered(), erased()])
+            .when(erase())
+            .then_error(AccountError::NotFound);
+        given::<Account>([registered(), erased()])
+            .when(AccountCommand::ChangeImage {
+                image_url: "/y.png".into(),
+                at: at(),
+            })
+            .then_error(AccountError::NotFound);
+        given::<Account>([])
+            .when(erase())
+            .then_error(AccountError::NotFound);
+    }
+
     #[test]
     fn account_events_round_trip_and_are_all_listed() {
         let events = [
@@ -664,6 +774,7 @@ mod tests {
                 image_url: "/x.png".into(),
                 at: at(),
             }),
+            erased(),
         ];
         let types: Vec<&str> = events.iter().map(|e| e.event_type()).collect();
         assert_eq!(event_types::ALL, types);

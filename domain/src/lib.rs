@@ -15,6 +15,7 @@ pub mod document;
 pub mod log;
 pub mod operations;
 pub mod patterns;
+pub mod privacy;
 pub mod provider;
 mod schema;
 pub mod session;

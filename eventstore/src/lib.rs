@@ -15,6 +15,7 @@ mod head;
 #[cfg(feature = "kurrentdb")]
 pub mod kurrent;
 pub mod postgres;
+pub mod sealed;
 pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;

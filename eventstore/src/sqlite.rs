@@ -39,7 +39,10 @@ pub fn connect_options(url: &str) -> StoreResult<SqliteConnectOptions> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
-        .foreign_keys(true))
+        .foreign_keys(true)
+        // Deleted rows are overwritten, not left in free space: an erased user's data must
+        // not linger in the file (issue 16).
+        .pragma("secure_delete", "on"))
 }
 
 /// The lock every write transaction of this process on one SQLite file takes before `BEGIN

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use confab_domain::account::{AccountEvent, event_types};
 use confab_domain::billing_account::{BillingAccountEvent, event_types as billing_types};
+use confab_domain::privacy::ERASED;
 use confab_domain::session::{SessionEvent, event_types as session_types};
 use confab_domain::{EventSchema, UpcastError};
 use confab_eventstore::RecordedEvent;
@@ -39,7 +40,7 @@ impl Projection for AccountsProjection {
                     "INSERT INTO users (id, email, name, role, password_hash, created_at, \
                      updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (id) DO NOTHING",
                     r.user_id,
-                    r.email.as_str().to_owned(),
+                    unique_email(r.email.as_str(), r.user_id),
                     r.name.as_str().to_owned(),
                     r.role.as_str(),
                     r.password_hash,
@@ -65,7 +66,7 @@ impl Projection for AccountsProjection {
                      updated_at = $4 WHERE id = $1",
                     p.user_id,
                     p.name.map(|n| n.as_str().to_owned()),
-                    p.email.map(|e| e.as_str().to_owned()),
+                    p.email.map(|e| unique_email(e.as_str(), p.user_id)),
                     p.at
                 )?;
             }
@@ -96,6 +97,9 @@ impl Projection for AccountsProjection {
                     t.to
                 )?;
             }
+            Decoded::Account(AccountEvent::Erased(e)) => {
+                crate::privacy::purge_accounts(tx, e.user_id).await?;
+            }
             // The billing projection keeps the rest.
             Decoded::Billing(_) => {}
         }
@@ -106,6 +110,17 @@ impl Projection for AccountsProjection {
         execute!(tx, "DELETE FROM sessions")?;
         execute!(tx, "DELETE FROM users")?;
         Ok(())
+    }
+}
+
+/// The address a row keeps: an erased user's reads as [`ERASED`] in the log, made unique per
+/// user here (the column is unique, and a rebuild meets several erased users before their
+/// rows are purged).
+fn unique_email(email: &str, user: Uuid) -> String {
+    if email == ERASED {
+        format!("{ERASED}{user}")
+    } else {
+        email.to_owned()
     }
 }
 

@@ -33,10 +33,15 @@ impl Projection for BillingProjection {
                 | billing_types::INVOICE_RECORDED
                 | stripe_types::RECEIVED
                 | stripe_types::PROCESSED
+                | confab_domain::account::event_types::USER_ERASED
         )
     }
 
     async fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        if let Some(user) = crate::privacy::erased_user(event) {
+            crate::privacy::purge_billing(tx, user).await?;
+            return Ok(());
+        }
         if stripe_types::ALL.contains(&event.event_type.as_str()) {
             let e = StripeEventEvent::from_stored(
                 &event.event_type,

@@ -25,9 +25,14 @@ impl Projection for ChatsProjection {
 
     fn handles(&self, event_type: &str) -> bool {
         event_types::ALL.contains(&event_type)
+            || event_type == confab_domain::account::event_types::USER_ERASED
     }
 
     async fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        if let Some(user) = crate::privacy::erased_user(event) {
+            crate::privacy::purge_chats(tx, user).await?;
+            return Ok(());
+        }
         apply_one(tx, decode(event)?).await
     }
 
@@ -40,6 +45,12 @@ impl Projection for ChatsProjection {
     ) -> Result<(), ProjectionError> {
         let mut run: Vec<MessageSent> = Vec::new();
         for event in events {
+            if let Some(user) = crate::privacy::erased_user(event) {
+                insert_messages(tx, &run).await?;
+                run.clear();
+                crate::privacy::purge_chats(tx, user).await?;
+                continue;
+            }
             match decode(event)? {
                 ChatEvent::MessageSent(m) => run.push(m),
                 other => {

@@ -30,10 +30,15 @@ impl Projection for CreditHoldsProjection {
                 | event_types::CONSUMED
                 | event_types::RELEASED
                 | event_types::HOLD_EXPIRED
+                | confab_domain::account::event_types::USER_ERASED
         )
     }
 
     async fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        if let Some(user) = crate::privacy::erased_user(event) {
+            crate::privacy::purge_credit_holds(tx, user).await?;
+            return Ok(());
+        }
         let e = CreditEvent::from_stored(
             &event.event_type,
             event.schema_version,

@@ -68,10 +68,15 @@ impl Projection for CreditsProjection {
                 | event_types::HOLD_EXPIRED
                 | event_types::CHARGED
                 | event_types::ADJUSTED
+                | confab_domain::account::event_types::USER_ERASED
         )
     }
 
     async fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        if let Some(user) = crate::privacy::erased_user(event) {
+            crate::privacy::purge_credits(tx, user).await?;
+            return Ok(());
+        }
         let e = CreditEvent::from_stored(
             &event.event_type,
             event.schema_version,

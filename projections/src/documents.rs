@@ -29,9 +29,14 @@ impl Projection for DocumentsProjection {
 
     fn handles(&self, event_type: &str) -> bool {
         event_types::ALL.contains(&event_type)
+            || event_type == confab_domain::account::event_types::USER_ERASED
     }
 
     async fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        if let Some(user) = crate::privacy::erased_user(event) {
+            crate::privacy::purge_documents(tx, user).await?;
+            return Ok(());
+        }
         let e = DocumentEvent::from_stored(
             &event.event_type,
             event.schema_version,

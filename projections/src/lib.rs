@@ -13,6 +13,7 @@ pub mod documents;
 pub mod engine;
 pub mod parked;
 pub mod pgvector;
+pub mod privacy;
 pub mod providers;
 pub mod search;
 pub mod settings;

@@ -23,10 +23,16 @@ impl Projection for ProvidersProjection {
     }
 
     fn handles(&self, event_type: &str) -> bool {
-        event_type == event_types::PROVIDER_REGISTERED || event_type == event_types::USER_KEY_SET
+        event_type == event_types::PROVIDER_REGISTERED
+            || event_type == event_types::USER_KEY_SET
+            || event_type == confab_domain::account::event_types::USER_ERASED
     }
 
     async fn apply(&self, tx: &mut Tx, e: &RecordedEvent) -> Result<(), ProjectionError> {
+        if let Some(user) = crate::privacy::erased_user(e) {
+            crate::privacy::purge_providers(tx, user).await?;
+            return Ok(());
+        }
         if e.event_type == event_types::PROVIDER_REGISTERED {
             let p = ProviderRegistered::from_stored(
                 &e.event_type,

@@ -28,9 +28,14 @@ impl Projection for SettingsProjection {
 
     fn handles(&self, event_type: &str) -> bool {
         event_type == SETTINGS_UPDATED
+            || event_type == confab_domain::account::event_types::USER_ERASED
     }
 
     async fn apply(&self, tx: &mut Tx, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        if let Some(user) = crate::privacy::erased_user(event) {
+            crate::privacy::purge_settings(tx, user).await?;
+            return Ok(());
+        }
         let e = SettingsUpdated::from_stored(
             &event.event_type,
             event.schema_version,

@@ -493,6 +493,9 @@ async fn a_users_key_that_cannot_be_decrypted_is_refused_not_replaced() {
                 .to_owned()
                 .into(),
         );
+        // The users' data keys (payload encryption) still unwrap with the previous master
+        // key; the provider key, sealed under the old key alone, does not open.
+        c.encryption_key_previous = Some(crate::helpers::TEST_ENCRYPTION_KEY.to_owned().into());
     })
     .await;
     let (s, _, body) = chat(&rekeyed, &token, &ask("hi")).await;

@@ -923,6 +923,8 @@ async fn an_event_recorded_but_never_queued_is_applied_at_start_up(db: Db) {
         data_dir: data_dir.clone(),
         database_url: database_url.clone().map(Into::into),
         auto_migrate: true,
+        // Every process on PostgreSQL shares the master key (it wraps the data keys too).
+        encryption_key: Some(crate::helpers::TEST_ENCRYPTION_KEY.to_owned().into()),
         ..confab::Config::default()
     };
     std::fs::create_dir_all(&data_dir).unwrap();

@@ -74,6 +74,8 @@ async fn operator_commands(db: Option<String>) {
     let config = confab::Config {
         data_dir: data.clone(),
         database_url: db.map(|s| s.to_owned().into()),
+        // The key the `confab` processes of the test use too.
+        encryption_key: Some(crate::helpers::TEST_ENCRYPTION_KEY.to_owned().into()),
         ..confab::Config::default()
     };
     let chat = seed(&config).await;
@@ -140,6 +142,8 @@ async fn auditors_filter_and_verify_the_log(db: Option<String>) {
     let config = confab::Config {
         data_dir: data.clone(),
         database_url: db.map(|s| s.to_owned().into()),
+        // The key the `confab` processes of the test use too.
+        encryption_key: Some(crate::helpers::TEST_ENCRYPTION_KEY.to_owned().into()),
         ..confab::Config::default()
     };
     let chat = seed(&config).await;

@@ -17,6 +17,7 @@ mod idempotency;
 mod images;
 mod objects;
 mod operators;
+mod privacy;
 mod profile;
 mod ratelimit;
 mod realtime;

@@ -27,6 +27,7 @@ on_both!(
     channels_of_other_users_are_refused,
     events_about_other_users_chats_never_arrive,
     sign_out_closes_that_sessions_connections,
+    erasing_an_account_closes_all_its_connections,
     the_pusher_handshake_ping_and_errors_follow_the_protocol,
     a_documents_status_changes_reach_its_owner_only,
 );
@@ -674,6 +675,35 @@ async fn events_about_other_users_chats_never_arrive(db: Db) {
     assert_eq!(sse.event().await.json()["id"], own["id"]);
     // Alice's own client did get hers.
     assert_eq!(alice_ws.frame().await["data"]["content"], "more");
+    app.shutdown().await;
+}
+
+async fn erasing_an_account_closes_all_its_connections(db: Db) {
+    let app = spawn_app_with(db, pusher_on).await;
+    let (token, user) = app.sign_up("rt-erased@example.com").await;
+    let (stays, stays_user) = app.sign_up("rt-stays@example.com").await;
+    let channel = |u: &Value| format!("private-user-{}", u["id"].as_str().unwrap());
+    let mut ws = Ws::connect(&app).await;
+    ws.subscribed(&app, &token, &channel(&user)).await;
+    let mut sse = Sse::open(&app, &token, None).await;
+    sse.until_connected().await;
+    let mut ws_other = Ws::connect(&app).await;
+    ws_other
+        .subscribed(&app, &stays, &channel(&stays_user))
+        .await;
+    let r = app
+        .request(Method::DELETE, "/api/me", Some(&token))
+        .json(&serde_json::json!({ "password": PASSWORD }))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    ws.expect_closed(4009).await;
+    sse.expect_end().await;
+    // Another user's connection goes on.
+    let chat = app.new_chat(&stays, "Still here").await;
+    let m = app.send_message(&stays, &chat, "hi", "text").await;
+    assert_eq!(ws_other.frame().await["data"]["id"], m["id"]);
     app.shutdown().await;
 }
 

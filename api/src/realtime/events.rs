@@ -75,6 +75,11 @@ pub enum Decoded {
         /// The version of the event in the document's stream.
         version: u64,
     },
+    /// The user was erased: their connections must close.
+    UserErased {
+        /// The user.
+        user: Uuid,
+    },
     /// Nothing realtime clients are told about.
     Ignored,
 }
@@ -106,6 +111,15 @@ pub fn decode(event: &RecordedEvent) -> Result<Decoded, UpcastError> {
             document,
             version: event.version,
         });
+    }
+    if t == confab_domain::account::event_types::USER_ERASED
+        && let Some(user) = event
+            .payload
+            .get("userId")
+            .and_then(|u| u.as_str())
+            .and_then(|u| u.parse().ok())
+    {
+        return Ok(Decoded::UserErased { user });
     }
     if t == session_types::SESSION_REVOKED
         && let SessionEvent::Revoked(r) =

@@ -25,6 +25,8 @@ pub enum Delivery {
         /// The session.
         session: Uuid,
     },
+    /// The user was erased: every connection of theirs closes.
+    Erased,
 }
 
 /// A connection's side of the hub: where its deliveries go, and how it learns it was dropped.
@@ -176,6 +178,12 @@ impl Hub {
     pub fn revoke(&self, user: Uuid, session: Uuid) {
         let mut inner = self.lock();
         Self::deliver(&mut inner, user, Delivery::Revoked { session });
+    }
+
+    /// Tells `user`'s connections that the user was erased.
+    pub fn erased(&self, user: Uuid) {
+        let mut inner = self.lock();
+        Self::deliver(&mut inner, user, Delivery::Erased);
     }
 
     fn deliver(inner: &mut Inner, user: Uuid, delivery: Delivery) {

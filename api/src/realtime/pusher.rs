@@ -661,6 +661,10 @@ impl Connection {
                     Ok(())
                 }
             }
+            Delivery::Erased => Err(End::Close(
+                4009,
+                "Connection is unauthorized: account erased",
+            )),
         }
     }
 

@@ -132,7 +132,7 @@ pub(crate) async fn events(
                         break;
                     }
                 }
-                Step::Deliver(None) | Step::End => break,
+                Step::Deliver(Some(Delivery::Erased)) | Step::Deliver(None) | Step::End => break,
                 Step::Check => {
                     if let Ok(false) = session_live(&db, session).await {
                         break;

@@ -173,6 +173,7 @@ async fn handle(hub: &Hub, owners: &Owners, event: &RecordedEvent) -> Result<(),
             }
         }
         Decoded::SessionRevoked { user, session } => hub.revoke(user, session),
+        Decoded::UserErased { user } => hub.erased(user),
         Decoded::Chat(chat, e) => {
             if let Some(info) = events::chat_info(&e) {
                 owners.remember(chat, info);

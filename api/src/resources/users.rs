@@ -94,6 +94,13 @@ pub struct SignInBody {
     pub password: String,
 }
 
+/// `DELETE /api/me`: the password again, to confirm the erasure.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DeleteMeBody {
+    /// The account's password.
+    pub password: String,
+}
+
 /// A profile change: either field, or both.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ProfileBody {
@@ -143,4 +150,37 @@ pub struct ImageForm {
     /// A JPEG, PNG or GIF file, at most 5 MB and 2048x2048 pixels.
     #[schema(value_type = String, format = Binary)]
     pub image: Vec<u8>,
+}
+
+/// One chat of an export, with every message, oldest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportedChat {
+    /// The chat.
+    #[serde(flatten)]
+    pub chat: super::chats::Chat,
+    /// Its messages.
+    pub messages: Vec<super::chats::Message>,
+}
+
+/// `GET /api/me/export`: everything Confab holds about the caller. Streamed: `chats` comes
+/// last, one chat at a time.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportDocument {
+    /// When the export was made.
+    pub exported_at: DateTime<Utc>,
+    /// The account.
+    pub user: User,
+    /// The settings.
+    pub settings: super::settings::Settings,
+    /// Every document's metadata (not its text), newest first.
+    pub documents: Vec<super::documents::DocumentInfo>,
+    /// The whole credit history, newest first.
+    pub credit_history: Vec<super::ai::CreditTransaction>,
+    /// The invoices.
+    pub invoices: Vec<super::billing::Invoice>,
+    /// Every chat with its messages, most recent activity first. Must stay the last field:
+    /// the export streams it after the rest.
+    pub chats: Vec<ExportedChat>,
 }
