@@ -415,6 +415,8 @@ mod tests {
                 ("chat.message_edited", &[1]),
                 ("chat.message_deleted", &[1]),
                 ("chat.attachment_added", &[1]),
+                ("chat.restored", &[1]),
+                ("chat.message_restored", &[1]),
             ],
         );
         check::<document::DocumentEvent>(
@@ -454,6 +456,7 @@ mod tests {
                 ("account.registered", &[1]),
                 ("account.profile_updated", &[1]),
                 ("account.image_changed", &[1]),
+                ("account.user_erased", &[1]),
             ],
         );
         check::<session::SessionEvent>(
