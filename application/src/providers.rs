@@ -70,18 +70,12 @@ impl KeyScope {
 }
 
 const AAD_LABEL: &[u8] = b"confab/user-provider-key/v2\0";
-const KID_LABEL: &[u8] = b"confab/key-id/v1\0";
 const V2_PREFIX: &str = "v2:";
 
-/// The id of a master key: the first 8 hex digits of SHA-256 over a domain-separated encoding
-/// of it. It names the key in ciphertexts and logs without revealing it.
+/// The id of a master key (shared with the event store's payload encryption, so one master key
+/// has one id everywhere): it names the key in ciphertexts and logs without revealing it.
 pub fn key_id(key: &[u8; 32]) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(KID_LABEL)
-        .chain_update(key)
-        .finalize();
-    hex::encode(&digest[..4])
+    confab_eventstore::sealed::master_key_id(key)
 }
 
 /// Encrypts and decrypts users' provider keys with AES-256-GCM under a small keyring of master
