@@ -13,10 +13,6 @@ run kill9 --db sqlite --rounds 1
 run kill9 --db postgres --rounds 1
 run postgres-restart
 run redis-kill --fail-open true
-# KNOWN REGRESSION (2026-12-04, open under the hardening issue): since the merges of time travel
-# and privacy, one write per writer is served right after Redis is killed with fail-open false
-# (4 of ~130). It is reported here, loudly, without failing CI until it is found and fixed.
-run redis-kill --fail-open false ||
-  echo "KNOWN REGRESSION: redis-kill --fail-open false served writes while Redis was down (see the hardening issue)"
+run redis-kill --fail-open false
 run upstream --db sqlite
 run upstream --db postgres

@@ -58,8 +58,8 @@ struct Writer {
     acked: Vec<String>,
     /// A write sent whose answer never came: retried with the same key later.
     pending: Option<(String, Uuid)>,
-    /// Every answer, with when its request was sent.
-    seen: Vec<(Instant, Outcome)>,
+    /// Every answer, with when its request was sent and when the answer came.
+    seen: Vec<(Instant, Instant, Outcome)>,
     /// The longest wait for an answer.
     slowest: Duration,
 }
@@ -109,7 +109,7 @@ impl Writer {
             let sent = Instant::now();
             let outcome = self.user.post_message(&self.chat, &content, key).await;
             self.slowest = self.slowest.max(sent.elapsed());
-            self.seen.push((sent, outcome));
+            self.seen.push((sent, Instant::now(), outcome));
             match outcome {
                 Outcome::Status(s) if (200..300).contains(&s) => self.acked.push(content),
                 Outcome::NoAnswer if !persist => {
@@ -130,7 +130,7 @@ impl Writer {
         while let Some((content, key)) = self.pending.clone() {
             let sent = Instant::now();
             let outcome = self.user.post_message(&self.chat, &content, key).await;
-            self.seen.push((sent, outcome));
+            self.seen.push((sent, Instant::now(), outcome));
             if let Outcome::Status(s) = outcome
                 && (200..300).contains(&s)
             {
@@ -293,7 +293,7 @@ pub async fn kill9(ctx: &Ctx, db: Db, n: usize, rounds: u32) -> Result<Failures>
     }
     let mut outcomes = Vec::new();
     for w in &all {
-        outcomes.extend(w.lock().await.seen.iter().map(|(_, o)| *o));
+        outcomes.extend(w.lock().await.seen.iter().map(|(_, _, o)| *o));
     }
     println!("answers: {}", show(&tally(outcomes.iter())));
     for o in &outcomes {
@@ -392,7 +392,7 @@ pub async fn postgres_restart(ctx: &Ctx, n: usize, down_secs: u64) -> Result<Fai
     let (mut down, mut up) = (Vec::new(), Vec::new());
     let mut recovered: Option<Duration> = None;
     for w in &all {
-        for (at, o) in &w.lock().await.seen {
+        for (at, _, o) in &w.lock().await.seen {
             if *at < crashed {
                 continue;
             }
@@ -508,17 +508,24 @@ pub async fn redis_kill(ctx: &Ctx, n: usize, down_secs: u64, fail_open: bool) ->
         }
     }
     let (mut before, mut down, mut up) = (Vec::new(), Vec::new(), Vec::new());
+    let mut straddling = Vec::new();
     let mut recovered: Option<Duration> = None;
     for w in &all {
-        for (at, o) in &w.lock().await.seen {
+        for (at, answered, o) in &w.lock().await.seen {
             if *at < killed {
                 before.push(*o);
-            } else if *at < restarted {
+            } else if *answered < restarted {
                 down.push(*o);
             } else {
+                // Sent during the outage but answered after Redis was started again: the
+                // limiter may have reached the new Redis (its reconnection waits up to its
+                // time-out), so the request counts with those that found Redis up.
                 up.push(*o);
+                if *at < restarted {
+                    straddling.push(*o);
+                }
                 if matches!(o, Outcome::Status(s) if (200..300).contains(s)) {
-                    let t = *at - restarted;
+                    let t = answered.saturating_duration_since(restarted);
                     recovered = Some(recovered.map_or(t, |r| r.min(t)));
                 }
             }
@@ -527,8 +534,9 @@ pub async fn redis_kill(ctx: &Ctx, n: usize, down_secs: u64, fail_open: bool) ->
     println!("before: writes {}", show(&tally(before.iter())));
     println!("while Redis was down: writes {}", show(&tally(down.iter())));
     println!(
-        "after Redis came back: writes {}; first acknowledged {}",
+        "after Redis came back: writes {} (of which sent while it was down: {}); first acknowledged {}",
         show(&tally(up.iter())),
+        show(&tally(straddling.iter())),
         recovered.map_or("never".to_owned(), |d| format!("{d:.1?} after it started"))
     );
     let served = down
