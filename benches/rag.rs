@@ -594,7 +594,14 @@ async fn recall(backend: &str) {
         let l = confab_projections::documents::lexical_many(&svc.db, owner, &[id], question, 5)
             .await
             .expect("lexical");
-        let hit_l = l[0].iter().any(|c| c.text.contains(phrase));
+        let places: Vec<(Uuid, i32)> = l[0]
+            .iter()
+            .map(|c| (c.document_id, c.chunk_index))
+            .collect();
+        let texts = confab_projections::documents::chunk_texts(&svc.db, owner, &places)
+            .await
+            .expect("texts");
+        let hit_l = texts.iter().any(|c| c.text.contains(phrase));
         hybrid += usize::from(hit_h);
         lexical += usize::from(hit_l);
         if hit_h != hit_l {

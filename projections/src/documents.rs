@@ -596,7 +596,8 @@ pub async fn chunk_texts(
 }
 
 /// [`lexical`] for several of `owner`'s documents in one query: each document's best `limit`
-/// matches, best first, in the order of `ids`.
+/// matches, best first, in the order of `ids`, as places: their texts are left empty (ranking
+/// reads no text; [`chunk_texts`] reads those of the chunks that win).
 pub async fn lexical_many(
     db: &ReadDb,
     owner: Uuid,
@@ -622,8 +623,8 @@ pub async fn lexical_many(
                 .collect::<Vec<_>>()
                 .join(" OR ");
             let sql = format!(
-                "SELECT document_id, chunk_index, text FROM (SELECT c.document_id, \
-                 c.chunk_index, c.text, ROW_NUMBER() OVER (PARTITION BY c.document_id \
+                "SELECT document_id, chunk_index, '' AS text FROM (SELECT c.document_id, \
+                 c.chunk_index, ROW_NUMBER() OVER (PARTITION BY c.document_id \
                  ORDER BY f.rank, c.chunk_index) AS r FROM (SELECT rowid, rank FROM \
                  document_chunks_fts WHERE document_chunks_fts MATCH $1) f \
                  JOIN document_chunks c ON c.rowid = f.rowid \
@@ -643,8 +644,8 @@ pub async fn lexical_many(
             // Words are runs of letters and digits, so none is tsquery syntax.
             let q = words.join(" | ");
             let sql = format!(
-                "SELECT document_id, chunk_index, text FROM (SELECT c.document_id, \
-                 c.chunk_index, c.text, ROW_NUMBER() OVER (PARTITION BY c.document_id \
+                "SELECT document_id, chunk_index, '' AS text FROM (SELECT c.document_id, \
+                 c.chunk_index, ROW_NUMBER() OVER (PARTITION BY c.document_id \
                  ORDER BY ts_rank(c.search, q) DESC, c.chunk_index) AS r \
                  FROM document_chunks c, to_tsquery('simple', $1) q \
                  WHERE c.search @@ q AND c.owner_id = $2 AND c.document_id IN ({marks})) t \

@@ -598,11 +598,17 @@ pub async fn retrieve(
     top_k: usize,
 ) -> Result<Vec<Source>, AppError> {
     let depth = u32::try_from(top_k.saturating_mul(4).max(20)).unwrap_or(u32::MAX);
-    let mut rankings: Vec<Vec<ChunkRow>> = Vec::new();
+    // The two rankings run side by side: the vector side waits on the query's embedding (a
+    // round trip to the provider) while the lexical side asks the read model.
+    let ids: Vec<Uuid> = docs.iter().map(|d| d.id).collect();
+    let (per_doc, vector) = tokio::join!(
+        documents::lexical_many(&svc.db, owner, &ids, query, depth),
+        vector_ranking(svc, owner, docs, query, depth),
+    );
+    let (per_doc, vector) = (per_doc?, vector?);
 
     // Lexical: each document's ranking, interleaved so that every document's best come first.
-    let ids: Vec<Uuid> = docs.iter().map(|d| d.id).collect();
-    let per_doc = documents::lexical_many(&svc.db, owner, &ids, query, depth).await?;
+    let mut rankings: Vec<Vec<ChunkRow>> = Vec::new();
     let mut lexical = Vec::new();
     let longest = per_doc.iter().map(Vec::len).max().unwrap_or(0);
     for i in 0..longest {
@@ -613,76 +619,7 @@ pub async fn retrieve(
         }
     }
     rankings.push(lexical);
-
-    // Vectors: each document's chunks in the index of the model it was made ready with, so
-    // that while a new model's index is being built the old one still answers.
-    let mut models: Vec<&str> = docs
-        .iter()
-        .filter_map(|d| d.embedding_model.as_deref())
-        .collect();
-    models.sort_unstable();
-    models.dedup();
-    let endpoint = if models.is_empty() {
-        None
-    } else {
-        embedding_endpoint(svc, owner).await?
-    };
-    if let Some(endpoint) = endpoint {
-        let fast = CallPolicy {
-            retries: 1,
-            ..svc.llm.policy.clone()
-        };
-        let mut hits = Vec::new();
-        for model in models {
-            match embed::embed(&endpoint, &fast, model, &[query.to_owned()]).await {
-                Ok(q) => {
-                    let qv = q.vectors.into_iter().next().unwrap_or_default();
-                    if let (true, confab_projections::ReadDb::Postgres(pool)) =
-                        (svc.documents.pgvector, &svc.db)
-                    {
-                        let ids: Vec<Uuid> = docs
-                            .iter()
-                            .filter(|d| d.embedding_model.as_deref() == Some(model))
-                            .map(|d| d.id)
-                            .collect();
-                        let near = confab_projections::pgvector::nearest(
-                            pool, owner, &ids, model, &qv, depth,
-                        )
-                        .await?;
-                        hits.extend(near.into_iter().map(|(document_id, chunk_index, score)| {
-                            index::VectorHit {
-                                document_id,
-                                chunk_index,
-                                score,
-                            }
-                        }));
-                        continue;
-                    }
-                    let mut set = Vec::new();
-                    for d in docs
-                        .iter()
-                        .filter(|d| d.embedding_model.as_deref() == Some(model))
-                    {
-                        set.push((
-                            d.id,
-                            svc.vectors
-                                .document(&svc.db, owner, d.id, model, d.chunks.max(0) as usize)
-                                .await?,
-                        ));
-                    }
-                    let candidates = (depth as usize * 8).max(index::MIN_CANDIDATES);
-                    hits.extend(
-                        index::nearest(&svc.db, model, &set, &qv, depth as usize, candidates)
-                            .await?,
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, model, "query embedding failed; retrieving by words alone");
-                }
-            }
-        }
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
-        hits.truncate(depth as usize);
+    if let Some(hits) = vector {
         // The vector side names chunks by place; their texts are read for those that win.
         rankings.push(
             hits.into_iter()
@@ -723,6 +660,78 @@ pub async fn retrieve(
             text: c.text,
         })
         .collect())
+}
+
+/// The vector ranking of `docs` for `query`: each document's chunks in the index of the model
+/// it was made ready with (so that while a new model's index is being built the old one still
+/// answers), best `depth` first. `None` when no document has vectors or there is no embeddings
+/// endpoint; a failed query embedding leaves that model out (retrieval goes on by words).
+async fn vector_ranking(
+    svc: &Services,
+    owner: Uuid,
+    docs: &[DocumentRow],
+    query: &str,
+    depth: u32,
+) -> Result<Option<Vec<index::VectorHit>>, AppError> {
+    let mut models: Vec<&str> = docs
+        .iter()
+        .filter_map(|d| d.embedding_model.as_deref())
+        .collect();
+    models.sort_unstable();
+    models.dedup();
+    if models.is_empty() {
+        return Ok(None);
+    }
+    let Some(endpoint) = embedding_endpoint(svc, owner).await? else {
+        return Ok(None);
+    };
+    let fast = CallPolicy {
+        retries: 1,
+        ..svc.llm.policy.clone()
+    };
+    let mut hits = Vec::new();
+    for model in models {
+        let q = match embed::embed(&endpoint, &fast, model, &[query.to_owned()]).await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(error = %e, model, "query embedding failed; retrieving by words alone");
+                continue;
+            }
+        };
+        let qv = q.vectors.into_iter().next().unwrap_or_default();
+        let of_model = docs
+            .iter()
+            .filter(|d| d.embedding_model.as_deref() == Some(model));
+        if let (true, confab_projections::ReadDb::Postgres(pool)) =
+            (svc.documents.pgvector, &svc.db)
+        {
+            let ids: Vec<Uuid> = of_model.map(|d| d.id).collect();
+            let near =
+                confab_projections::pgvector::nearest(pool, owner, &ids, model, &qv, depth).await?;
+            hits.extend(near.into_iter().map(|(document_id, chunk_index, score)| {
+                index::VectorHit {
+                    document_id,
+                    chunk_index,
+                    score,
+                }
+            }));
+            continue;
+        }
+        let mut set = Vec::new();
+        for d in of_model {
+            set.push((
+                d.id,
+                svc.vectors
+                    .document(&svc.db, owner, d.id, model, d.chunks.max(0) as usize)
+                    .await?,
+            ));
+        }
+        let candidates = (depth as usize * 8).max(index::MIN_CANDIDATES);
+        hits.extend(index::nearest(&svc.db, model, &set, &qv, depth as usize, candidates).await?);
+    }
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score));
+    hits.truncate(depth as usize);
+    Ok(Some(hits))
 }
 
 /// Reciprocal rank fusion: a chunk at rank r (from 1) of a ranking scores 1 / (60 + r), its
