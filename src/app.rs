@@ -448,7 +448,7 @@ impl Jobs {
                     backoff: Duration::from_millis(config.llm_backoff_ms),
                 },
             }),
-            cipher: confab_application::providers::KeyCipher::new(&config.encryption_key()?),
+            cipher: key_cipher(config)?,
             provider_hosts_allowlist: config.provider_hosts().into(),
             objects: object_store_for(config)?,
             relay: self.relay.clone(),
@@ -725,4 +725,15 @@ pub(crate) fn object_store_for(
             "CONFAB_OBJECT_STORE_URL scheme {other:?} is not supported: use file:///dir or s3://bucket/prefix"
         ),
     }
+}
+
+/// The cipher of users' provider keys: the current master key (`CONFAB_ENCRYPTION_KEY`), and
+/// the previous one (`CONFAB_ENCRYPTION_KEY_PREVIOUS`) so that keys sealed under it still open
+/// until `confab keys rotate` has resealed them.
+pub fn key_cipher(config: &Config) -> anyhow::Result<confab_application::providers::KeyCipher> {
+    let cipher = confab_application::providers::KeyCipher::new(&config.encryption_key()?);
+    Ok(match config.encryption_key_previous()? {
+        Some(previous) => cipher.with_previous(&previous),
+        None => cipher,
+    })
 }

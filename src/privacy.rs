@@ -93,5 +93,44 @@ pub async fn rotate_keys(config: &Config) -> anyhow::Result<()> {
         r.current,
         r.destroyed
     );
+    // Users' provider keys are sealed under the master key itself: each is resealed (as an
+    // event, so a rebuilt read model holds the new ciphertext too).
+    let engine = backend.engine();
+    let providers = confab_projections::providers::NAME;
+    engine.catch_up(providers, |_, _| {}).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot bring the read model of provider keys up to date ({e}); run `confab \
+             projections status` and try again"
+        )
+    })?;
+    let cipher = crate::app::key_cipher(config)?;
+    let commands = confab_eventstore::aggregate::CommandExecutor::new(backend.store.clone());
+    let mut seen = 0;
+    let keys =
+        confab_application::providers::reseal_user_keys(&commands, &backend.db, &cipher, |n| {
+            seen += n;
+            eprintln!("provider keys: {seen} checked");
+        })
+        .await?;
+    engine.catch_up(providers, |_, _| {}).await?;
+    println!(
+        "{} provider key(s) resealed under master key {}; {} already under it",
+        keys.resealed,
+        cipher.current_key_id(),
+        keys.current
+    );
+    if !keys.failed.is_empty() {
+        for (user, provider) in &keys.failed {
+            eprintln!(
+                "provider key of user {user} for provider {provider} opens under no key given"
+            );
+        }
+        anyhow::bail!(
+            "{} provider key(s) open under neither CONFAB_ENCRYPTION_KEY nor \
+             CONFAB_ENCRYPTION_KEY_PREVIOUS: set the key they were sealed with as \
+             CONFAB_ENCRYPTION_KEY_PREVIOUS and run `confab keys rotate` again",
+            keys.failed.len()
+        );
+    }
     Ok(())
 }

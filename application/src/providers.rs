@@ -107,9 +107,26 @@ impl KeyCipher {
         KeyCipher { current, keys }
     }
 
+    /// The keyring with `previous` too: keys sealed under it still open (after a master key
+    /// rotation, until `confab keys rotate` has resealed them under the current one).
+    pub fn with_previous(mut self, previous: &[u8; 32]) -> Self {
+        self.keys
+            .entry(key_id(previous))
+            .or_insert_with(|| Aes256Gcm::new(&Key::<Aes256Gcm>::from(*previous)));
+        self
+    }
+
     /// The id of the key new ciphertexts are sealed with.
     pub fn current_key_id(&self) -> &str {
         &self.current
+    }
+
+    /// Whether `sealed` is sealed under the current key in the current format.
+    pub fn is_current(&self, sealed: &str) -> bool {
+        sealed
+            .strip_prefix(V2_PREFIX)
+            .and_then(|rest| rest.split_once(':'))
+            .is_some_and(|(kid, _)| kid == self.current)
     }
 
     fn current_cipher(&self) -> &Aes256Gcm {
@@ -145,8 +162,16 @@ impl KeyCipher {
     pub fn decrypt(&self, sealed: &str, scope: KeyScope) -> Result<String, CipherError> {
         let Some(rest) = sealed.strip_prefix(V2_PREFIX) else {
             // The first format: no key id, no associated data, sealed with the only key there
-            // was, which can only be today's current key.
-            return open(self.current_cipher(), sealed, b"");
+            // was: today's current key, or a previous one if the master key has rotated since.
+            return std::iter::once(self.current_cipher())
+                .chain(
+                    self.keys
+                        .iter()
+                        .filter(|(id, _)| **id != self.current)
+                        .map(|(_, c)| c),
+                )
+                .find_map(|c| open(c, sealed, b"").ok())
+                .ok_or(CipherError::Decrypt);
         };
         let (kid, body) = rest.split_once(':').ok_or(CipherError::Decrypt)?;
         let cipher = self.keys.get(kid).ok_or_else(|| CipherError::UnknownKey {
@@ -440,6 +465,65 @@ pub async fn set_user_key(
         .ok_or(AppError::bug("a set key is missing from the read model"))
 }
 
+/// What [`reseal_user_keys`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resealed {
+    /// Keys resealed under the current master key (one `UserKeySet` event each).
+    pub resealed: usize,
+    /// Keys already under it.
+    pub current: usize,
+    /// (user, provider) of keys that open under no key of the ring: left as they are.
+    pub failed: Vec<(Uuid, Uuid)>,
+}
+
+/// Reseals every user's provider key that is not under the current master key (sealed under
+/// a previous one, or in the format before key ids) with the current one, each recorded as a
+/// `UserKeySet` event with the same hint, so the log and the read model both hold the new
+/// ciphertext and the previous master key can be retired. `progress` is told each page's
+/// count. The read model of providers must be current.
+pub async fn reseal_user_keys(
+    commands: &std::sync::Arc<confab_eventstore::aggregate::CommandExecutor>,
+    db: &confab_projections::ReadDb,
+    cipher: &KeyCipher,
+    mut progress: impl FnMut(usize),
+) -> Result<Resealed, AppError> {
+    let mut out = Resealed::default();
+    let mut after = None;
+    loop {
+        let page = providers::user_configs_after(db, after, 500).await?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.user_id, last.provider_id));
+        for row in &page {
+            if cipher.is_current(&row.encrypted_key) {
+                out.current += 1;
+                continue;
+            }
+            let scope = KeyScope {
+                user: row.user_id,
+                provider: row.provider_id,
+            };
+            let Ok(plain) = cipher.decrypt(&row.encrypted_key, scope) else {
+                out.failed.push((row.user_id, row.provider_id));
+                continue;
+            };
+            let command = SetUserKey {
+                user_id: row.user_id,
+                provider_id: row.provider_id,
+                encrypted_key: cipher.encrypt(&plain, scope)?,
+                key_hint: row.key_hint.clone(),
+                at: now(),
+            };
+            let id = UserLlmConfig::id_for(row.user_id, row.provider_id);
+            commands
+                .execute::<UserLlmConfig>(&id, command, crate::metadata(None, None))
+                .await?;
+            out.resealed += 1;
+        }
+        progress(page.len());
+    }
+    Ok(out)
+}
+
 /// `user_id`'s configuration for provider `provider_id` (the key stays sealed).
 pub async fn get_user_key(
     svc: &Services,
@@ -571,6 +655,48 @@ mod tests {
         );
         assert_eq!(
             c.decrypt("v2:af448592", scope(1, 2)),
+            Err(CipherError::Decrypt)
+        );
+    }
+
+    #[test]
+    fn after_a_rotation_keys_sealed_under_the_previous_master_key_still_open() {
+        let old = KeyCipher::new(&[8u8; 32]);
+        let sealed = old.encrypt("sk-test-1234567890abcd", scope(1, 2)).unwrap();
+        let legacy = {
+            // The format before key ids: nonce || ciphertext, base64, no associated data.
+            let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+            let mut out = nonce.to_vec();
+            out.extend(
+                Aes256Gcm::new(&Key::<Aes256Gcm>::from([8u8; 32]))
+                    .encrypt(&nonce, b"sk-legacy-1234567890".as_slice())
+                    .unwrap(),
+            );
+            base64::engine::general_purpose::STANDARD.encode(out)
+        };
+        let ring = KeyCipher::new(&[7u8; 32]).with_previous(&[8u8; 32]);
+        assert_eq!(
+            ring.current_key_id(),
+            "af448592",
+            "the new key stays current"
+        );
+        assert!(!ring.is_current(&sealed) && !ring.is_current(&legacy));
+        assert_eq!(
+            ring.decrypt(&sealed, scope(1, 2)).unwrap(),
+            "sk-test-1234567890abcd"
+        );
+        assert_eq!(
+            ring.decrypt(&legacy, scope(1, 2)).unwrap(),
+            "sk-legacy-1234567890"
+        );
+        let resealed = ring.encrypt("sk-test-1234567890abcd", scope(1, 2)).unwrap();
+        assert!(ring.is_current(&resealed));
+        assert!(old.decrypt(&resealed, scope(1, 2)).is_err());
+        // Without the previous key, neither opens.
+        let alone = KeyCipher::new(&[7u8; 32]);
+        assert!(alone.decrypt(&sealed, scope(1, 2)).is_err());
+        assert_eq!(
+            alone.decrypt(&legacy, scope(1, 2)),
             Err(CipherError::Decrypt)
         );
     }

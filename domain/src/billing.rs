@@ -417,6 +417,8 @@ pub enum StripeEventCommand {
         created: DateTime<Utc>,
         /// The whole event, as Stripe sent it.
         payload: serde_json::Value,
+        /// The Confab user it is about, when one is known.
+        user_id: Option<Uuid>,
         /// Now.
         at: DateTime<Utc>,
     },
@@ -449,6 +451,9 @@ pub struct StripeEventReceived {
     pub created: DateTime<Utc>,
     /// The event as Stripe sent it.
     pub payload: serde_json::Value,
+    /// The Confab user it is about (whose data key seals `payload`), when one is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Uuid>,
     /// When it arrived.
     pub at: DateTime<Utc>,
 }
@@ -512,6 +517,7 @@ impl Aggregate for StripeEvent {
                 event_type,
                 created,
                 payload,
+                user_id,
                 at,
             } => {
                 if self.received.is_some() {
@@ -522,6 +528,7 @@ impl Aggregate for StripeEvent {
                     event_type,
                     created,
                     payload,
+                    user_id,
                     at,
                 })])
             }
@@ -738,6 +745,7 @@ mod tests {
             event_type: "invoice.paid".into(),
             created: t(0),
             payload: serde_json::json!({ "id": "evt_1" }),
+            user_id: None,
             at: t(1),
         });
         let receive = StripeEventCommand::Receive {
@@ -745,6 +753,7 @@ mod tests {
             event_type: "invoice.paid".into(),
             created: t(0),
             payload: serde_json::json!({ "id": "evt_1" }),
+            user_id: None,
             at: t(1),
         };
         given::<StripeEvent>([])

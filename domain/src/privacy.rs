@@ -5,7 +5,9 @@
 //! and billing read them as before; the listed fields are sealed with the data key of the user
 //! the event is about, and read as [`ERASED`] once that key is destroyed.
 
-use crate::{account, billing_account, chat, credits, document, provider, settings, sources};
+use crate::{
+    account, billing, billing_account, chat, credits, document, provider, settings, sources,
+};
 
 /// What a personal field of an erased user reads as (strings; an erased array reads as `[]`
 /// and an erased object as `{}`).
@@ -19,6 +21,10 @@ pub enum Subject {
     /// The owner of the event's stream: the `owner` field of the stream's first event (one
     /// of [`OWNS_STREAM`]).
     StreamOwner,
+    /// The user id in this top-level payload field when there is one; an event without it is
+    /// about no user of Confab and its fields stay in clear (a Stripe event for a customer
+    /// no user owns).
+    FieldIfPresent(&'static str),
 }
 
 /// The personal fields of one event type.
@@ -117,6 +123,11 @@ pub const PERSONAL: &[Personal] = &[
         event_type: credits::event_types::ADJUSTED,
         subject: Subject::Field("user"),
         fields: &[&["reason"]],
+    },
+    Personal {
+        event_type: billing::event_types::RECEIVED,
+        subject: Subject::FieldIfPresent("userId"),
+        fields: &[&["payload"]],
     },
     Personal {
         event_type: billing_account::event_types::INVOICE_RECORDED,
@@ -237,6 +248,16 @@ mod tests {
                     at: at(),
                 },
             )),
+            stored(&billing::StripeEventEvent::Received(
+                billing::StripeEventReceived {
+                    event_id: "evt_1".into(),
+                    event_type: "invoice.paid".into(),
+                    created: at(),
+                    payload: serde_json::json!({"id": "evt_1"}),
+                    user_id: Some(u),
+                    at: at(),
+                },
+            )),
         ];
         for (event_type, payload) in samples {
             let rule = personal(event_type).expect("listed");
@@ -248,7 +269,7 @@ mod tests {
                         .unwrap_or_else(|| panic!("{event_type}: {path:?}"));
                 }
             }
-            if let Subject::Field(f) = rule.subject {
+            if let Subject::Field(f) | Subject::FieldIfPresent(f) = rule.subject {
                 let id = payload[f].as_str().expect("subject field");
                 assert!(id.parse::<Uuid>().is_ok(), "{event_type}.{f}");
             }

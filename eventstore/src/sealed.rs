@@ -623,7 +623,7 @@ impl SealedStore {
         batch_owner: Option<Uuid>,
     ) -> StoreResult<Option<Uuid>> {
         match rule.subject {
-            Subject::Field(f) => Ok(uuid_at(payload, f)),
+            Subject::Field(f) | Subject::FieldIfPresent(f) => Ok(uuid_at(payload, f)),
             Subject::StreamOwner => match batch_owner {
                 Some(o) => Ok(Some(o)),
                 None => self.stream_owner(stream).await,
@@ -650,7 +650,12 @@ impl SealedStore {
                 // refuse, not the store's).
                 continue;
             }
-            let Some(user) = self.subject(rule, stream, &e.payload, batch_owner).await? else {
+            let subject = self.subject(rule, stream, &e.payload, batch_owner).await?;
+            if subject.is_none() && matches!(rule.subject, Subject::FieldIfPresent(_)) {
+                // About no user of Confab: nothing of a user's to seal.
+                continue;
+            }
+            let Some(user) = subject else {
                 return Err(StoreError::InvalidInput(format!(
                     "{} on {stream}: no user to seal its personal data for",
                     e.event_type
@@ -709,7 +714,7 @@ impl SealedStore {
                     None => {
                         let payload = &e.payload;
                         let s = match rule.subject {
-                            Subject::Field(f) => uuid_at(payload, f),
+                            Subject::Field(f) | Subject::FieldIfPresent(f) => uuid_at(payload, f),
                             Subject::StreamOwner => self.stream_owner(&e.stream).await?,
                         };
                         clear_subject = Some(s);

@@ -132,6 +132,27 @@ pub async fn get_user_config(
     )
 }
 
+/// Every user's configuration after `after` (by user, then provider), `limit` at most: the
+/// pages `confab keys rotate` walks to reseal every stored key.
+pub async fn user_configs_after(
+    db: &ReadDb,
+    after: Option<(Uuid, Uuid)>,
+    limit: u32,
+) -> Result<Vec<UserConfigRow>, sqlx::Error> {
+    let (user, provider) = after.unwrap_or((Uuid::nil(), Uuid::nil()));
+    query_as!(
+        db,
+        fetch_all,
+        UserConfigRow,
+        "SELECT user_id, provider_id, encrypted_key, key_hint, created_at, updated_at \
+         FROM user_llm_configs WHERE (user_id > $1 OR (user_id = $1 AND provider_id > $2)) \
+         ORDER BY user_id, provider_id LIMIT $3",
+        user,
+        provider,
+        i64::from(limit)
+    )
+}
+
 /// `user`'s own key for the provider named `provider_name` (case-insensitive), with that
 /// provider's id and endpoint: the newest if several providers share the name.
 pub async fn user_key_by_provider_name(

@@ -945,6 +945,7 @@ async fn an_event_recorded_but_never_queued_is_applied_at_start_up(db: Db) {
             event_type: "customer.updated".into(),
             created: chrono::Utc::now(),
             payload: lost,
+            user_id: None,
             at: chrono::Utc::now(),
         },
         Default::default(),

@@ -10,6 +10,7 @@ use crate::helpers::{
 };
 use confab::Config;
 use confab_testkit::openai::OpenAiStandIn;
+use confab_testkit::stripe::{WEBHOOK_SECRET, signature};
 use reqwest::Method;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
@@ -25,9 +26,11 @@ on_both!(
     the_export_holds_exactly_the_callers_data,
 );
 
-/// The app with the stand-in as the embeddings provider, so documents get ready.
+/// The app with the stand-in as the embeddings provider, so documents get ready, and Stripe
+/// webhooks accepted.
 async fn app(db: Db, up: &OpenAiStandIn) -> TestApp {
     spawn_app_with(db, |c: &mut Config| {
+        c.stripe_webhook_secret = Some(WEBHOOK_SECRET.to_owned().into());
         c.openai_base_url = Some(up.base_url().to_owned());
         c.openai_api_key = Some("server-key".to_owned().into());
         c.chunk_tokens = 60;
@@ -45,6 +48,8 @@ struct Marks {
     context: String,
     doc_word: String,
     filename: String,
+    /// In a Stripe event about the user.
+    street: String,
 }
 
 impl Marks {
@@ -58,11 +63,12 @@ impl Marks {
             message: format!("{tag}message"),
             context: format!("{tag}context"),
             doc_word: format!("{tag}docword"),
+            street: format!("{tag}street"),
             filename: format!("{tag}file.txt"),
         }
     }
 
-    fn all(&self) -> [&str; 7] {
+    fn all(&self) -> [&str; 8] {
         [
             &self.email,
             &self.name,
@@ -71,6 +77,7 @@ impl Marks {
             &self.context,
             &self.doc_word,
             &self.filename,
+            &self.street,
         ]
     }
 }
@@ -85,6 +92,32 @@ struct Made {
 
 /// Signs `m`'s user up and gives them a chat with messages (one through an Idempotency-Key),
 /// settings, a profile image and a processed document.
+/// Delivers a signed Stripe `customer.updated` about `user` (named in its metadata), holding
+/// their email and street.
+async fn stripe_event_about(app: &TestApp, user: &str, email: &str, street: &str) {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let body = json!({
+        "id": format!("evt_{id}"), "object": "event", "type": "customer.updated",
+        "created": chrono::Utc::now().timestamp(), "livemode": false,
+        "data": { "object": {
+            "id": format!("cus_{id}"), "object": "customer", "email": email,
+            "address": { "line1": street }, "metadata": { "user_id": user },
+        } },
+    })
+    .to_string();
+    let (s, v) = parts(
+        app.request(Method::POST, "/api/webhooks/stripe", None)
+            .header("content-type", "application/json")
+            .header("stripe-signature", signature(&body))
+            .body(body)
+            .send()
+            .await
+            .expect("webhook"),
+    )
+    .await;
+    assert_eq!((s, v), (200, json!({"received": true})));
+}
+
 async fn make_user(app: &TestApp, m: &Marks) -> Made {
     let (s, body) = app
         .try_sign_up(&json!({"email": m.email, "password": PASSWORD, "name": m.name}))
@@ -158,6 +191,7 @@ async fn make_user(app: &TestApp, m: &Marks) -> Made {
     )
     .await;
     assert_eq!((s, &got["status"]), (200, &json!("ready")), "{got}");
+    stripe_event_about(app, &id, &m.email, &m.street).await;
     Made {
         token,
         id,
@@ -334,9 +368,16 @@ async fn deleting_my_account_leaves_no_trace_of_me_and_keeps_everyone_else(db: D
         .await;
     assert_eq!((s, &found["total"]), (200, &json!(2)), "{found}");
 
+    // Stripe still writes about her: only the event's ids are recorded.
+    stripe_event_about(&app, &ann.id, &ann_m.email, &ann_m.street).await;
+
     // Nowhere: not in any event payload (opened or as stored), not in the files, the WAL, a
     // pg_dump or the object store.
     let (opened, raw) = payloads(&app).await;
+    assert!(
+        opened.contains(&bob_m.street),
+        "Bob's Stripe event still opens"
+    );
     for s in ann_m.all() {
         assert!(!opened.contains(s), "{s} reads from the log");
         assert!(!raw.contains(s), "{s} is stored in the log");
@@ -511,11 +552,32 @@ async fn an_operator_erases_a_user_and_gets_a_receipt(db: Db) {
 
 async fn key_rotation_keeps_every_other_users_data_readable(db: Db) {
     const NEW_KEY: &str = "bmV3LW1hc3Rlci1rZXktbmV3LW1hc3Rlci1rZXktMzI=";
-    let app = spawn_app_with(db, |_| {}).await;
+    const BOB_KEY: &str = "sk-bob-own-provider-key-0042";
+    let up = OpenAiStandIn::start().await;
+    let app = spawn_app_with(db, |c: &mut Config| {
+        c.openai_base_url = Some(up.base_url().to_owned());
+        c.openai_api_key = Some("server-key".to_owned().into());
+        crate::helpers::with_admin(c);
+    })
+    .await;
     let (ann, ann_user, _) = app.sign_up_with_chat("ann@example.com", "Ann").await;
-    let (bob, _, bob_chat) = app.sign_up_with_chat("bob@example.com", "Bob").await;
+    let (bob, bob_user, bob_chat) = app.sign_up_with_chat("bob@example.com", "Bob").await;
     app.send_message(&bob, &bob_chat, "bob keeps this", "text")
         .await;
+    // Bob's own provider key, sealed under the master key itself.
+    let admin = app.sign_in_admin().await;
+    let (s, provider) = app.add_provider(&admin, "OpenAI", up.base_url()).await;
+    assert_eq!(s, 201, "{provider}");
+    let (s, cfg) = app
+        .add_user_key(&bob, &bob_user["id"], &provider["id"], BOB_KEY)
+        .await;
+    assert_eq!(s, 201, "{cfg}");
+    let ids = |v: &Value| v.as_str().expect("id").parse::<uuid::Uuid>().expect("uuid");
+    let scope = confab_application::providers::KeyScope {
+        user: ids(&bob_user["id"]),
+        provider: ids(&provider["id"]),
+    };
+    let read = app.read_db().await;
     let r = app
         .request(Method::DELETE, "/api/me", Some(&ann))
         .json(&json!({"password": PASSWORD}))
@@ -550,8 +612,34 @@ async fn key_rotation_keeps_every_other_users_data_readable(db: Db) {
     );
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("1 data key(s) rewrapped"), "{stdout}");
+    assert!(stdout.contains("data key(s) rewrapped"), "{stdout}");
     assert!(stdout.contains("1 destroyed"), "{stdout}");
+    assert!(stdout.contains("1 provider key(s) resealed"), "{stdout}");
+
+    // Bob's provider key is resealed: it opens under the new master key alone, not the old.
+    let sealed = confab_projections::providers::get_user_config(&read, scope.user, scope.provider)
+        .await
+        .expect("read")
+        .expect("Bob's key")
+        .encrypted_key;
+    let master = |b64: &str| -> [u8; 32] {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64")
+            .try_into()
+            .expect("32 bytes")
+    };
+    let new_cipher = confab_application::providers::KeyCipher::new(&master(NEW_KEY));
+    assert_eq!(new_cipher.decrypt(&sealed, scope).expect("opens"), BOB_KEY);
+    let old_cipher =
+        confab_application::providers::KeyCipher::new(&master(crate::helpers::TEST_ENCRYPTION_KEY));
+    assert!(old_cipher.decrypt(&sealed, scope).is_err());
+    // Twice: nothing left to reseal.
+    let out = with_keys(NEW_KEY, None, &["keys", "rotate"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(stdout.contains("0 provider key(s) resealed"), "{stdout}");
 
     // Now the new key alone reads Bob's data; the old one no longer does.
     let out = with_keys(NEW_KEY, None, &show);

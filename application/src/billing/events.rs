@@ -218,6 +218,32 @@ fn user_in(metadata: Option<&HashMap<String, String>>) -> Option<Uuid> {
         .and_then(|s| Uuid::parse_str(s).ok())
 }
 
+/// The Confab user a Stripe event is about, as its processing will find them: the owner of its
+/// object's customer, or else the user Confab named in the object (`client_reference_id`,
+/// `metadata.user_id`, the subscription details' metadata). Read from the JSON, so that events
+/// of every type count (those Confab does not act on hold personal data too).
+pub(super) async fn subject_of(svc: &Services, payload: &Value) -> Result<Option<Uuid>, AppError> {
+    let object = &payload["data"]["object"];
+    let customer = match &object["customer"] {
+        Value::String(s) => Some(s.as_str()),
+        Value::Object(o) => o.get("id").and_then(Value::as_str),
+        _ => (object["object"] == "customer")
+            .then(|| object["id"].as_str())
+            .flatten(),
+    }
+    .filter(|s| !s.is_empty());
+    let named = [
+        &object["client_reference_id"],
+        &object["metadata"]["user_id"],
+        &object["parent"]["subscription_details"]["metadata"]["user_id"],
+        &object["subscription_details"]["metadata"]["user_id"],
+    ]
+    .into_iter()
+    .filter_map(Value::as_str)
+    .find_map(|s| Uuid::parse_str(s).ok());
+    Processor { svc }.owner(customer, &[named]).await
+}
+
 impl Processor<'_> {
     fn tiers(&self) -> Vec<String> {
         self.svc

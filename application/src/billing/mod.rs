@@ -371,6 +371,12 @@ pub async fn record_stripe_event(
     else {
         return Err(problems.into());
     };
+    // The payload holds personal data (names, emails, addresses): it is sealed with the data
+    // key of the user it is about. Of an erased user, only the ids are recorded, in clear.
+    let (user_id, payload) = match events::subject_of(svc, &payload).await? {
+        Some(user) if svc.vault.is_destroyed(user).await? => (None, ids_only(&payload)),
+        found => (found, payload),
+    };
     let stream_id = StripeEvent::id_for(&event_id);
     let (_, processed) = svc
         .commands
@@ -381,6 +387,7 @@ pub async fn record_stripe_event(
                 event_type,
                 created,
                 payload,
+                user_id,
                 at: now(),
             },
             crate::metadata(None, correlation_id),
@@ -397,9 +404,33 @@ pub async fn record_stripe_event(
     Ok(())
 }
 
+/// A Stripe event reduced to its ids: what is recorded of an erased user's.
+fn ids_only(payload: &Value) -> Value {
+    let object = &payload["data"]["object"];
+    serde_json::json!({
+        "id": payload["id"],
+        "type": payload["type"],
+        "created": payload["created"],
+        "data": { "object": { "id": object["id"], "object": object["object"] } },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn of_an_erased_users_stripe_event_only_ids_are_kept() {
+        let full = serde_json::json!({
+            "id": "evt_1", "type": "invoice.paid", "created": 1_700_000_000,
+            "data": { "object": { "id": "in_1", "object": "invoice",
+                "customer_email": "someone@example.com", "customer_name": "Some One" } },
+        });
+        let kept = ids_only(&full);
+        assert_eq!(kept["data"]["object"]["id"], "in_1");
+        assert_eq!(kept["type"], "invoice.paid");
+        assert!(!kept.to_string().contains("someone"), "{kept}");
+    }
 
     #[test]
     fn keys_in_stripe_messages_are_redacted() {
