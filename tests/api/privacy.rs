@@ -24,6 +24,7 @@ on_both!(
     an_operator_erases_a_user_and_gets_a_receipt,
     key_rotation_keeps_every_other_users_data_readable,
     the_export_holds_exactly_the_callers_data,
+    what_was_restored_is_erased_with_its_owner,
 );
 
 /// The app with the stand-in as the embeddings provider, so documents get ready, and Stripe
@@ -547,6 +548,75 @@ async fn an_operator_erases_a_user_and_gets_a_receipt(db: Db) {
     );
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains(id), "{}", text(&out.stderr));
+    app.shutdown().await;
+}
+
+/// A chat deleted and restored (time travel), and an edited message deleted and restored, are
+/// recorded again by compensating events: those are sealed too, and erased with their owner.
+async fn what_was_restored_is_erased_with_its_owner(db: Db) {
+    let up = OpenAiStandIn::start().await;
+    let app = app(db, &up).await;
+    let m = Marks::new("cat");
+    let (s, body) = app
+        .try_sign_up(&json!({"email": m.email, "password": PASSWORD, "name": m.name}))
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let token = body["token"].as_str().expect("token").to_owned();
+    let chat = app.new_chat(&token, &m.title).await;
+    let sent = app
+        .send_message(&token, &chat, &format!("first {}", m.message), "text")
+        .await;
+    let message = sent["id"].as_str().expect("id").to_owned();
+    let path = format!("/api/chats/{chat}/messages/{message}");
+    let (s, body) = app
+        .put(
+            &path,
+            &token,
+            &json!({"content": format!("edited {}", m.context)}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(app.delete(&path, &token).await, 204);
+    let (s, body) = app
+        .post(&format!("{path}/restore"), Some(&token), &json!({}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(app.delete(&format!("/api/chats/{chat}"), &token).await, 204);
+    let (s, body) = app
+        .post(
+            &format!("/api/chats/{chat}/restore"),
+            Some(&token),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (opened, raw) = payloads(&app).await;
+    assert!(opened.contains(&m.title), "the restored chat opens");
+    for s in [&m.title, &m.message, &m.context] {
+        assert!(
+            !raw.contains(s.as_str()),
+            "{s} is stored in clear in the log"
+        );
+    }
+
+    let r = app
+        .request(Method::DELETE, "/api/me", Some(&token))
+        .json(&json!({"password": PASSWORD}))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    let (opened, raw) = payloads(&app).await;
+    for s in [&m.title, &m.message, &m.context, &m.email, &m.name] {
+        assert!(!opened.contains(s.as_str()), "{s} reads from the log");
+        assert!(!raw.contains(s.as_str()), "{s} is stored in the log");
+    }
+    let places = stored(&app.data_dir, app.database_url.as_deref());
+    for s in [&m.title, &m.message, &m.context] {
+        for (place, bytes) in &places {
+            assert!(!contains(bytes, s), "{s} is still in {place}");
+        }
+    }
     app.shutdown().await;
 }
 
