@@ -9,6 +9,7 @@ use crate::helpers::{
 };
 use confab::Config;
 use confab_domain::catalogue::{Catalogue, Model, Tier};
+use confab_projections::ReadDb;
 use confab_testkit::openai::{Act, OpenAiStandIn};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
@@ -468,8 +469,9 @@ async fn a_users_own_key_is_used_for_their_provider() {
     app.shutdown().await;
 }
 
-/// A user's stored key that no longer decrypts (the encryption key was changed) is an error
-/// the user sees, naming the provider; the call never falls back to the operator's key.
+/// After a master key rotation (new `CONFAB_ENCRYPTION_KEY`, the old one as the previous key) a
+/// user's own provider key still opens and is used. A stored key that opens under no key given is
+/// an error the user sees, naming the provider; the call never falls back to the operator's key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_key_that_cannot_be_decrypted_is_refused_not_replaced() {
     let up = OpenAiStandIn::start().await;
@@ -493,18 +495,43 @@ async fn a_users_key_that_cannot_be_decrypted_is_refused_not_replaced() {
                 .to_owned()
                 .into(),
         );
-        // The users' data keys (payload encryption) still unwrap with the previous master
-        // key; the provider key, sealed under the old key alone, does not open.
         c.encryption_key_previous = Some(crate::helpers::TEST_ENCRYPTION_KEY.to_owned().into());
     })
     .await;
+    // Rotated: the key sealed under the previous master key still opens, and is the one used.
+    let (s, _, text) = chat(&rekeyed, &token, &ask("hi")).await;
+    assert_eq!((s, text.as_str()), (200, "Hello, world!"));
+    assert_eq!(
+        up.requests()[0].authorization,
+        "Bearer sk-user-own-key-1234"
+    );
+    rekeyed.drained(Queue::Replies).await;
+    let before = balance(&rekeyed, &token).await;
+
+    // A stored key sealed under a key this server does not hold.
+    let id = |v: &Value| v.as_str().expect("id").parse::<uuid::Uuid>().expect("uuid");
+    let scope = confab_application::providers::KeyScope {
+        user: id(&user["id"]),
+        provider: id(&provider["id"]),
+    };
+    let foreign = confab_application::providers::KeyCipher::new(&[9u8; 32])
+        .encrypt("sk-user-own-key-1234", scope)
+        .expect("seal");
+    let ReadDb::Sqlite(pool) = rekeyed.read_db().await else {
+        unreachable!("SQLite")
+    };
+    sqlx::query("UPDATE user_llm_configs SET encrypted_key = $1")
+        .bind(&foreign)
+        .execute(&pool)
+        .await
+        .expect("update");
     let (s, _, body) = chat(&rekeyed, &token, &ask("hi")).await;
     assert_eq!(s, 503, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "unavailable");
     assert_eq!(v["error"]["details"]["provider"], "openai", "{v}");
-    assert!(up.requests().is_empty(), "no call with the operator's key");
-    assert_eq!(balance(&rekeyed, &token).await, 1000, "nothing charged");
+    assert_eq!(up.requests().len(), 1, "no call with the operator's key");
+    assert_eq!(balance(&rekeyed, &token).await, before, "nothing charged");
     rekeyed.shutdown().await;
 }
 
