@@ -106,6 +106,32 @@ pub enum KeyDb {
     Postgres(sqlx::PgPool),
 }
 
+impl KeyDb {
+    /// Before a write on SQLite: the process's write gate of that database file, held until
+    /// dropped (SQLite takes one writer at a time). Nothing on PostgreSQL.
+    async fn write_gate(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match self {
+            KeyDb::Sqlite(p) => Some(
+                crate::sqlite::write_gate(&p.connect_options())
+                    .lock_owned()
+                    .await,
+            ),
+            KeyDb::Postgres(_) => None,
+        }
+    }
+}
+
+/// `$body` with `$p` bound to the pool, whichever database `$db` is (the same statement on
+/// both: sqlx's types differ per database, the code does not).
+macro_rules! on_key_db {
+    ($db:expr, |$p:ident| $body:expr) => {
+        match $db {
+            KeyDb::Sqlite($p) => $body,
+            KeyDb::Postgres($p) => $body,
+        }
+    };
+}
+
 /// A user's data key as cached.
 #[derive(Clone)]
 enum UserKey {
@@ -229,19 +255,19 @@ impl KeyVault {
     async fn row_by_user(&self, user: Uuid) -> StoreResult<Option<KeyRow>> {
         const SQL: &str =
             "SELECT key_id, user_id, master_key_id, wrapped FROM data_keys WHERE user_id = $1";
-        Ok(match &self.db {
-            KeyDb::Sqlite(p) => sqlx::query_as(SQL).bind(user).fetch_optional(p).await?,
-            KeyDb::Postgres(p) => sqlx::query_as(SQL).bind(user).fetch_optional(p).await?,
-        })
+        Ok(on_key_db!(&self.db, |p| sqlx::query_as(SQL)
+            .bind(user)
+            .fetch_optional(p)
+            .await?))
     }
 
     async fn row_by_kid(&self, kid: Uuid) -> StoreResult<Option<KeyRow>> {
         const SQL: &str =
             "SELECT key_id, user_id, master_key_id, wrapped FROM data_keys WHERE key_id = $1";
-        Ok(match &self.db {
-            KeyDb::Sqlite(p) => sqlx::query_as(SQL).bind(kid).fetch_optional(p).await?,
-            KeyDb::Postgres(p) => sqlx::query_as(SQL).bind(kid).fetch_optional(p).await?,
-        })
+        Ok(on_key_db!(&self.db, |p| sqlx::query_as(SQL)
+            .bind(kid)
+            .fetch_optional(p)
+            .await?))
     }
 
     async fn insert(&self, row: &KeyRow) -> StoreResult<()> {
@@ -250,33 +276,17 @@ impl KeyVault {
                            ON CONFLICT (user_id) DO NOTHING";
         let now = chrono::Utc::now();
         let destroyed = row.3.is_none().then_some(now);
-        match &self.db {
-            KeyDb::Sqlite(p) => {
-                let _gate = crate::sqlite::write_gate(&p.connect_options())
-                    .lock_owned()
-                    .await;
-                sqlx::query(SQL)
-                    .bind(row.0)
-                    .bind(row.1)
-                    .bind(&row.2)
-                    .bind(&row.3)
-                    .bind(now)
-                    .bind(destroyed)
-                    .execute(p)
-                    .await?;
-            }
-            KeyDb::Postgres(p) => {
-                sqlx::query(SQL)
-                    .bind(row.0)
-                    .bind(row.1)
-                    .bind(&row.2)
-                    .bind(&row.3)
-                    .bind(now)
-                    .bind(destroyed)
-                    .execute(p)
-                    .await?;
-            }
-        }
+        let _gate = self.db.write_gate().await;
+        on_key_db!(&self.db, |p| sqlx::query(SQL)
+            .bind(row.0)
+            .bind(row.1)
+            .bind(&row.2)
+            .bind(&row.3)
+            .bind(now)
+            .bind(destroyed)
+            .execute(p)
+            .await?
+            .rows_affected());
         Ok(())
     }
 
@@ -350,25 +360,14 @@ impl KeyVault {
         const SQL: &str = "UPDATE data_keys SET wrapped = NULL, destroyed_at = $2 \
                            WHERE user_id = $1 AND wrapped IS NOT NULL";
         let now = chrono::Utc::now();
-        let n = match &self.db {
-            KeyDb::Sqlite(p) => {
-                let _gate = crate::sqlite::write_gate(&p.connect_options())
-                    .lock_owned()
-                    .await;
-                sqlx::query(SQL)
-                    .bind(user)
-                    .bind(now)
-                    .execute(p)
-                    .await?
-                    .rows_affected()
-            }
-            KeyDb::Postgres(p) => sqlx::query(SQL)
-                .bind(user)
-                .bind(now)
-                .execute(p)
-                .await?
-                .rows_affected(),
-        };
+        let gate = self.db.write_gate().await;
+        let n = on_key_db!(&self.db, |p| sqlx::query(SQL)
+            .bind(user)
+            .bind(now)
+            .execute(p)
+            .await?
+            .rows_affected());
+        drop(gate);
         if n == 0 && self.row_by_user(user).await?.is_none() {
             // No key yet: record a destroyed one, so that none is ever made for them.
             let master = self.master.current_id().to_owned();
@@ -394,10 +393,7 @@ impl KeyVault {
         const ALL: &str = "SELECT key_id, user_id, master_key_id, wrapped FROM data_keys";
         const SET: &str = "UPDATE data_keys SET master_key_id = $2, wrapped = $3 \
                            WHERE key_id = $1 AND master_key_id = $4 AND wrapped IS NOT NULL";
-        let rows: Vec<KeyRow> = match &self.db {
-            KeyDb::Sqlite(p) => sqlx::query_as(ALL).fetch_all(p).await?,
-            KeyDb::Postgres(p) => sqlx::query_as(ALL).fetch_all(p).await?,
-        };
+        let rows: Vec<KeyRow> = on_key_db!(&self.db, |p| sqlx::query_as(ALL).fetch_all(p).await?);
         let current = self.master.current_id().to_owned();
         let mut out = Rotated::default();
         for row in rows {
@@ -415,29 +411,16 @@ impl KeyVault {
             };
             let cipher = cipher_of(&key);
             let rewrapped = self.wrap_key(&current, *user, *kid, &key)?;
-            match &self.db {
-                KeyDb::Sqlite(p) => {
-                    let _gate = crate::sqlite::write_gate(&p.connect_options())
-                        .lock_owned()
-                        .await;
-                    sqlx::query(SET)
-                        .bind(kid)
-                        .bind(&current)
-                        .bind(&rewrapped)
-                        .bind(master_id)
-                        .execute(p)
-                        .await?;
-                }
-                KeyDb::Postgres(p) => {
-                    sqlx::query(SET)
-                        .bind(kid)
-                        .bind(&current)
-                        .bind(&rewrapped)
-                        .bind(master_id)
-                        .execute(p)
-                        .await?;
-                }
-            }
+            let gate = self.db.write_gate().await;
+            on_key_db!(&self.db, |p| sqlx::query(SET)
+                .bind(kid)
+                .bind(&current)
+                .bind(&rewrapped)
+                .bind(master_id)
+                .execute(p)
+                .await?
+                .rows_affected());
+            drop(gate);
             self.remember(&row, Some(cipher));
             out.rewrapped += 1;
         }
